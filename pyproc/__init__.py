@@ -6,13 +6,24 @@ The public names live here; each comes from the module of its concern (see DESIG
 from ._version import __version__
 from .errors import CalledProcessError, OutputLimitExceeded, TimeoutExpired
 
-# spawn core (issue 2)
+from .process import Process, Rusage, Status, wait_any
+from .spawn import DEVNULL, ENGINES, PIPE, STDOUT, spawn
+
 # io (issue 3)
 # signals (issue 6)
 
 __all__ = [
     "CalledProcessError",
+    "DEVNULL",
+    "ENGINES",
     "OutputLimitExceeded",
+    "PIPE",
+    "Process",
+    "Rusage",
+    "STDOUT",
+    "Status",
     "TimeoutExpired",
     "__version__",
+    "spawn",
+    "wait_any",
 ]

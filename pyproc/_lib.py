@@ -8,7 +8,7 @@ try:
     from ._native import ffi, lib
 except ImportError as exc:  # pragma: no cover - depends on how the package was installed
     raise ImportError(
-        "pyproc's compiled core (pyproc._native) is missing: install the package with pip "
+        f"pyproc's compiled core (pyproc._native) cannot be loaded ({exc}): install the package with pip "
         "('pip install .' or 'pip install -e .') so that setuptools builds it"
     ) from exc
 

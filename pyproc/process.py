@@ -1,0 +1,306 @@
+"""Process: a started child, with its pid, pidfd, wait / poll, signals, status and rusage; and wait_any().
+
+Waiting with a timeout polls the pidfd (no sleep loops); reaping uses wait4 so rusage comes with the status;
+signals go through the pidfd, so a recycled pid is never hit.  Nothing here ever calls waitpid(-1).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import IO, Any
+
+from ._lib import ffi, lib
+from .errors import TimeoutExpired, check
+
+_EINTR = 4
+
+
+@dataclass(frozen=True)
+class Status:
+    """How a child ended: exited with exit_code, or was killed by signal (core_dumped if it left a core)."""
+
+    exited: bool
+    exit_code: int | None
+    signal: int | None
+    core_dumped: bool
+
+    @classmethod
+    def from_wait_status(cls, wait_status: int) -> Status:
+        """Decodes a wait4 status word."""
+        if os.WIFEXITED(wait_status):
+            return cls(True, os.WEXITSTATUS(wait_status), None, False)
+        return cls(False, None, os.WTERMSIG(wait_status), os.WCOREDUMP(wait_status))
+
+    @property
+    def returncode(self) -> int:
+        """As subprocess: the exit code, or minus the signal number."""
+        return self.exit_code if self.exit_code is not None else -(self.signal or 0)
+
+
+@dataclass(frozen=True)
+class Rusage:
+    """Resources the child used (getrusage's fields; times in seconds, maxrss in KiB)."""
+
+    utime: float
+    stime: float
+    maxrss_kib: int
+    minflt: int
+    majflt: int
+    inblock: int
+    oublock: int
+    nvcsw: int
+    nivcsw: int
+
+    @classmethod
+    def from_c(cls, ru: Any) -> Rusage:
+        return cls(ru.utime_ns / 1e9, ru.stime_ns / 1e9, ru.maxrss_kib, ru.minflt, ru.majflt, ru.inblock,
+                   ru.oublock, ru.nvcsw, ru.nivcsw)
+
+
+def _timeout_ns(timeout: float) -> int:
+    return max(0, int(timeout * 1e9))
+
+
+# Children whose Process was collected while they still ran: reaped (without blocking) at the next spawn, as
+# subprocess does, so that they never stay zombies.
+_abandoned: list[tuple[int, int | None]] = []
+_abandoned_lock = threading.Lock()
+
+
+def reap_abandoned() -> None:
+    """Reaps, without blocking, the children of collected Process objects that have finished since."""
+    if not _abandoned:
+        return
+    with _abandoned_lock:
+        still_running = []
+        for pid, pidfd in _abandoned:
+            out = ffi.new("int[2]")
+            ru = ffi.new("struct pyproc_rusage *")
+            err = lib.pyproc_wait(pid, 1, out, out + 1, ru)
+            if err == 0 and not out[0]:
+                still_running.append((pid, pidfd))
+            elif pidfd is not None:
+                os.close(pidfd)
+        _abandoned[:] = still_running
+
+
+class Process:
+    """A child started by pyproc.spawn().
+
+    Attributes: pid; pidfd (an fd that refers to this child and no other, or None on kernels without pidfds; closed
+    once the child is reaped); args; stdin / stdout / stderr (binary file objects for PIPE, else None); returncode
+    (None while running; the exit code, or minus the signal number that killed it); status and rusage (after the
+    child is reaped).
+
+    As a context manager it closes the pipes and waits on exit.  A Process collected while its child still runs
+    leaves the child running and emits a ResourceWarning (as subprocess does); a finished child is reaped.
+    """
+
+    def __init__(
+        self,
+        pid: int,
+        pidfd: int | None,
+        args: Any,
+        stdin: IO[bytes] | None = None,
+        stdout: IO[bytes] | None = None,
+        stderr: IO[bytes] | None = None,
+    ) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
+        self.args = args
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
+        self.returncode: int | None = None
+        self.status: Status | None = None
+        self.rusage: Rusage | None = None
+        self._reap_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} pid={self.pid} returncode={self.returncode} args={self.args!r}>"
+
+    def _reap(self, nohang: bool) -> bool:
+        """wait4 the child; True once it has been reaped (by this call or an earlier one)."""
+        if self.returncode is not None:
+            return True
+        if not self._reap_lock.acquire(blocking=not nohang):
+            return False
+        try:
+            if self.returncode is not None:
+                return True
+            out = ffi.new("int[2]")
+            ru = ffi.new("struct pyproc_rusage *")
+            while True:
+                err = lib.pyproc_wait(self.pid, int(nohang), out, out + 1, ru)
+                if err != _EINTR:  # EINTR: go round, so that Python's signal handlers run (and may raise)
+                    break
+            if err == 10:  # ECHILD: reaped behind our back (SIGCHLD ignored, someone's waitpid(-1))
+                self._finish(0, None, None)
+                return True
+            check(err)
+            if not out[0]:
+                return False
+            status = Status.from_wait_status(out[1])
+            self._finish(status.returncode, status, Rusage.from_c(ru))
+            return True
+        finally:
+            self._reap_lock.release()
+
+    def _finish(self, returncode: int, status: Status | None, rusage: Rusage | None) -> None:
+        self.status = status
+        self.rusage = rusage
+        self.returncode = returncode
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+    def poll(self) -> int | None:
+        """The returncode if the child has finished (reaping it), else None; never blocks."""
+        self._reap(nohang=True)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Waits for the child to finish and returns its returncode (negative signal number if killed).
+
+        With a timeout (seconds) raises pyproc.TimeoutExpired (also a subprocess.TimeoutExpired and a
+        TimeoutError) if it is still running then; the child is left running.  The GIL is released while waiting.
+        """
+        if self.returncode is not None:
+            return self.returncode
+        if timeout is not None:
+            self._wait_exited(timeout)
+        self._reap(nohang=False)
+        assert self.returncode is not None
+        return self.returncode
+
+    def _wait_exited(self, timeout: float) -> None:
+        """Returns once the child has exited (not yet reaped) or raises TimeoutExpired."""
+        pidfd = self.pidfd
+        if pidfd is None:
+            self._poll_exited(timeout)
+            return
+        exited = ffi.new("int *")
+        remaining = ffi.new("int64_t *")
+        left = _timeout_ns(timeout)
+        while True:
+            err = lib.pyproc_wait_pidfd(pidfd, left, exited, remaining)
+            if err != _EINTR:
+                break
+            left = remaining[0]
+        check(err)
+        if not exited[0]:
+            raise TimeoutExpired(self.args, timeout)
+
+    def _poll_exited(self, timeout: float) -> None:
+        # Only on kernels without pidfds (before 5.3), or after the pidfd was closed by a concurrent reap.
+        deadline = time.monotonic() + timeout
+        delay = 0.0005
+        while not self._reap(nohang=True):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutExpired(self.args, timeout)
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, 0.05)
+
+    def send_signal(self, sig: int) -> None:
+        """Sends sig to the child (through its pidfd); does nothing once the child has been reaped."""
+        if self.returncode is not None:
+            return
+        pidfd = -1 if self.pidfd is None else self.pidfd
+        err = lib.pyproc_send_signal(self.pid, pidfd, int(sig))
+        if err == 3 and self.poll() is not None:  # ESRCH: it ended meanwhile
+            return
+        check(err)
+
+    def terminate(self) -> None:
+        """Sends SIGTERM."""
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """Sends SIGKILL."""
+        self.send_signal(signal.SIGKILL)
+
+    def __enter__(self) -> Process:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for stream in (self.stdout, self.stderr):
+            if stream is not None:
+                stream.close()
+        try:
+            if self.stdin is not None:
+                self.stdin.close()
+        except BrokenPipeError:
+            pass  # the child stopped reading: what was buffered cannot go anywhere
+        finally:
+            self.wait()
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        if not hasattr(self, "_reap_lock") or self.returncode is not None:
+            return
+        if self._reap(nohang=True):
+            return
+        _warn(f"pyproc: child {self.pid} is still running", ResourceWarning, source=self)
+        with _abandoned_lock:
+            _abandoned.append((self.pid, self.pidfd))
+        self.pidfd = None
+
+
+def wait_any(processes: Iterable[Process], timeout: float | None = None) -> Process:
+    """Waits until the first of processes finishes, reaps it and returns it (its returncode is set).
+
+    The safe form of waitpid(-1): it polls the given children's pidfds and never reaps another child.  One that has
+    already finished is returned at once.  Raises pyproc.TimeoutExpired when none finishes within timeout.
+    """
+    procs: Sequence[Process] = list(processes)
+    if not procs:
+        raise ValueError("wait_any needs at least one process")
+    for proc in procs:
+        if not isinstance(proc, Process):
+            raise TypeError(f"wait_any takes Process objects, not {type(proc).__name__}")
+        if proc.returncode is not None:
+            return proc
+    pidfds = [proc.pidfd for proc in procs]
+    if any(fd is None for fd in pidfds):
+        return _wait_any_polling(procs, timeout)
+    c_fds = ffi.new("int[]", pidfds)
+    index = ffi.new("int *")
+    remaining = ffi.new("int64_t *")
+    left = -1 if timeout is None else _timeout_ns(timeout)
+    while True:
+        err = lib.pyproc_wait_any(c_fds, len(procs), left, index, remaining)
+        if err != _EINTR:
+            break
+        left = remaining[0]
+    check(err)
+    if index[0] < 0:
+        raise TimeoutExpired([proc.args for proc in procs], timeout or 0.0)
+    proc = procs[index[0]]
+    proc.wait()
+    return proc
+
+
+def _wait_any_polling(procs: Sequence[Process], timeout: float | None) -> Process:
+    # Kernels without pidfds only.
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = 0.0005
+    while True:
+        for proc in procs:
+            if proc.poll() is not None:
+                return proc
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TimeoutExpired([proc.args for proc in procs], timeout or 0.0)
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+__all__ = ["Process", "Rusage", "Status", "reap_abandoned", "wait_any"]

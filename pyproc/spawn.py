@@ -1,0 +1,486 @@
+"""spawn(): argument checking and conversion, engine choice.
+
+Everything the child needs is checked and built here, in the parent, before any child exists: bad input raises
+TypeError / ValueError / OSError and no process is started.  One C call (pyproc_spawn, GIL released) then does the
+work; its errno becomes the right OSError subclass, naming the file and the step that failed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol, Union
+
+from ._lib import ffi, lib
+from .errors import os_error
+from .process import Process, reap_abandoned
+
+PIPE = -1
+"""Connect this stream of the child to a new pipe; the Process gets the parent's end as .stdin/.stdout/.stderr."""
+STDOUT = -2
+"""stderr=STDOUT: the child's stderr goes where its stdout goes."""
+DEVNULL = -3
+"""Connect this stream of the child to os.devnull."""
+
+ENGINES = ("auto", "clone", "vfork", "posix_spawn", "fork")
+"""The ways to start a child.  "auto" (the default) picks the fastest that can express the request: "clone"."""
+
+_ENGINE_CODES = {
+    "auto": lib.PYPROC_ENGINE_CLONE,
+    "clone": lib.PYPROC_ENGINE_CLONE,
+    "vfork": lib.PYPROC_ENGINE_VFORK,
+    "posix_spawn": lib.PYPROC_ENGINE_POSIX_SPAWN,
+    "fork": lib.PYPROC_ENGINE_FORK,
+}
+
+_STAGE_NAMES = {
+    lib.PYPROC_STAGE_SIGNALS: "signal dispositions",
+    lib.PYPROC_STAGE_CLOSE_FDS: "closing fds",
+    lib.PYPROC_STAGE_SETSID: "setsid",
+    lib.PYPROC_STAGE_SETPGID: "setpgid",
+    lib.PYPROC_STAGE_PDEATHSIG: "prctl PR_SET_PDEATHSIG",
+    lib.PYPROC_STAGE_NO_NEW_PRIVS: "prctl PR_SET_NO_NEW_PRIVS",
+    lib.PYPROC_STAGE_CHDIR: "chdir",
+    lib.PYPROC_STAGE_SETGROUPS: "setgroups",
+    lib.PYPROC_STAGE_SETGID: "setgid",
+    lib.PYPROC_STAGE_SETUID: "setuid",
+    lib.PYPROC_STAGE_BEFORE_EXEC: "preexec_fn",
+    lib.PYPROC_STAGE_SIGMASK: "sigprocmask",
+    lib.PYPROC_STAGE_EXEC: "exec",
+    lib.PYPROC_STAGE_POSIX_SPAWN: "posix_spawn",
+}
+
+_RLIM_INFINITY = (1 << 64) - 1
+_MAX_SIGNAL = signal.NSIG - 1
+
+
+class HasFileno(Protocol):
+    """Anything with a fileno() method: a file object, a socket, ..."""
+
+    def fileno(self) -> int: ...
+
+
+StrOrBytesPath = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
+FileSpec = Union[int, HasFileno, None]
+
+
+def _encode_arg(value: object, what: str) -> bytes:
+    if isinstance(value, bytes):
+        data = value
+    elif isinstance(value, (str, os.PathLike)):
+        data = os.fsencode(value)
+    else:
+        raise TypeError(f"{what} must be str, bytes or os.PathLike, not {type(value).__name__}")
+    if b"\0" in data:
+        raise ValueError(f"{what} contains a NUL byte: {value!r}")
+    return data
+
+
+def _check_bool(value: object, name: str) -> bool:
+    if not isinstance(value, (bool, int)):
+        raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
+    return bool(value)
+
+
+def _check_signal(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a signal number, not {type(value).__name__}")
+    if not 1 <= value <= _MAX_SIGNAL:
+        raise ValueError(f"{name}: {value} is not a signal number (1..{_MAX_SIGNAL})")
+    return int(value)
+
+
+def _fd_of(value: object, name: str) -> int:
+    """The open parent fd that value names (an int, or an object with fileno())."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an fd or an object with fileno(), not bool")
+    if isinstance(value, int):
+        fd = value
+    elif hasattr(value, "fileno"):
+        fd = value.fileno()
+        if not isinstance(fd, int):
+            raise TypeError(f"{name}.fileno() returned {type(fd).__name__}, not int")
+    else:
+        raise TypeError(f"{name} must be None, PIPE, DEVNULL, an fd or an object with fileno(), "
+                        f"not {type(value).__name__}")
+    if fd < 0:
+        raise ValueError(f"{name}: {fd} is not a file descriptor")
+    try:
+        os.get_inheritable(fd)  # one fcntl(F_GETFD): is it open?
+    except OSError as exc:
+        raise OSError(exc.errno, f"{name}: fd {fd} is not open in the parent") from None
+    return fd
+
+
+def _exec_candidates(program: bytes, env: Mapping[Any, Any] | None) -> list[bytes]:
+    """The files to try, in order, with execvp's PATH semantics (env's PATH when env is given)."""
+    if b"/" in program:
+        return [program]
+    if not program:
+        raise ValueError("the program name is empty")
+    return [os.path.join(os.fsencode(directory), program) for directory in os.get_exec_path(env)]
+
+
+def _encode_env(env: Mapping[Any, Any]) -> list[bytes]:
+    if not isinstance(env, Mapping):
+        raise TypeError(f"env must be a mapping, not {type(env).__name__}")
+    entries = []
+    for key, value in env.items():
+        bkey = _encode_arg(key, "env key")
+        if not bkey or b"=" in bkey:
+            raise ValueError(f"illegal environment variable name: {key!r}")
+        entries.append(bkey + b"=" + _encode_arg(value, f"env[{key!r}]"))
+    return entries
+
+
+def _uint64_limit(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value == -1 or value == _RLIM_INFINITY:
+        return _RLIM_INFINITY
+    if not 0 <= value < _RLIM_INFINITY:
+        raise ValueError(f"{name}: {value} is not a valid limit")
+    return value
+
+
+class _Stdio:
+    """The parent-side work for stdin/stdout/stderr: pipes and /dev/null opened here, closed on failure."""
+
+    def __init__(self) -> None:
+        self.parent_ends: list[int | None] = [None, None, None]
+        self.child_ends: list[int] = []
+        self.devnull: int | None = None
+
+    def source_for(self, child_fd: int, spec: object, name: str) -> int | None:
+        if spec is None:
+            return None
+        if spec is PIPE or (isinstance(spec, int) and not isinstance(spec, bool) and spec == PIPE):
+            read_end, write_end = os.pipe()
+            child, parent = (read_end, write_end) if child_fd == 0 else (write_end, read_end)
+            self.parent_ends[child_fd] = parent
+            self.child_ends.append(child)
+            return child
+        if isinstance(spec, int) and not isinstance(spec, bool) and spec == DEVNULL:
+            if self.devnull is None:
+                self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+                self.child_ends.append(self.devnull)
+            return self.devnull
+        if isinstance(spec, int) and not isinstance(spec, bool) and spec == STDOUT:
+            raise ValueError(f"{name}=STDOUT is only valid for stderr")
+        return _fd_of(spec, name)
+
+    def close_all(self) -> None:
+        for fd in self.child_ends + [fd for fd in self.parent_ends if fd is not None]:
+            os.close(fd)
+        self.child_ends = []
+        self.parent_ends = [None, None, None]
+
+
+class Request:
+    """A checked spawn request: the C structure and every buffer it points to (kept alive together).
+
+    Built by prepare(); used by spawn() and by pyproc.subprocess, which adds what only it needs (ids,
+    preexec_fn) before starting it.
+    """
+
+    __slots__ = ("_keepalive", "args", "c", "engine", "program", "stdio")
+
+    def __init__(self, c: Any, args: Any, program: bytes, engine: str, stdio: _Stdio, keepalive: list[Any]) -> None:
+        self.c = c
+        self.args = args
+        self.program = program
+        self.engine = engine
+        self.stdio = stdio
+        self._keepalive = keepalive
+
+    def keep(self, cdata: Any) -> Any:
+        """Keeps cdata alive as long as this request (for buffers a caller adds to the structure)."""
+        self._keepalive.append(cdata)
+        return cdata
+
+
+_KEEP_STDIO = ffi.new("int[]", [0, 1, 2])
+
+
+def prepare(
+    argv: Sequence[StrOrBytesPath],
+    *,
+    engine: str = "auto",
+    executable: StrOrBytesPath | None = None,
+    stdin: FileSpec = None,
+    stdout: FileSpec = None,
+    stderr: FileSpec = None,
+    fds: Mapping[int, int | HasFileno] | None = None,
+    pass_fds: Iterable[int] = (),
+    close_fds: bool = True,
+    cwd: StrOrBytesPath | None = None,
+    env: Mapping[Any, Any] | None = None,
+    new_session: bool = False,
+    process_group: int | None = None,
+    umask: int | None = None,
+    rlimits: Mapping[int, int | tuple[int, int]] | None = None,
+    pdeathsig: int | None = None,
+    no_new_privs: bool = False,
+    restore_signals: bool = True,
+    sigmask: Iterable[int] | None = None,
+) -> Request:
+    """Checks and converts spawn()'s arguments; see spawn().  Opens the pipes it asks for (closed on error)."""
+    if engine not in _ENGINE_CODES:
+        if not isinstance(engine, str):
+            raise TypeError(f"engine must be a str, not {type(engine).__name__}")
+        raise ValueError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    if isinstance(argv, (str, bytes, os.PathLike)) or not isinstance(argv, Sequence):
+        raise TypeError(f"argv must be a sequence (list or tuple) of arguments, not {type(argv).__name__}")
+    if not argv:
+        raise ValueError("argv is empty: it needs at least the program")
+    bargs = [_encode_arg(arg, f"argv[{i}]") for i, arg in enumerate(argv)]
+    program = bargs[0] if executable is None else _encode_arg(executable, "executable")
+    keepalive: list[Any] = []
+    req = ffi.new("struct pyproc_spawn_request *")
+    c_args = [ffi.new("char[]", arg) for arg in bargs]
+    keepalive.append(c_args)
+    req.argv = keepalive_new(keepalive, "char *[]", [*c_args, ffi.NULL])
+    candidates = _exec_candidates(program, env)
+    if executable is None and len(candidates) == 1 and candidates[0] == bargs[0]:
+        req.exec_paths = keepalive_new(keepalive, "char *[]", [c_args[0]])
+    else:
+        c_paths = [ffi.new("char[]", path) for path in candidates]
+        keepalive.append(c_paths)
+        req.exec_paths = keepalive_new(keepalive, "char *[]", c_paths)
+    req.n_exec_paths = len(candidates)
+    if env is not None:
+        c_env = [ffi.new("char[]", entry) for entry in _encode_env(env)]
+        keepalive.append(c_env)
+        req.envp = keepalive_new(keepalive, "char *[]", [*c_env, ffi.NULL])
+    if cwd is not None:
+        req.cwd = keepalive_new(keepalive, "char[]", _encode_arg(cwd, "cwd"))
+    req.close_fds = _check_bool(close_fds, "close_fds")
+    req.new_session = _check_bool(new_session, "new_session")
+    req.no_new_privs = _check_bool(no_new_privs, "no_new_privs")
+    req.restore_signals = _check_bool(restore_signals, "restore_signals")
+    req.process_group = -1
+    if process_group is not None:
+        if isinstance(process_group, bool) or not isinstance(process_group, int):
+            raise TypeError(f"process_group must be an int, not {type(process_group).__name__}")
+        if process_group < 0:
+            raise ValueError(f"process_group must be >= 0 (0: a new group led by the child), not {process_group}")
+        if new_session:
+            raise ValueError("new_session and process_group conflict: a session leader cannot change its group")
+        req.process_group = process_group
+    req.umask = -1
+    if umask is not None:
+        if isinstance(umask, bool) or not isinstance(umask, int):
+            raise TypeError(f"umask must be an int, not {type(umask).__name__}")
+        if not 0 <= umask <= 0o777:
+            raise ValueError(f"umask must be between 0 and 0o777, not {umask:#o}")
+        req.umask = umask
+    if rlimits:
+        _set_rlimits(req, rlimits, keepalive)
+    if pdeathsig:
+        req.pdeathsig = _check_signal(pdeathsig, "pdeathsig")
+    if sigmask is not None:
+        if isinstance(sigmask, (str, bytes)) or not isinstance(sigmask, Iterable):
+            raise TypeError(f"sigmask must be an iterable of signal numbers, not {type(sigmask).__name__}")
+        signals = [_check_signal(sig, "sigmask") for sig in sigmask]
+        req.set_sigmask = 1
+        req.sigmask_signals = keepalive_new(keepalive, "int[]", signals)
+        req.n_sigmask_signals = len(signals)
+    if engine == "posix_spawn":
+        refused = [name for name, value in (("umask", umask), ("rlimits", rlimits), ("pdeathsig", pdeathsig),
+                                            ("no_new_privs", no_new_privs)) if value]
+        if refused:
+            raise ValueError(f"engine='posix_spawn' cannot express {', '.join(refused)}: use engine='auto'")
+    stdio = _Stdio()
+    try:
+        _set_fd_plan(req, stdio, stdin, stdout, stderr, fds, pass_fds, keepalive)
+    except BaseException:
+        stdio.close_all()
+        raise
+    return Request(req, argv, program, engine, stdio, keepalive)
+
+
+def keepalive_new(keepalive: list[Any], cdecl: str, init: Any) -> Any:
+    """ffi.new(cdecl, init), kept alive in keepalive (a structure field does not own what it points to)."""
+    cdata = ffi.new(cdecl, init)
+    keepalive.append(cdata)
+    return cdata
+
+
+def _set_rlimits(req: Any, rlimits: Mapping[int, int | tuple[int, int]], keepalive: list[Any]) -> None:
+    if not isinstance(rlimits, Mapping):
+        raise TypeError(f"rlimits must be a mapping {{resource: (soft, hard)}}, not {type(rlimits).__name__}")
+    entries = []
+    for resource, limit in rlimits.items():
+        if isinstance(resource, bool) or not isinstance(resource, int) or resource < 0:
+            raise ValueError(f"rlimits: {resource!r} is not a resource (use the resource module's RLIMIT_*)")
+        soft, hard = limit if isinstance(limit, tuple) else (limit, limit)
+        soft = _uint64_limit(soft, f"rlimits[{resource}] soft")
+        hard = _uint64_limit(hard, f"rlimits[{resource}] hard")
+        if soft > hard:
+            raise ValueError(f"rlimits[{resource}]: the soft limit {soft} is above the hard limit {hard}")
+        entries.append((resource, soft, hard))
+    req.rlimits = keepalive_new(keepalive, "struct pyproc_rlimit[]", entries)
+    req.n_rlimits = len(entries)
+
+
+def _set_fd_plan(
+    req: Any,
+    stdio: _Stdio,
+    stdin: FileSpec,
+    stdout: FileSpec,
+    stderr: FileSpec,
+    fds: Mapping[int, int | HasFileno] | None,
+    pass_fds: Iterable[int],
+    keepalive: list[Any],
+) -> None:
+    plan: dict[int, int] = {}
+    if fds:
+        if not isinstance(fds, Mapping):
+            raise TypeError(f"fds must be a mapping {{child_fd: parent_fd}}, not {type(fds).__name__}")
+        for target, source in fds.items():
+            if isinstance(target, bool) or not isinstance(target, int):
+                raise TypeError(f"fds: child fd {target!r} is not an int")
+            if target < 0:
+                raise ValueError(f"fds: child fd {target} is negative")
+            plan[target] = _fd_of(source, f"fds[{target}]")
+    for target, spec, name in ((0, stdin, "stdin"), (1, stdout, "stdout")):
+        if spec is not None:
+            if target in plan:
+                raise ValueError(f"{name} and fds[{target}] both say what the child's fd {target} is")
+            source = stdio.source_for(target, spec, name)
+            assert source is not None
+            plan[target] = source
+    if stderr is not None:
+        if 2 in plan:
+            raise ValueError("stderr and fds[2] both say what the child's fd 2 is")
+        if isinstance(stderr, int) and not isinstance(stderr, bool) and stderr == STDOUT:
+            plan[2] = plan.get(1, 1)
+        else:
+            source = stdio.source_for(2, stderr, "stderr")
+            assert source is not None
+            plan[2] = source
+    if pass_fds:
+        for fd in pass_fds:
+            fd = _fd_of(fd, "pass_fds")
+            if fd in plan and plan[fd] != fd:
+                raise ValueError(f"pass_fds: fd {fd} is also a target of the fd plan (fds/stdin/stdout/stderr)")
+            plan[fd] = fd
+    if not plan:
+        req.keep_fds = _KEEP_STDIO
+        req.n_keep_fds = 3
+        return
+    actions = [(target, source, source in plan and source != target) for target, source in plan.items()]
+    req.fd_actions = keepalive_new(keepalive, "struct pyproc_fd_action[]", actions)
+    req.n_fd_actions = len(actions)
+    keep = sorted({0, 1, 2, *plan})
+    req.keep_fds = keepalive_new(keepalive, "int[]", keep)
+    req.n_keep_fds = len(keep)
+
+
+def failure_message(request: Request, stage: int, index: int) -> tuple[str, object]:
+    """(where, filename) for a failed spawn: the step that failed, and the file it concerned."""
+    req = request.c
+    if stage == lib.PYPROC_STAGE_PARENT:
+        return "in the parent, starting the child", None
+    if stage == lib.PYPROC_STAGE_DUP2:
+        if 0 <= index < req.n_fd_actions:
+            action = req.fd_actions[index]
+            if action.source == action.target:
+                return f"in the child, keeping fd {action.target}", None
+            return f"in the child, dup2 {action.source}->{action.target}", None
+        return "in the child, moving the error pipe", None
+    if stage == lib.PYPROC_STAGE_RLIMIT and 0 <= index < req.n_rlimits:
+        return f"in the child, setrlimit {req.rlimits[index].resource}", None
+    if stage == lib.PYPROC_STAGE_CHDIR:
+        return "in the child, chdir", os.fsdecode(ffi.string(req.cwd))
+    if stage in (lib.PYPROC_STAGE_EXEC, lib.PYPROC_STAGE_POSIX_SPAWN):
+        program = request.program
+        if b"/" in program and 0 <= index < req.n_exec_paths:
+            program = ffi.string(req.exec_paths[index])
+        return f"in the child, {_STAGE_NAMES[stage]}", os.fsdecode(program)
+    return f"in the child, {_STAGE_NAMES.get(stage, f'step {stage}')}", None
+
+
+def start(request: Request) -> Process:
+    """Starts a prepared request (the GIL is released during the spawn) and returns its Process."""
+    reap_abandoned()
+    res = ffi.new("struct pyproc_spawn_result *")
+    stdio = request.stdio
+    try:
+        err = lib.pyproc_spawn(request.c, _ENGINE_CODES[request.engine], res)
+        if err:
+            where, filename = failure_message(request, res.fail_stage, res.fail_index)
+            raise os_error(err, filename, where)
+    except BaseException:
+        stdio.close_all()
+        raise
+    for fd in stdio.child_ends:
+        os.close(fd)
+    stdio.child_ends = []
+    ends = stdio.parent_ends
+    return Process(
+        res.pid,
+        res.pidfd if res.pidfd >= 0 else None,
+        request.args,
+        None if ends[0] is None else open(ends[0], "wb"),
+        None if ends[1] is None else open(ends[1], "rb"),
+        None if ends[2] is None else open(ends[2], "rb"),
+    )
+
+
+def spawn(
+    argv: Sequence[StrOrBytesPath],
+    *,
+    engine: str = "auto",
+    executable: StrOrBytesPath | None = None,
+    stdin: FileSpec = None,
+    stdout: FileSpec = None,
+    stderr: FileSpec = None,
+    fds: Mapping[int, int | HasFileno] | None = None,
+    pass_fds: Iterable[int] = (),
+    close_fds: bool = True,
+    cwd: StrOrBytesPath | None = None,
+    env: Mapping[Any, Any] | None = None,
+    new_session: bool = False,
+    process_group: int | None = None,
+    umask: int | None = None,
+    rlimits: Mapping[int, int | tuple[int, int]] | None = None,
+    pdeathsig: int | None = None,
+    no_new_privs: bool = False,
+    restore_signals: bool = True,
+    sigmask: Iterable[int] | None = None,
+) -> Process:
+    """Starts argv as a new process and returns its Process (the caller waits for it).
+
+    argv: the program and its arguments (str, bytes or os.PathLike).  Without a slash in argv[0] (or in
+    `executable`, the file to run when it differs from argv[0]) PATH is searched with execvp's rules, using env's
+    PATH when env is given.
+
+    stdin / stdout / stderr: None inherits the parent's; PIPE makes a pipe (the Process gets .stdin / .stdout /
+    .stderr as binary files); DEVNULL; an fd or an object with fileno().  stderr=STDOUT joins stderr to stdout.
+    fds={child_fd: parent_fd_or_file} sets any fd of the child (swaps and cycles are fine); pass_fds keeps parent
+    fds under their own numbers.  close_fds (default True): no other fd of the parent reaches the child.
+
+    cwd, env (a mapping: the child's whole environment; None inherits), new_session (setsid), process_group
+    (0: a new group led by the child; n: join group n), umask, rlimits ({resource.RLIMIT_X: (soft, hard)}, -1 for
+    infinity), pdeathsig (a signal the child gets when the parent thread that spawned it exits), no_new_privs,
+    restore_signals (SIGPIPE and SIGXFSZ back to their defaults; default True), sigmask (the signals blocked in the
+    child; None: the parent's mask).  Handlers the parent installed are always reset to SIG_DFL in the child.
+
+    engine: "auto" (default, the fastest able to express the request), "clone", "vfork", "posix_spawn" (raises
+    ValueError for umask, rlimits, pdeathsig, no_new_privs) or "fork".
+
+    Raises TypeError / ValueError for bad arguments before any child exists, and OSError subclasses
+    (FileNotFoundError, PermissionError, ...) with errno, filename and the failing step when the child cannot
+    start; a child that failed has already been reaped.
+    """
+    return start(prepare(
+        argv, engine=engine, executable=executable, stdin=stdin, stdout=stdout, stderr=stderr, fds=fds,
+        pass_fds=pass_fds, close_fds=close_fds, cwd=cwd, env=env, new_session=new_session,
+        process_group=process_group, umask=umask, rlimits=rlimits, pdeathsig=pdeathsig,
+        no_new_privs=no_new_privs, restore_signals=restore_signals, sigmask=sigmask,
+    ))
+
+
+__all__ = ["DEVNULL", "ENGINES", "PIPE", "STDOUT", "FileSpec", "HasFileno", "Request", "prepare", "spawn", "start"]
