@@ -1,7 +1,7 @@
 """The cffi builder: compiles csrc/*.c into pyproc._native (out-of-line API mode).
 
-The cdef is the part of csrc/pyproc.h between the cdef markers, plus "#define NAME ..." for every kernel constant
-the header asks for with "cdef-const NAME", so the compiler fills in its value.
+The cdef is the part of csrc/pyproc.h between the cdef markers, plus "#define NAME ..." for every kernel
+constant the header asks for with "cdef-const NAME", so the compiler fills in its value.
 
 Environment switches:
   PYPROC_WERROR=1    add -Werror (CI does)
@@ -40,7 +40,8 @@ def _compile_args() -> list[str]:
     if os.environ.get("PYPROC_WERROR") == "1":
         args.append("-Werror")
     if os.environ.get("PYPROC_SANITIZE") == "1":
-        args += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all", "-O1"]
+        args += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all",
+                 "-O1"]
     return args
 
 

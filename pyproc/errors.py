@@ -1,14 +1,14 @@
 """pyproc's exception types and the one place where an errno becomes an exception.
 
 The types derive from the standard library's, so code written against subprocess keeps catching them:
-TimeoutExpired is a subprocess.TimeoutExpired and a TimeoutError, CalledProcessError a subprocess.CalledProcessError.
-"""
+TimeoutExpired is a subprocess.TimeoutExpired and a TimeoutError, CalledProcessError a
+subprocess.CalledProcessError. """
 
 from __future__ import annotations
 
 import os
 import subprocess
-from typing import NoReturn
+from typing import Any, NoReturn
 
 
 class TimeoutExpired(subprocess.TimeoutExpired, TimeoutError):
@@ -19,7 +19,7 @@ class TimeoutExpired(subprocess.TimeoutExpired, TimeoutError):
     """
 
     def __init__(
-        self, cmd: object, timeout: float, output: bytes | str | None = None, stderr: bytes | str | None = None
+        self, cmd: Any, timeout: float, output: bytes | str | None = None, stderr: bytes | str | None = None
     ) -> None:
         subprocess.TimeoutExpired.__init__(self, cmd, timeout, output, stderr)
 
@@ -58,7 +58,8 @@ class OutputLimitExceeded(subprocess.SubprocessError):
 
 
 def os_error(err: int, filename: object = None, where: str | None = None) -> OSError:
-    """The OSError subclass for err (FileNotFoundError for ENOENT, ...), with `where` appended to the message."""
+    """The OSError subclass for err (FileNotFoundError for ENOENT, ...), with `where` appended to the
+    message."""
     message = os.strerror(err)
     if where:
         message = f"{message} ({where})"

@@ -94,13 +94,14 @@ def reap_abandoned() -> None:
 class Process:
     """A child started by pyproc.spawn().
 
-    Attributes: pid; pidfd (an fd that refers to this child and no other, or None on kernels without pidfds; closed
-    once the child is reaped); args; stdin / stdout / stderr (binary file objects for PIPE, else None); returncode
-    (None while running; the exit code, or minus the signal number that killed it); status and rusage (after the
-    child is reaped).
+    Attributes: pid; pidfd (an fd that refers to this child and no other, or None on kernels without pidfds;
+    closed once the child is reaped); args; stdin / stdout / stderr (binary file objects for PIPE, else None);
+    returncode (None while running; the exit code, or minus the signal number that killed it); status and
+    rusage (after the child is reaped).
 
-    As a context manager it closes the pipes and waits on exit.  A Process collected while its child still runs
-    leaves the child running and emits a ResourceWarning (as subprocess does); a finished child is reaped.
+    As a context manager it closes the pipes and waits on exit.  A Process collected while its child still
+    runs leaves the child running and emits a ResourceWarning (as subprocess does); a finished child is
+    reaped.
     """
 
     def __init__(
@@ -170,7 +171,8 @@ class Process:
         """Waits for the child to finish and returns its returncode (negative signal number if killed).
 
         With a timeout (seconds) raises pyproc.TimeoutExpired (also a subprocess.TimeoutExpired and a
-        TimeoutError) if it is still running then; the child is left running.  The GIL is released while waiting.
+        TimeoutError) if it is still running then; the child is left running.  The GIL is released while
+        waiting.
         """
         if self.returncode is not None:
             return self.returncode
@@ -258,8 +260,9 @@ class Process:
 def wait_any(processes: Iterable[Process], timeout: float | None = None) -> Process:
     """Waits until the first of processes finishes, reaps it and returns it (its returncode is set).
 
-    The safe form of waitpid(-1): it polls the given children's pidfds and never reaps another child.  One that has
-    already finished is returned at once.  Raises pyproc.TimeoutExpired when none finishes within timeout.
+    The safe form of waitpid(-1): it polls the given children's pidfds and never reaps another child.  One
+    that has already finished is returned at once.  Raises pyproc.TimeoutExpired when none finishes within
+    timeout.
     """
     procs: Sequence[Process] = list(processes)
     if not procs:
@@ -284,7 +287,7 @@ def wait_any(processes: Iterable[Process], timeout: float | None = None) -> Proc
     check(err)
     if index[0] < 0:
         raise TimeoutExpired([proc.args for proc in procs], timeout or 0.0)
-    proc = procs[index[0]]
+    proc = procs[int(index[0])]
     proc.wait()
     return proc
 

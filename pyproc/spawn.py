@@ -1,8 +1,8 @@
 """spawn(): argument checking and conversion, engine choice.
 
 Everything the child needs is checked and built here, in the parent, before any child exists: bad input raises
-TypeError / ValueError / OSError and no process is started.  One C call (pyproc_spawn, GIL released) then does the
-work; its errno becomes the right OSError subclass, naming the file and the step that failed.
+TypeError / ValueError / OSError and no process is started.  One C call (pyproc_spawn, GIL released) then does
+the work; its errno becomes the right OSError subclass, naming the file and the step that failed.
 """
 
 from __future__ import annotations
@@ -17,14 +17,20 @@ from .errors import os_error
 from .process import Process, reap_abandoned
 
 PIPE = -1
-"""Connect this stream of the child to a new pipe; the Process gets the parent's end as .stdin/.stdout/.stderr."""
+"""Connect this stream of the child to a new pipe.
+
+The Process gets the parent's end as .stdin/.stdout/.stderr.
+"""
 STDOUT = -2
 """stderr=STDOUT: the child's stderr goes where its stdout goes."""
 DEVNULL = -3
 """Connect this stream of the child to os.devnull."""
 
 ENGINES = ("auto", "clone", "vfork", "posix_spawn", "fork")
-"""The ways to start a child.  "auto" (the default) picks the fastest that can express the request: "clone"."""
+"""The ways to start a child.
+
+"auto" (the default) picks the fastest that can express the request: "clone".
+"""
 
 _ENGINE_CODES = {
     "auto": lib.PYPROC_ENGINE_CLONE,
@@ -62,7 +68,7 @@ class HasFileno(Protocol):
 
 
 StrOrBytesPath = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
-FileSpec = Union[int, HasFileno, None]
+FileSpec = int | HasFileno | None
 
 
 def _encode_arg(value: object, what: str) -> bytes:
@@ -186,7 +192,9 @@ class Request:
 
     __slots__ = ("_keepalive", "args", "c", "engine", "program", "stdio")
 
-    def __init__(self, c: Any, args: Any, program: bytes, engine: str, stdio: _Stdio, keepalive: list[Any]) -> None:
+    def __init__(
+        self, c: Any, args: Any, program: bytes, engine: str, stdio: _Stdio, keepalive: list[Any]
+    ) -> None:
         self.c = c
         self.args = args
         self.program = program
@@ -225,7 +233,10 @@ def prepare(
     restore_signals: bool = True,
     sigmask: Iterable[int] | None = None,
 ) -> Request:
-    """Checks and converts spawn()'s arguments; see spawn().  Opens the pipes it asks for (closed on error)."""
+    """Checks and converts spawn()'s arguments; see spawn().
+
+    Opens the pipes it asks for (closed on error).
+    """
     if engine not in _ENGINE_CODES:
         if not isinstance(engine, str):
             raise TypeError(f"engine must be a str, not {type(engine).__name__}")
@@ -264,9 +275,13 @@ def prepare(
         if isinstance(process_group, bool) or not isinstance(process_group, int):
             raise TypeError(f"process_group must be an int, not {type(process_group).__name__}")
         if process_group < 0:
-            raise ValueError(f"process_group must be >= 0 (0: a new group led by the child), not {process_group}")
+            raise ValueError(
+                f"process_group must be >= 0 (0: a new group led by the child), not {process_group}"
+            )
         if new_session:
-            raise ValueError("new_session and process_group conflict: a session leader cannot change its group")
+            raise ValueError(
+                "new_session and process_group conflict: a session leader cannot change its group"
+            )
         req.process_group = process_group
     req.umask = -1
     if umask is not None:
@@ -338,12 +353,12 @@ def _set_fd_plan(
     if fds:
         if not isinstance(fds, Mapping):
             raise TypeError(f"fds must be a mapping {{child_fd: parent_fd}}, not {type(fds).__name__}")
-        for target, source in fds.items():
+        for target, fd_spec in fds.items():
             if isinstance(target, bool) or not isinstance(target, int):
                 raise TypeError(f"fds: child fd {target!r} is not an int")
             if target < 0:
                 raise ValueError(f"fds: child fd {target} is negative")
-            plan[target] = _fd_of(source, f"fds[{target}]")
+            plan[target] = _fd_of(fd_spec, f"fds[{target}]")
     for target, spec, name in ((0, stdin, "stdin"), (1, stdout, "stdout")):
         if spec is not None:
             if target in plan:
@@ -364,7 +379,9 @@ def _set_fd_plan(
         for fd in pass_fds:
             fd = _fd_of(fd, "pass_fds")
             if fd in plan and plan[fd] != fd:
-                raise ValueError(f"pass_fds: fd {fd} is also a target of the fd plan (fds/stdin/stdout/stderr)")
+                raise ValueError(
+                    f"pass_fds: fd {fd} is also a target of the fd plan (fds/stdin/stdout/stderr)"
+                )
             plan[fd] = fd
     if not plan:
         req.keep_fds = _KEEP_STDIO
@@ -454,19 +471,21 @@ def spawn(
     """Starts argv as a new process and returns its Process (the caller waits for it).
 
     argv: the program and its arguments (str, bytes or os.PathLike).  Without a slash in argv[0] (or in
-    `executable`, the file to run when it differs from argv[0]) PATH is searched with execvp's rules, using env's
-    PATH when env is given.
+    `executable`, the file to run when it differs from argv[0]) PATH is searched with execvp's rules, using
+    env's PATH when env is given.
 
-    stdin / stdout / stderr: None inherits the parent's; PIPE makes a pipe (the Process gets .stdin / .stdout /
-    .stderr as binary files); DEVNULL; an fd or an object with fileno().  stderr=STDOUT joins stderr to stdout.
-    fds={child_fd: parent_fd_or_file} sets any fd of the child (swaps and cycles are fine); pass_fds keeps parent
-    fds under their own numbers.  close_fds (default True): no other fd of the parent reaches the child.
+    stdin / stdout / stderr: None inherits the parent's; PIPE makes a pipe (the Process gets .stdin / .stdout
+    / .stderr as binary files); DEVNULL; an fd or an object with fileno().  stderr=STDOUT joins stderr to
+    stdout. fds={child_fd: parent_fd_or_file} sets any fd of the child (swaps and cycles are fine); pass_fds
+    keeps parent fds under their own numbers.  close_fds (default True): no other fd of the parent reaches the
+    child.
 
     cwd, env (a mapping: the child's whole environment; None inherits), new_session (setsid), process_group
-    (0: a new group led by the child; n: join group n), umask, rlimits ({resource.RLIMIT_X: (soft, hard)}, -1 for
-    infinity), pdeathsig (a signal the child gets when the parent thread that spawned it exits), no_new_privs,
-    restore_signals (SIGPIPE and SIGXFSZ back to their defaults; default True), sigmask (the signals blocked in the
-    child; None: the parent's mask).  Handlers the parent installed are always reset to SIG_DFL in the child.
+    (0: a new group led by the child; n: join group n), umask, rlimits ({resource.RLIMIT_X: (soft, hard)}, -1
+    for infinity), pdeathsig (a signal the child gets when the parent thread that spawned it exits),
+    no_new_privs, restore_signals (SIGPIPE and SIGXFSZ back to their defaults; default True), sigmask (the
+    signals blocked in the child; None: the parent's mask).  Handlers the parent installed are always reset to
+    SIG_DFL in the child.
 
     engine: "auto" (default, the fastest able to express the request), "clone", "vfork", "posix_spawn" (raises
     ValueError for umask, rlimits, pdeathsig, no_new_privs) or "fork".
@@ -483,4 +502,6 @@ def spawn(
     ))
 
 
-__all__ = ["DEVNULL", "ENGINES", "PIPE", "STDOUT", "FileSpec", "HasFileno", "Request", "prepare", "spawn", "start"]
+__all__ = [
+    "DEVNULL", "ENGINES", "PIPE", "STDOUT", "FileSpec", "HasFileno", "Request", "prepare", "spawn", "start",
+]
