@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Sanitizer gate: builds the C core with -fsanitize=address,undefined (PYPROC_SANITIZE=1, non-editable install into
+# a fresh venv) and runs the test suite with the ASan and UBSan runtimes preloaded into Python; fails on any test
+# failure and on any sanitizer report (reports are written to log files, so a report from any process counts).
+#
+# Usage: .ci/sanitize.sh [WORKDIR] [pytest args...]   (WORKDIR default: mktemp -d)
+# Environment: PYTHON (default python3), CC (default gcc), SANITIZE_CHILDREN=1 to leave LD_PRELOAD in the
+# environment the tests' children inherit (default: removed once Python has started; see below).
+#
+# The script first proves that the setup catches errors (a canary library with a heap overflow and one with
+# signed-integer overflow must each be reported) and that programs started with the runtime preloaded still run,
+# dynamic and static alike.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+WORK=${1:-$(mktemp -d -t pyproc-sanitize.XXXXXX)}
+[ $# -gt 0 ] && shift
+mkdir -p "$WORK"
+WORK=$(cd "$WORK" && pwd)
+PYTHON=${PYTHON:-python3}
+CC=${CC:-gcc}
+SRC=$WORK/src
+VENV=$WORK/venv
+LOGS=$WORK/sanitizer-logs
+rm -rf "$LOGS"
+start=$(date +%s)
+
+step() { printf '\n=== sanitize: %s (%ss)\n' "$*" "$(( $(date +%s) - start ))"; }
+die() { echo "sanitize: FAILED: $*" >&2; exit 1; }
+show_reports() {
+    if compgen -G "$LOGS/*" > /dev/null; then
+        for f in "$LOGS"/*; do echo "--- sanitizer report $f"; cat "$f"; done
+        return 1
+    fi
+}
+trap 'rc=$?; show_reports || rc=1; [ $rc = 0 ] || echo "sanitize: FAILED (exit $rc)" >&2; exit $rc' EXIT
+
+step "copy the source tree to $SRC"
+rm -rf "$SRC" "$WORK/tests" && mkdir -p "$SRC"
+tar -C "$ROOT" --exclude-vcs --exclude=./.venv --exclude=./build --exclude=./dist --exclude='*.egg-info' \
+    --exclude='*.so' --exclude=__pycache__ --exclude=.mypy_cache --exclude=.ruff_cache --exclude=.pytest_cache \
+    --exclude=.hypothesis --exclude=.benchmarks --exclude=bench-results -cf - . | tar -C "$SRC" -xf -
+# The tests run from a copy outside the source tree, against the installed package.
+cp -r "$SRC/tests" "$WORK/tests"
+
+step "fresh venv with the sanitized build (PYPROC_SANITIZE=1, non-editable)"
+"$PYTHON" -m venv --clear "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+(cd "$SRC" && PYPROC_SANITIZE=1 "$VENV/bin/python" -m pip install -q --no-cache-dir ".[test]" \
+    > "$WORK/build.log" 2>&1) || { tail -n 60 "$WORK/build.log"; die "the sanitized build failed"; }
+
+ASAN_LIB=$("$CC" -print-file-name=libasan.so)
+UBSAN_LIB=$("$CC" -print-file-name=libubsan.so)
+[ -f "$ASAN_LIB" ] || die "no ASan runtime ($CC -print-file-name=libasan.so gave $ASAN_LIB)"
+[ -f "$UBSAN_LIB" ] || die "no UBSan runtime ($CC -print-file-name=libubsan.so gave $UBSAN_LIB)"
+# (Not by importing pyproc: loading the sanitized module without the preload aborts.)
+PLATLIB=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])')
+NATIVE=$(ls "$PLATLIB"/pyproc/_native*.so 2>/dev/null | head -n 1)
+[ -n "$NATIVE" ] || die "no pyproc/_native*.so in $PLATLIB"
+ldd "$NATIVE" | grep -q libasan || die "$NATIVE is not linked against libasan: PYPROC_SANITIZE=1 did not apply"
+ldd "$NATIVE" | grep -q libubsan || die "$NATIVE is not linked against libubsan: PYPROC_SANITIZE=1 did not apply"
+
+rm -rf "$LOGS" && mkdir -p "$LOGS"
+# detect_leaks=0: CPython keeps much of its memory until exit by design.  exitcode 86/87: a sanitizer's own exit.
+export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:exitcode=86:log_path=$LOGS/asan:strict_string_checks=1:detect_invalid_pointer_pairs=0"
+export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:exitcode=87:log_path=$LOGS/ubsan"
+PRELOAD="$ASAN_LIB:$UBSAN_LIB"
+# Every Python run below goes through this wrapper: it points UBSan's reports to files too (libubsan ignores
+# UBSAN_OPTIONS=log_path when it runs beside libasan), then runs `-c CODE args`, `-m MODULE args` or `SCRIPT args`.
+# With --strip-preload (the test suite, unless SANITIZE_CHILDREN=1) it removes LD_PRELOAD from the environment once
+# the runtimes are loaded: the children the tests start then run as they would in production (a preloaded ASan
+# installs its own SIGSEGV/SIGBUS/SIGFPE handlers and exit codes in them, which tests of signal state would see).
+# Everything pyproc's C code does, including the child side before exec, runs in the sanitized process.
+cat > "$WORK/sanpy.py" <<'PY'
+import ctypes
+import os
+import runpy
+import sys
+
+ctypes.CDLL(os.environ["PYPROC_UBSAN_LIB"]).__sanitizer_set_report_path(os.environ["PYPROC_UBSAN_LOG"].encode())
+args = sys.argv[1:]
+if args and args[0] == "--strip-preload":
+    args = args[1:]
+    os.environ.pop("LD_PRELOAD", None)
+if args[0] == "-c":
+    sys.argv = ["-c", *args[2:]]
+    exec(compile(args[1], "<string>", "exec"), {"__name__": "__main__"})
+elif args[0] == "-m":
+    sys.argv = [args[1], *args[2:]]
+    runpy.run_module(args[1], run_name="__main__", alter_sys=True)
+else:
+    sys.argv = args
+    runpy.run_path(args[0], run_name="__main__")
+PY
+export PYPROC_UBSAN_LIB=$UBSAN_LIB PYPROC_UBSAN_LOG=$LOGS/ubsan
+sanpy() { (cd "$WORK" && LD_PRELOAD=$PRELOAD "$VENV/bin/python" "$WORK/sanpy.py" "$@"); }
+
+step "canaries: the preloaded runtimes must report a deliberate bug"
+CANARY=$WORK/canary
+mkdir -p "$CANARY"
+cat > "$CANARY/canary.c" <<'C'
+#include <stdlib.h>
+#include <string.h>
+int canary_heap_overflow(int n) { char *p = malloc(8); memset(p, 1, 8); int v = p[n]; free(p); return v; }
+int canary_signed_overflow(int n) { int big = 0x7fffffff; return big + n; }
+C
+cat > "$CANARY/hello.c" <<'C'
+#include <unistd.h>
+int main(void) { return write(1, "hello\n", 6) == 6 ? 0 : 1; }
+C
+"$CC" -shared -fPIC -O0 -g -fsanitize=address,undefined -fno-sanitize-recover=all "$CANARY/canary.c" -o "$CANARY/canary.so"
+"$CC" -static -O2 "$CANARY/hello.c" -o "$CANARY/hello-static"
+file "$CANARY/hello-static" | grep -q "statically linked" || die "could not build a static test program"
+canary() { # $1: function, $2: expected exit code, $3: text the report must contain
+    local rc=0
+    sanpy -c "import ctypes, sys; ctypes.CDLL(sys.argv[1]).$1(ctypes.c_int(int(sys.argv[2])))" \
+        "$CANARY/canary.so" 8 || rc=$?
+    [ "$rc" = "$2" ] || die "canary $1 exited with $rc, expected $2 (a sanitizer report)"
+    grep -qs "$3" "$LOGS"/* || die "canary $1: no report containing '$3' in $LOGS"
+    echo "canary $1: caught ($3, exit $rc)"
+    rm -f "$LOGS"/*
+}
+canary canary_heap_overflow 86 "heap-buffer-overflow"
+canary canary_signed_overflow 87 "signed integer overflow"
+
+step "children started with the runtime preloaded still work (dynamic and static programs, every engine)"
+cat > "$WORK/children.py" <<'PY'
+import os, sys
+import pyproc
+assert "libasan" in os.environ.get("LD_PRELOAD", "")
+for engine in pyproc.ENGINES:
+    for argv in ([sys.argv[1]], ["sh", "-c", "echo hello"]):
+        proc = pyproc.spawn(argv, engine=engine, stdout=pyproc.PIPE)
+        out = proc.stdout.read()
+        proc.stdout.close()
+        code = proc.wait()
+        assert (code, out) == (0, b"hello\n"), (engine, argv, code, out)
+print("dynamic and static children run under the preload with every engine")
+PY
+sanpy "$WORK/children.py" "$CANARY/hello-static"
+show_reports || die "sanitizer reports while starting children (above)"
+
+step "the test suite under ASan + UBSan"
+strip=--strip-preload
+[ "${SANITIZE_CHILDREN:-0}" = 1 ] && strip=
+rc=0
+sanpy $strip -m pytest -c "$SRC/pyproject.toml" --rootdir "$WORK" -p no:cacheprovider -q "$@" "$WORK/tests" || rc=$?
+show_reports || die "sanitizer reports (above)"
+[ "$rc" = 0 ] || die "the test suite failed under the sanitizers (pytest exit $rc)"
+step "ok"
