@@ -59,6 +59,7 @@ _STAGE_NAMES = {
 
 _RLIM_INFINITY = (1 << 64) - 1
 _MAX_SIGNAL = signal.NSIG - 1
+_VALID_SIGNALS = frozenset(int(sig) for sig in signal.valid_signals())  # glibc keeps 32 and 33 for itself
 
 
 class HasFileno(Protocol):
@@ -298,6 +299,9 @@ def prepare(
         if isinstance(sigmask, (str, bytes)) or not isinstance(sigmask, Iterable):
             raise TypeError(f"sigmask must be an iterable of signal numbers, not {type(sigmask).__name__}")
         signals = [_check_signal(sig, "sigmask") for sig in sigmask]
+        reserved = sorted(set(signals) - _VALID_SIGNALS)
+        if reserved:
+            raise ValueError(f"sigmask: signals {reserved} are reserved by the C library (not blockable)")
         req.set_sigmask = 1
         req.sigmask_signals = keepalive_new(keepalive, "int[]", signals)
         req.n_sigmask_signals = len(signals)
