@@ -253,6 +253,8 @@ def prepare(
     c_args = [ffi.new("char[]", arg) for arg in bargs]
     keepalive.append(c_args)
     req.argv = keepalive_new(keepalive, "char *[]", [*c_args, ffi.NULL])
+    if env is not None and not isinstance(env, Mapping):  # before the PATH search, which reads env's PATH
+        raise TypeError(f"env must be a mapping, not {type(env).__name__}")
     candidates = _exec_candidates(program, env)
     if executable is None and len(candidates) == 1 and candidates[0] == bargs[0]:
         req.exec_paths = keepalive_new(keepalive, "char *[]", [c_args[0]])
