@@ -308,8 +308,9 @@ def prepare(
         req.sigmask_signals = keepalive_new(keepalive, "int[]", signals)
         req.n_sigmask_signals = len(signals)
     if engine == "posix_spawn":
-        refused = [name for name, value in (("umask", umask), ("rlimits", rlimits), ("pdeathsig", pdeathsig),
-                                            ("no_new_privs", no_new_privs)) if value]
+        asked = (("umask", umask is not None), ("rlimits", rlimits), ("pdeathsig", pdeathsig),
+                 ("no_new_privs", no_new_privs))
+        refused = [name for name, value in asked if value]
         if refused:
             raise ValueError(f"engine='posix_spawn' cannot express {', '.join(refused)}: use engine='auto'")
     stdio = _Stdio()

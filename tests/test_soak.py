@@ -1,9 +1,10 @@
 """Soak tests: many children from several threads, with failures, timeouts and a flood of signals mixed in.
 
-The full runs are behind @pytest.mark.slow (`pytest -m slow tests/test_soak.py`): 100k spawn/wait cycles and 10k
-run(capture=True) from 4 threads, and 8 threads spawning under a signal flood.  Short variants of each run by
-default.  After each: the parent's fd table is identical to before and no child of ours remains; a deadlock is
-caught by a join timeout, and faulthandler dumps every thread's stack (and ends the run) if even that hangs.
+The full runs are behind @pytest.mark.slow (`pytest -m slow tests/test_soak.py`): 100k spawn/wait cycles and
+10k run(capture=True) from 4 threads, and 8 threads spawning under a signal flood.  Short variants of each run
+by default.  After each: the parent's fd table is identical to before and no child of ours remains; a deadlock
+is caught by a join timeout, and faulthandler dumps every thread's stack (and ends the run) if even that
+hangs.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ def _run_threads(n_threads: int, work: Callable[[int], None], join_timeout: floa
         except BaseException as exc:  # handed to the main thread
             errors.append(exc)
 
-    threads = [threading.Thread(target=body, args=(i,), daemon=True, name=f"soak-{i}") for i in range(n_threads)]
+    threads = [
+        threading.Thread(target=body, args=(i,), daemon=True, name=f"soak-{i}") for i in range(n_threads)
+    ]
     for thread in threads:
         thread.start()
     deadline = time.monotonic() + join_timeout
@@ -61,7 +64,7 @@ def _run_threads(n_threads: int, work: Callable[[int], None], join_timeout: floa
         raise errors[0]
 
 
-# ---- spawn / wait cycles ------------------------------------------------------------------------------------------
+# ---- spawn / wait cycles -----------------------------------------------------------------------------------
 
 
 def _spawn_cycle(i: int, counts: dict[str, int]) -> None:
@@ -129,7 +132,7 @@ def test_soak_spawn_wait_100k() -> None:
     _soak_spawn_wait(total=100_000, n_threads=4, join_timeout=1800)
 
 
-# ---- run(capture=True) (issue 3): active once pyproc.run exists ------------------------------------------------------
+# ---- run(capture=True) (issue 3): active once pyproc.run exists --------------------------------------------
 
 
 def _run_cycle(run: Any, i: int, counts: dict[str, int]) -> None:
@@ -149,8 +152,11 @@ def _run_cycle(run: Any, i: int, counts: dict[str, int]) -> None:
         counts["timeout"] += 1
     else:
         result = run(["sh", "-c", f"echo out{i}; echo err{i} >&2; exit {i % 3}"], capture=True, engine=engine)
-        assert (result.returncode, result.stdout, result.stderr) == (i % 3, f"out{i}\n".encode(),
-                                                                     f"err{i}\n".encode())
+        assert (result.returncode, result.stdout, result.stderr) == (
+            i % 3,
+            f"out{i}\n".encode(),
+            f"err{i}\n".encode(),
+        )
         counts["ok"] += 1
 
 
@@ -181,7 +187,7 @@ def test_soak_run_capture_10k() -> None:
     _soak_run(total=10_000, n_threads=4, join_timeout=1800)
 
 
-# ---- 8 threads spawning while another process floods us with signals -----------------------------------------------
+# ---- 8 threads spawning while another process floods us with signals ---------------------------------------
 
 _FLOOD_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD, signal.SIGWINCH)
 _FLOODER = (
@@ -208,8 +214,18 @@ def _soak_signal_flood(duration: float, n_threads: int, join_timeout: float) -> 
     previous = {sig: signal.signal(sig, handler) for sig in _FLOOD_SIGNALS}
     flooder = None
     try:
-        flooder = pyproc.spawn([sys.executable, "-I", "-S", "-c", _FLOODER, str(os.getpid()),
-                                *(str(int(s)) for s in _FLOOD_SIGNALS)], stdout=pyproc.PIPE)
+        flooder = pyproc.spawn(
+            [
+                sys.executable,
+                "-I",
+                "-S",
+                "-c",
+                _FLOODER,
+                str(os.getpid()),
+                *(str(int(s)) for s in _FLOOD_SIGNALS),
+            ],
+            stdout=pyproc.PIPE,
+        )
         assert flooder.stdout is not None
         assert flooder.stdout.read(2) == b"go"
         stop = time.monotonic() + duration

@@ -1,14 +1,14 @@
 """Drives pyproc's C paths for .ci/valgrind.sh (run under valgrind memcheck, not collected by pytest).
 
 Every engine, the fd plan (swaps, cycles, more than 16 actions, pass_fds), process state (cwd, env, umask,
-rlimits, sigmask, session, group, pdeathsig, no_new_privs), the forced fallbacks, failures reported from the child
-(missing program along PATH, bad cwd, a failing dup2), the child side alone (pyproc_exec_child after os.fork) and
-the waits (wait, wait with timeout, poll, wait_any, signals).
+rlimits, sigmask, session, group, pdeathsig, no_new_privs), the forced fallbacks, failures reported from the
+child (missing program along PATH, bad cwd, a failing dup2), the child side alone (pyproc_exec_child after
+os.fork) and the waits (wait, wait with timeout, poll, wait_any, signals).
 
-Under valgrind the CLONE_VM engines become plain forks (valgrind cannot run a child in the parent's memory), so
-a failure the child writes into the parent's memory is lost and the parent sees exit status 127 instead of an
-OSError; and glibc's posix_spawn does the same.  The driver accepts either there: its purpose is to run the C code
-under memcheck, whose verdict is what counts.  It exits nonzero if a path it expects to work does not.
+Under valgrind the CLONE_VM engines become plain forks (valgrind cannot run a child in the parent's memory),
+so a failure the child writes into the parent's memory is lost and the parent sees exit status 127 instead of
+an OSError; and glibc's posix_spawn does the same.  The driver accepts either there: its purpose is to run the
+C code under memcheck, whose verdict is what counts.  It exits nonzero if a path it expects to work does not.
 
 Usage: python tests/valgrind_driver.py [--rounds N]
 """
@@ -25,7 +25,9 @@ import tempfile
 import pyproc
 from pyproc._lib import ffi, lib
 
-EXACT_ENGINES = ("fork",)  # engines whose failures reach the parent as under a real kernel, even under valgrind
+EXACT_ENGINES = (
+    "fork",
+)  # engines whose failures reach the parent as under a real kernel, even under valgrind
 
 
 def check(condition: bool, what: str) -> None:
@@ -41,7 +43,10 @@ def expect_failure(engine: str, exc_type: type[BaseException], what: str, **kwar
     except exc_type:
         return
     code = proc.wait()
-    check(engine not in EXACT_ENGINES and code == 127, f"{what} with engine {engine}: started, returncode {code}")
+    check(
+        engine not in EXACT_ENGINES and code == 127,
+        f"{what} with engine {engine}: started, returncode {code}",
+    )
 
 
 def read_all(proc: pyproc.Process) -> bytes:
@@ -55,9 +60,15 @@ def engine_round(engine: str, scratch: str) -> None:
     # plain, pipes, stderr to stdout, env, cwd
     code = pyproc.spawn(["true"], engine=engine).wait()
     check(code == 0 or engine not in EXACT_ENGINES, f"true ({engine}): {code}")
-    proc = pyproc.spawn(["sh", "-c", "echo out; echo err >&2; pwd; echo $PYPROC_X"], engine=engine,
-                        stdout=pyproc.PIPE, stderr=pyproc.STDOUT, stdin=pyproc.DEVNULL, cwd=scratch,
-                        env={"PYPROC_X": "y", "PATH": os.defpath})
+    proc = pyproc.spawn(
+        ["sh", "-c", "echo out; echo err >&2; pwd; echo $PYPROC_X"],
+        engine=engine,
+        stdout=pyproc.PIPE,
+        stderr=pyproc.STDOUT,
+        stdin=pyproc.DEVNULL,
+        cwd=scratch,
+        env={"PYPROC_X": "y", "PATH": os.defpath},
+    )
     out = read_all(proc)
     code = proc.wait()
     if engine in EXACT_ENGINES:
@@ -80,18 +91,32 @@ def engine_round(engine: str, scratch: str) -> None:
     # process state
     options: dict[str, object] = {"sigmask": [signal.SIGUSR1, signal.SIGTERM], "restore_signals": False}
     if full:
-        options.update(umask=0o027, rlimits={resource.RLIMIT_CORE: (0, 0), resource.RLIMIT_FSIZE: 1 << 30},
-                       pdeathsig=signal.SIGTERM, no_new_privs=True)
+        options.update(
+            umask=0o027,
+            rlimits={resource.RLIMIT_CORE: (0, 0), resource.RLIMIT_FSIZE: 1 << 30},
+            pdeathsig=signal.SIGTERM,
+            no_new_privs=True,
+        )
     for session in ({"new_session": True}, {"process_group": 0}):
         proc = pyproc.spawn(["true"], engine=engine, **session, **options)  # type: ignore[arg-type]
         proc.wait()
     # failures the child reports
-    expect_failure(engine, FileNotFoundError, "missing program", argv=["pyproc-vg-no-such-program"],
-                   env={"PATH": f"{scratch}:/nonexistent:{os.defpath}"})
+    expect_failure(
+        engine,
+        FileNotFoundError,
+        "missing program",
+        argv=["pyproc-vg-no-such-program"],
+        env={"PATH": f"{scratch}:/nonexistent:{os.defpath}"},
+    )
     expect_failure(engine, FileNotFoundError, "bad cwd", cwd="/nonexistent-pyproc-vg")
     expect_failure(engine, PermissionError, "a directory as program", argv=[scratch])
     if full:
-        expect_failure(engine, OSError, "dup2 beyond RLIMIT_NOFILE", fds={resource.getrlimit(resource.RLIMIT_NOFILE)[0] + 10: 0})
+        expect_failure(
+            engine,
+            OSError,
+            "dup2 beyond RLIMIT_NOFILE",
+            fds={resource.getrlimit(resource.RLIMIT_NOFILE)[0] + 10: 0},
+        )
         expect_failure(engine, OSError, "unknown rlimit", rlimits={999: 1})
     # waits (strict only where the engine works as on a real kernel under valgrind, see the module's doc)
     exact = engine in EXACT_ENGINES
@@ -115,9 +140,14 @@ def engine_round(engine: str, scratch: str) -> None:
 
 
 def fallback_round() -> None:
-    """The clone engine with each forced fallback (clone(2), no CLONE_PIDFD, no close_range, no /proc/self/fd)."""
-    masks = [lib.PYPROC_FORCE_NO_CLONE3, lib.PYPROC_FORCE_NO_CLONE_PIDFD, lib.PYPROC_FORCE_NO_CLOSE_RANGE,
-             lib.PYPROC_FORCE_NO_CLOSE_RANGE | lib.PYPROC_FORCE_NO_PROC_FD]
+    """The clone engine with each forced fallback (clone(2), no CLONE_PIDFD, no close_range, no
+    /proc/self/fd)."""
+    masks = [
+        lib.PYPROC_FORCE_NO_CLONE3,
+        lib.PYPROC_FORCE_NO_CLONE_PIDFD,
+        lib.PYPROC_FORCE_NO_CLOSE_RANGE,
+        lib.PYPROC_FORCE_NO_CLOSE_RANGE | lib.PYPROC_FORCE_NO_PROC_FD,
+    ]
     before = lib.pyproc_get_forced_fallbacks()
     try:
         for mask in masks:
@@ -152,24 +182,36 @@ def exec_child_round() -> None:
         _, status = os.waitpid(pid, 0)
         check(err == 0 and bool(got[0]) == want_error, f"exec_child {argv}: err {err} got {got[0]}")
         if want_error:
-            check(res.fail_errno != 0 and os.waitstatus_to_exitcode(status) == 127, f"exec_child {argv} record")
+            check(
+                res.fail_errno != 0 and os.waitstatus_to_exitcode(status) == 127, f"exec_child {argv} record"
+            )
 
 
 def direct_round() -> None:
-    """wait.c's poll paths called directly on pipes (valgrind has no pidfd_open, so Process objects get none)."""
+    """wait.c's poll paths called directly on pipes (valgrind has no pidfd_open, so Process objects get
+    none)."""
     r, w = os.pipe()
     try:
         exited = ffi.new("int *")
         remaining = ffi.new("int64_t *")
-        check(lib.pyproc_wait_pidfd(r, 1_000_000, exited, remaining) == 0 and not exited[0], "wait_pidfd timeout")
+        check(
+            lib.pyproc_wait_pidfd(r, 1_000_000, exited, remaining) == 0 and not exited[0],
+            "wait_pidfd timeout",
+        )
         os.write(w, b"x")
         check(lib.pyproc_wait_pidfd(r, -1, exited, remaining) == 0 and exited[0], "wait_pidfd ready")
         r2, w2 = os.pipe()
         try:
             fds = ffi.new("int[]", [r2, r2, r])
             index = ffi.new("int *")
-            check(lib.pyproc_wait_any(fds, 3, 5_000_000_000, index, remaining) == 0 and index[0] == 2, "wait_any")
-            check(lib.pyproc_wait_any(fds, 2, 1_000_000, index, remaining) == 0 and index[0] == -1, "wait_any timeout")
+            check(
+                lib.pyproc_wait_any(fds, 3, 5_000_000_000, index, remaining) == 0 and index[0] == 2,
+                "wait_any",
+            )
+            check(
+                lib.pyproc_wait_any(fds, 2, 1_000_000, index, remaining) == 0 and index[0] == -1,
+                "wait_any timeout",
+            )
             check(lib.pyproc_wait_any(fds, 0, 0, index, remaining) != 0, "wait_any of nothing")
         finally:
             os.close(r2)
