@@ -896,6 +896,61 @@ def test_fuzz_run_failures(data: st.DataObject) -> None:
     _check_run_failures(data)
 
 
+def _check_run_limits_and_text(data: st.DataObject) -> None:
+    """max_output around the output's size, text mode round trips, timeouts that keep the partial output."""
+    run = _need_run()
+    engine = data.draw(st.sampled_from(pyproc.ENGINES), "engine")
+    mode = data.draw(st.sampled_from(["limit", "text", "timeout"]), "mode")
+    snapshot = Snapshot()
+    if mode == "limit":
+        size = data.draw(st.one_of(st.sampled_from([0, 1, 65536]), st.integers(0, 1 << 20)), "size")
+        limit = data.draw(
+            st.one_of(st.just(size), st.just(max(size - 1, 0)), st.integers(0, 1 << 20)), "limit"
+        )
+        what = f"run(head -c {size}, max_output={limit}, engine={engine})"
+        argv = ["head", "-c", str(size), "/dev/zero"]
+        if size > limit:
+            with pytest.raises(pyproc.OutputLimitExceeded) as info:
+                run(argv, capture=True, max_output=limit, timeout=60, engine=engine)
+            out = info.value.output
+            assert isinstance(out, bytes) and len(out) <= limit and out == bytes(len(out)), what
+        else:
+            result = run(argv, capture=True, max_output=limit, timeout=60, engine=engine)
+            assert result.returncode == 0 and result.stdout == bytes(size), what
+    elif mode == "text":
+        text = data.draw(st.text(st.characters(blacklist_categories=("Cs",)), max_size=2000), "text")
+        what = f"run(cat, input={len(text)} chars, encoding=utf-8, engine={engine})"
+        result = run(["cat"], input=text, capture=True, encoding="utf-8", timeout=60, engine=engine)
+        # (text mode may translate newlines as io.TextIOWrapper does: compare with that translation)
+        assert result.stdout in (text, text.replace("\r\n", "\n").replace("\r", "\n")), what
+        assert result.stderr == "", what
+    else:
+        lines = data.draw(st.integers(0, 50), "lines")
+        what = f"run(print {lines} lines then sleep, timeout, engine={engine})"
+        script = f"i=0; while [ $i -lt {lines} ]; do echo line$i; i=$((i+1)); done; exec sleep 30"
+        started = time.monotonic()
+        with pytest.raises(pyproc.TimeoutExpired) as info:
+            run(["sh", "-c", script], capture=True, timeout=0.25, engine=engine)
+        assert time.monotonic() - started < 10, f"{what}: the timeout took {time.monotonic() - started:.1f} s"
+        partial = info.value.output or b""
+        expected = "".join(f"line{i}\n" for i in range(lines)).encode()
+        assert expected.startswith(partial), f"{what}: partial output {partial[:80]!r} is not a prefix"
+    snapshot.check(what)
+
+
+@FAST_CHILD
+@given(st.data())
+def test_fuzz_run_limits_text_timeouts(data: st.DataObject) -> None:
+    _check_run_limits_and_text(data)
+
+
+@pytest.mark.slow
+@SLOW_CHILD
+@given(st.data())
+def test_fuzz_run_limits_text_timeouts_long(data: st.DataObject) -> None:
+    _check_run_limits_and_text(data)
+
+
 # ---- regressions the fuzzing found (deterministic, so that they never come back unnoticed) -----------------
 
 
