@@ -6,6 +6,8 @@ signals go through the pidfd, so a recycled pid is never hit.  Nothing here ever
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import signal
 import threading
@@ -64,8 +66,17 @@ class Rusage:
                    ru.oublock, ru.nvcsw, ru.nivcsw)
 
 
+_MAX_TIMEOUT_NS = 1 << 62  # 146 years: "no limit" for every practical purpose, and it fits the C int64_t
+
+
 def _timeout_ns(timeout: float) -> int:
-    return max(0, int(timeout * 1e9))
+    """Seconds -> nanoseconds for the C waits: negative is 0, inf (or anything huge) is _MAX_TIMEOUT_NS."""
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
+    if math.isnan(timeout):
+        raise ValueError("timeout is NaN")
+    ns = float(timeout) * 1e9
+    return _MAX_TIMEOUT_NS if ns >= _MAX_TIMEOUT_NS else 0 if ns <= 0 else int(ns)
 
 
 # Children whose Process was collected while they still ran: reaped (without blocking) at the next spawn, as
@@ -213,6 +224,10 @@ class Process:
 
     def send_signal(self, sig: int) -> None:
         """Sends sig to the child (through its pidfd); does nothing once the child has been reaped."""
+        if isinstance(sig, bool) or not isinstance(sig, int):
+            raise TypeError(f"sig must be a signal number, not {type(sig).__name__}")
+        if not 0 <= sig < signal.NSIG:
+            raise ValueError(f"{sig} is not a signal number (0..{signal.NSIG - 1})")
         if self.returncode is not None:
             return
         pidfd = -1 if self.pidfd is None else self.pidfd

@@ -809,6 +809,93 @@ def test_fuzz_pipe_sizes(sizes: list[int], engine: str) -> None:
     _check_pipe_sizes(sizes, engine)
 
 
+# ---- Process and wait_any: random sequences of operations --------------------------------------------------
+
+_timeouts = st.one_of(
+    st.none(),
+    st.floats(-1, 0.05),
+    st.sampled_from([0, 0.0, -0.0, float("inf"), float("-inf"), 1e300, -1e300, 10**30]),
+)
+_junk_timeouts = st.sampled_from([float("nan"), "1", b"1", [1], True])
+_signals = st.one_of(
+    st.sampled_from([0, signal.SIGTERM, signal.SIGKILL, signal.SIGUSR1, signal.SIGCONT, signal.SIGSTOP]),
+    st.sampled_from([-1, signal.NSIG, 10**12, -(10**12), True, "TERM", 1.5, None]),
+)
+_ops = st.lists(
+    st.tuples(
+        st.sampled_from(["wait", "poll", "send_signal", "wait_any", "returncode"]),
+        st.integers(0, 3),
+        st.one_of(_timeouts, _junk_timeouts),
+        _signals,
+    ),
+    max_size=12,
+)
+_children = st.lists(
+    st.sampled_from([["true"], ["false"], ["sleep", "0.03"], ["sleep", "30"], ["sh", "-c", "exit 7"]]),
+    min_size=1,
+    max_size=4,
+)
+_WAIT_ERRORS = (TypeError, ValueError, pyproc.TimeoutExpired)
+
+
+def _check_process_ops(argvs: list[list[str]], ops: list[tuple[str, int, Any, Any]], engine: str) -> None:
+    snapshot = Snapshot()
+    procs = [pyproc.spawn(argv, engine=engine) for argv in argvs]
+    try:
+        for op, index, timeout, sig in ops:
+            proc = procs[index % len(procs)]
+            what = f"{op} on {proc.args} (timeout={timeout!r}, sig={sig!r}, engine={engine})"
+            try:
+                if op == "wait":
+                    if timeout is None or (isinstance(timeout, float) and timeout == float("inf")):
+                        timeout = 0.05  # a real wait forever would hang on `sleep 30`
+                    code = proc.wait(timeout=timeout)
+                    assert code == proc.returncode and proc.status is not None, what
+                elif op == "poll":
+                    code = proc.poll()
+                    assert code is None or code == proc.returncode, what
+                elif op == "send_signal":
+                    proc.send_signal(sig)
+                elif op == "wait_any":
+                    chosen = procs[: index + 1]
+                    if timeout is None or (isinstance(timeout, float) and timeout == float("inf")):
+                        timeout = 0.05
+                    done = pyproc.wait_any(chosen, timeout=timeout)
+                    assert done in chosen and done.returncode is not None, what
+                else:
+                    reaped = proc.returncode is not None
+                    assert not reaped or proc.pidfd is None, f"{what}: a reaped child keeps its pidfd"
+            except _WAIT_ERRORS as exc:
+                assert op in ("wait", "wait_any", "send_signal"), f"{what}: {exc!r}"
+                if isinstance(exc, pyproc.TimeoutExpired):
+                    assert op != "send_signal", what
+                else:
+                    assert str(exc), f"{what}: {exc!r} without a message"
+            except OSError as exc:
+                raise AssertionError(f"{what}: {exc!r}") from exc
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+                proc.send_signal(signal.SIGCONT)
+            code = proc.wait(timeout=30)
+            assert code == proc.returncode and proc.pidfd is None
+    snapshot.check(f"process ops {ops}")
+
+
+@FAST_CHILD
+@given(_children, _ops, st.sampled_from(pyproc.ENGINES))
+def test_fuzz_process_operations(argvs: list[list[str]], ops: list[Any], engine: str) -> None:
+    _check_process_ops(argvs, ops, engine)
+
+
+@pytest.mark.slow
+@SLOW_CHILD
+@given(_children, _ops, st.sampled_from(pyproc.ENGINES))
+def test_fuzz_process_operations_long(argvs: list[list[str]], ops: list[Any], engine: str) -> None:
+    _check_process_ops(argvs, ops, engine)
+
+
 # ---- run() (issue 3): active once pyproc.run exists --------------------------------------------------------
 
 
@@ -972,3 +1059,33 @@ def test_fuzz_regressions(kwargs: dict[str, Any], error: type[BaseException]) ->
         pyproc.spawn(["true"], **kwargs)
     assert counting.spawn_calls == 0
     snapshot.check(str(kwargs))
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), 1e300, float("-inf"), -1e300])
+def test_fuzz_regressions_wait_timeouts(timeout: float) -> None:
+    # were OverflowError (int() of an infinite number of nanoseconds)
+    snapshot = Snapshot()
+    proc = pyproc.spawn(["true"])
+    if timeout > 0:
+        assert proc.wait(timeout=timeout) == 0
+    else:
+        with contextlib.suppress(pyproc.TimeoutExpired):
+            proc.wait(timeout=timeout)
+        assert proc.wait() == 0
+    other = pyproc.spawn(["true"])
+    if timeout > 0:
+        assert pyproc.wait_any([other], timeout=timeout) is other
+    else:
+        with contextlib.suppress(pyproc.TimeoutExpired):
+            pyproc.wait_any([other], timeout=timeout)
+        assert other.wait() == 0
+    snapshot.check(f"timeout {timeout}")
+
+
+@pytest.mark.parametrize(("sig", "error"), [(10**12, ValueError), (-1, ValueError), ("TERM", TypeError)])
+def test_fuzz_regressions_send_signal(sig: Any, error: type[BaseException]) -> None:
+    # 10**12 was OverflowError from cffi; -1 was OSError(EINVAL) from the kernel
+    with pyproc.spawn(["sleep", "30"]) as proc:
+        with pytest.raises(error):
+            proc.send_signal(sig)
+        proc.kill()
