@@ -838,6 +838,16 @@ _children = st.lists(
 _WAIT_ERRORS = (TypeError, ValueError, pyproc.TimeoutExpired)
 
 
+def _long(timeout: Any) -> bool:
+    return isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 1
+
+
+def _end(proc: pyproc.Process) -> None:
+    """Makes sure proc ends soon (it may be `sleep 30`, or stopped by an earlier SIGSTOP)."""
+    proc.kill()
+    proc.send_signal(signal.SIGCONT)
+
+
 def _check_process_ops(argvs: list[list[str]], ops: list[tuple[str, int, Any, Any]], engine: str) -> None:
     snapshot = Snapshot()
     procs = [pyproc.spawn(argv, engine=engine) for argv in argvs]
@@ -847,8 +857,8 @@ def _check_process_ops(argvs: list[list[str]], ops: list[tuple[str, int, Any, An
             what = f"{op} on {proc.args} (timeout={timeout!r}, sig={sig!r}, engine={engine})"
             try:
                 if op == "wait":
-                    if timeout is None or (isinstance(timeout, float) and timeout == float("inf")):
-                        timeout = 0.05  # a real wait forever would hang on `sleep 30`
+                    if timeout is None or _long(timeout):  # let a wait without a (practical) limit end
+                        _end(proc)
                     code = proc.wait(timeout=timeout)
                     assert code == proc.returncode and proc.status is not None, what
                 elif op == "poll":
@@ -858,8 +868,8 @@ def _check_process_ops(argvs: list[list[str]], ops: list[tuple[str, int, Any, An
                     proc.send_signal(sig)
                 elif op == "wait_any":
                     chosen = procs[: index + 1]
-                    if timeout is None or (isinstance(timeout, float) and timeout == float("inf")):
-                        timeout = 0.05
+                    if timeout is None or _long(timeout):
+                        _end(chosen[-1])
                     done = pyproc.wait_any(chosen, timeout=timeout)
                     assert done in chosen and done.returncode is not None, what
                 else:
