@@ -11,6 +11,7 @@ from .spawn import DEVNULL, ENGINES, PIPE, STDOUT, spawn
 
 # io (issue 3)
 # signals (issue 6)
+from .signals import SignalEvent, SignalPipe
 
 __all__ = [
     "CalledProcessError",
@@ -21,6 +22,8 @@ __all__ = [
     "Process",
     "Rusage",
     "STDOUT",
+    "SignalEvent",
+    "SignalPipe",
     "Status",
     "TimeoutExpired",
     "__version__",
