@@ -190,8 +190,9 @@ int pyproc_sigpipe_install(int sig, int write_fd, int restart);
    when someone else changed the disposition meanwhile: theirs is left in place.  ENOENT: not installed. */
 int pyproc_sigpipe_uninstall(int sig, int *replaced);
 
-/* Records for sig that did not fit in the pipe since it was installed (an atomic counter). */
-int pyproc_sigpipe_dropped(int sig, uint64_t *dropped);
+/* Since sig was installed: how many times the handler ran for it (delivered), and how many of those records did
+   not fit in the pipe (dropped).  Atomic counters, kept after uninstalling until the next install. */
+int pyproc_sigpipe_counts(int sig, uint64_t *delivered, uint64_t *dropped);
 
 /* ---- cow.c: copy-on-write and fork-cost measurement (issue 4) --------------------------------------------------- */
 

@@ -32,7 +32,8 @@ static int slot_state[_NSIG];           /* SLOT_*: one owner per signal */
 static int slot_fd[_NSIG];              /* the write end for this signal's records; -1 (or 0 before first use)
                                            only matters while slot_state is INSTALLED, see the handler */
 static int slot_in_flight[_NSIG];       /* handlers inside their critical part */
-static uint64_t slot_dropped[_NSIG];    /* records the full pipe refused */
+static uint64_t slot_delivered[_NSIG];  /* handler runs that had a pipe to write to */
+static uint64_t slot_dropped[_NSIG];    /* of those, records the full pipe refused */
 static struct sigaction slot_saved[_NSIG];
 
 static int is_user_sender(int code)
@@ -49,6 +50,7 @@ static void sigpipe_handler(int sig, siginfo_t *info, void *context)
     __atomic_add_fetch(&slot_in_flight[sig], 1, __ATOMIC_SEQ_CST);
     int fd = __atomic_load_n(&slot_fd[sig], __ATOMIC_SEQ_CST);
     if (fd >= 0 && __atomic_load_n(&slot_state[sig], __ATOMIC_SEQ_CST) == SLOT_INSTALLED) {
+        __atomic_add_fetch(&slot_delivered[sig], 1, __ATOMIC_RELAXED);
         struct pyproc_sigrecord record;
         memset(&record, 0, sizeof record); /* async-signal-safe since POSIX.1-2016 (and inlined here) */
         record.signo = sig;
@@ -89,6 +91,7 @@ int pyproc_sigpipe_install(int sig, int write_fd, int restart)
     if (!__atomic_compare_exchange_n(&slot_state[sig], &expected, SLOT_BUSY, 0, __ATOMIC_SEQ_CST,
                                      __ATOMIC_SEQ_CST))
         return EBUSY;
+    __atomic_store_n(&slot_delivered[sig], 0, __ATOMIC_SEQ_CST);
     __atomic_store_n(&slot_dropped[sig], 0, __ATOMIC_SEQ_CST);
     __atomic_store_n(&slot_fd[sig], write_fd, __ATOMIC_SEQ_CST);
     struct sigaction action;
@@ -138,11 +141,12 @@ int pyproc_sigpipe_uninstall(int sig, int *replaced)
     return 0;
 }
 
-int pyproc_sigpipe_dropped(int sig, uint64_t *dropped)
+int pyproc_sigpipe_counts(int sig, uint64_t *delivered, uint64_t *dropped)
 {
-    *dropped = 0;
+    *delivered = *dropped = 0;
     if (!valid_signal(sig))
         return EINVAL;
     *dropped = __atomic_load_n(&slot_dropped[sig], __ATOMIC_SEQ_CST);
+    *delivered = __atomic_load_n(&slot_delivered[sig], __ATOMIC_SEQ_CST);
     return 0;
 }

@@ -89,6 +89,13 @@ def _check_signals(signals: object, what: str) -> list[int]:
     return result
 
 
+class SignalCounts(NamedTuple):
+    """A SignalPipe's counters for one signal: handler runs (delivered), records lost (dropped)."""
+
+    delivered: int
+    dropped: int
+
+
 class SignalPipe:
     """Turns signals into SignalEvent records read from a pipe; a context manager.
 
@@ -98,8 +105,9 @@ class SignalPipe:
 
     fileno() is the read end (non-blocking, close-on-exec) to hand to select / selectors / asyncio; read()
     returns the records waiting now (a list of SignalEvent, empty if none; never blocks); wait(timeout) blocks
-    until at least one record arrives or timeout seconds pass.  dropped counts the records the handler could
-    not write because the pipe was full (read more often).  close() (or leaving the with block) puts back
+    until at least one record arrives or timeout seconds pass.  delivered / dropped / counts(): how many
+    signals the handler received, and how many of those records were lost because the pipe was full (read
+    more often).  close() (or leaving the with block) puts back
     exactly the dispositions that were there before: SIG_DFL, SIG_IGN, another C handler, or Python's own
     handler, so that Python handlers set with signal.signal() run again afterwards.  While the pipe is open,
     signal.getsignal() still reports the earlier Python handler, but it does not run: the pipe has the signal.
@@ -114,7 +122,7 @@ class SignalPipe:
         self._read_fd = -1
         self._write_fd = -1
         self._installed: list[int] = []
-        self._dropped_at_close = 0
+        self._final_counts: dict[int, SignalCounts] = {}
         self._lock = threading.Lock()
         self._partial = b""
         sigs = _check_signals(signals, "SignalPipe")
@@ -203,28 +211,45 @@ class SignalPipe:
             if deadline is not None and time.monotonic() >= deadline:
                 return []
 
+    def counts(self) -> dict[int, SignalCounts]:
+        """{signal: SignalCounts(delivered, dropped)} since the pipe was opened (frozen by close()).
+
+        delivered: how many times the handler ran for that signal; dropped: how many of those records the full
+        pipe refused.  Every delivered record is either in the pipe (read() returns it) or dropped.  Standard
+        signals sent while one of the same kind is pending coalesce in the kernel: they count as one delivery.
+        """
+        if self.closed:
+            return dict(self._final_counts)
+        delivered = ffi.new("uint64_t *")
+        dropped = ffi.new("uint64_t *")
+        result = {}
+        for sig in self._installed:
+            check(lib.pyproc_sigpipe_counts(sig, delivered, dropped))
+            result[sig] = SignalCounts(int(delivered[0]), int(dropped[0]))
+        return result
+
+    @property
+    def delivered(self) -> int:
+        """How many signals the handler received, all signals together (see counts())."""
+        return sum(count.delivered for count in self.counts().values())
+
     @property
     def dropped(self) -> int:
-        """How many records were lost because the pipe was full (since the pipe was opened)."""
-        if self.closed:
-            return self._dropped_at_close
-        return self._count_dropped()
-
-    def _count_dropped(self) -> int:
-        total = 0
-        count = ffi.new("uint64_t *")
-        for sig in self._installed:
-            check(lib.pyproc_sigpipe_dropped(sig, count))
-            total += int(count[0])
-        return total
+        """How many records were lost because the pipe was full, all signals together (see counts())."""
+        return sum(count.dropped for count in self.counts().values())
 
     def _uninstall(self) -> None:
         replaced_by_others = []
         errors: list[BaseException] = []
         replaced = ffi.new("int *")
+        delivered = ffi.new("uint64_t *")
+        dropped = ffi.new("uint64_t *")
         while self._installed:
             sig = self._installed[-1]
             err = lib.pyproc_sigpipe_uninstall(sig, replaced)
+            # Final once uninstalled: no handler counts for this pipe any more.
+            if lib.pyproc_sigpipe_counts(sig, delivered, dropped) == 0:
+                self._final_counts[sig] = SignalCounts(int(delivered[0]), int(dropped[0]))
             if err:
                 errors.append(OSError(err, f"{os.strerror(err)} (restoring the disposition of "
                                            f"{_signal_name(sig)})"))
@@ -245,12 +270,10 @@ class SignalPipe:
         self._read_fd = self._write_fd = -1
 
     def close(self) -> None:
-        """Puts back the earlier dispositions, then closes the pipe (records not read are lost).
-        Idempotent."""
+        """Puts back the earlier dispositions, then closes the pipe (unread records are lost); idempotent."""
         if self._read_fd < 0:
             return
         try:
-            self._dropped_at_close = self._count_dropped()
             self._uninstall()  # after this no handler writes to the pipe any more, even on an error
         finally:
             self._close_fds()
@@ -315,4 +338,4 @@ def take_pending(signals: Iterable[int], timeout: float = 0.0) -> list[SignalEve
     return events
 
 
-__all__ = ["SignalEvent", "SignalPipe", "blocked", "event_from_siginfo", "take_pending"]
+__all__ = ["SignalCounts", "SignalEvent", "SignalPipe", "blocked", "event_from_siginfo", "take_pending"]
