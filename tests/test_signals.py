@@ -24,9 +24,9 @@ RT1, RT2, RT3 = signal.SIGRTMIN + 1, signal.SIGRTMIN + 2, signal.SIGRTMIN + 3
 SI_USER = 0
 CLD_EXITED = 1
 
-# Sends N signals alternating between two kinds to a pid with kill(); retries on EAGAIN (a full real-time queue),
-# so every one is sent exactly once; pauses 1 ms after every PACE signals (0: never); prints how many of each kind
-# it sent.
+# Sends N signals alternating between two kinds to a pid with kill(); retries on EAGAIN (a full real-time
+# queue), so every one is sent exactly once; pauses 1 ms after every PACE signals (0: never); prints how many
+# of each kind it sent.
 SENDER_C = r"""
 #include <errno.h>
 #include <sched.h>
@@ -125,11 +125,12 @@ def _open_fds() -> set[int]:
 def test_flood_from_another_process(sender: list[str], kind: str) -> None:
     """100k signals of two kinds while the main thread spawns and waits for children and reads the pipe.
 
-    What holds exactly: every record is one of the two kinds, from the sender's pid and uid, with code SI_USER;
-    for each kind, records read + dropped == deliveries counted by the handler.  Standard signals coalesce while
-    one is pending, so 1 <= deliveries <= sent; real-time signals queue (the sender retries when the queue is
-    full), so deliveries == sent exactly.  The real-time flood is 20k: the kernel scans its whole queue of pending
-    signals for each one it delivers, so a queue of 100k costs a minute of kernel time, whoever handles them.
+    What holds exactly: every record is one of the two kinds, from the sender's pid and uid, with code
+    SI_USER; for each kind, records read + dropped == deliveries counted by the handler.  Standard signals
+    coalesce while one is pending, so 1 <= deliveries <= sent; real-time signals queue (the sender retries
+    when the queue is full), so deliveries == sent exactly.  The real-time flood is 20k: the kernel scans its
+    whole queue of pending signals for each one it delivers, so a queue of 100k costs a minute of kernel time,
+    whoever handles them.
     """
     first, second = (USR1, USR2) if kind == "standard" else (RT1, RT2)
     total = 100_000 if kind == "standard" else 20_000
@@ -137,8 +138,9 @@ def test_flood_from_another_process(sender: list[str], kind: str) -> None:
     events: list[SignalEvent] = []
     children = 0
     with SignalPipe([first, second], restart=False) as pipe:
-        # Paced (1 ms every 200 signals) so that the flood lasts long enough to overlap many spawns and waits.
-        flood = pyproc.spawn([*sender, str(os.getpid()), str(total), str(first), str(second), "200"], stdout=PIPE)
+        # Paced (1 ms every 200 signals): the flood lasts long enough to overlap many spawns and waits.
+        argv = [*sender, str(os.getpid()), str(total), str(first), str(second), "200"]
+        flood = pyproc.spawn(argv, stdout=PIPE)
         deadline = time.monotonic() + 120
         while flood.poll() is None:
             assert time.monotonic() < deadline, "the flood did not finish"
@@ -159,7 +161,7 @@ def test_flood_from_another_process(sender: list[str], kind: str) -> None:
         events += pipe.read()
         counts = pipe.counts()
     assert flood.returncode == 0, output
-    sent = dict(zip((first, second), map(int, output.split())))
+    sent = dict(zip((first, second), map(int, output.split()), strict=True))
     assert sent == {first: total // 2, second: total // 2}
     assert children >= 10
     assert {event.signo for event in events} == {first, second}
@@ -405,6 +407,5 @@ def test_blocked_and_take_pending() -> None:
     assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before
     with pytest.raises(ValueError, match="timeout"):
         take_pending([USR1], timeout=-1)
-    with pytest.raises(TypeError):
-        with blocked(["x"]):  # type: ignore[list-item]
-            pass
+    with pytest.raises(TypeError), blocked(["x"]):  # type: ignore[list-item]
+        pass
