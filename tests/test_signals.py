@@ -110,7 +110,7 @@ def _bit(sig: int) -> int:
 
 
 def _dispositions() -> tuple[dict[str, int], dict[int, object]]:
-    handlers = {}
+    handlers: dict[int, object] = {}
     for sig in signal.valid_signals():
         if sig not in (signal.SIGKILL, signal.SIGSTOP):
             handlers[int(sig)] = signal.getsignal(sig)
