@@ -245,6 +245,8 @@ def _prepare(
     c_args = [ffi.new("char[]", arg) for arg in bargs]
     keepalive.append(c_args)
     req.argv = keepalive_new(keepalive, "char *[]", [*c_args, ffi.NULL])
+    if env is not None and not isinstance(env, Mapping):
+        raise TypeError(f"env must be a mapping, not {type(env).__name__}")
     candidates = _exec_candidates(program, env)
     if executable is None and len(candidates) == 1 and candidates[0] == bargs[0]:
         req.exec_paths = req.argv  # argv[0] is the one file to run: no second array
@@ -294,8 +296,9 @@ def _prepare(
         req.sigmask_signals = keepalive_new(keepalive, "int[]", signals)
         req.n_sigmask_signals = len(signals)
     if engine == "posix_spawn":
-        refused = [name for name, value in (("umask", umask), ("rlimits", rlimits), ("pdeathsig", pdeathsig),
-                                            ("no_new_privs", no_new_privs)) if value]
+        refused = [name for name, given in (("umask", umask is not None), ("rlimits", bool(rlimits)),
+                                            ("pdeathsig", bool(pdeathsig)), ("no_new_privs", bool(no_new_privs)))
+                   if given]
         if refused:
             raise ValueError(f"engine='posix_spawn' cannot express {', '.join(refused)}: use engine='auto'")
     stdio = _Stdio()
@@ -401,6 +404,11 @@ def failure_message(request: Request, stage: int, index: int) -> tuple[str, obje
         return f"in the child, setrlimit {req.rlimits[index].resource}", None
     if stage == lib.PYPROC_STAGE_CHDIR:
         return "in the child, chdir", os.fsdecode(ffi.string(req.cwd))
+    if stage == lib.PYPROC_STAGE_POSIX_SPAWN and req.cwd != ffi.NULL:
+        # glibc does not say which step failed; a cwd that is not a directory is the likely one, so name it.
+        cwd = os.fsdecode(ffi.string(req.cwd))
+        if not os.path.isdir(cwd):
+            return "in the child, posix_spawn: chdir", cwd
     if stage in (lib.PYPROC_STAGE_EXEC, lib.PYPROC_STAGE_POSIX_SPAWN):
         program = request.program
         if b"/" in program and 0 <= index < req.n_exec_paths:
@@ -510,7 +518,8 @@ def spawn(
     child; None: the parent's mask).  Handlers the parent installed are always reset to SIG_DFL in the child.
 
     engine: "auto" (default, the fastest able to express the request), "clone", "vfork", "posix_spawn" (raises
-    ValueError for umask, rlimits, pdeathsig, no_new_privs) or "fork".
+    ValueError for umask, rlimits, pdeathsig, no_new_privs; glibc leaves its two internal signals, 32 and 33,
+    ignored in the new program and does not say which step failed) or "fork".
 
     Raises TypeError / ValueError for bad arguments before any child exists, and OSError subclasses
     (FileNotFoundError, PermissionError, ...) with errno, filename and the failing step when the child cannot
