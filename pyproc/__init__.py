@@ -5,23 +5,22 @@ The public names live here; each comes from the module of its concern (see DESIG
 
 from ._version import __version__
 from .errors import CalledProcessError, OutputLimitExceeded, TimeoutExpired
-
 from .process import Process, Rusage, Status, wait_any
-from .spawn import DEVNULL, ENGINES, PIPE, STDOUT, spawn
 
 # io (issue 3)
 # signals (issue 6)
 from .signals import SignalEvent, SignalPipe
+from .spawn import DEVNULL, ENGINES, PIPE, STDOUT, spawn
 
 __all__ = [
-    "CalledProcessError",
     "DEVNULL",
     "ENGINES",
-    "OutputLimitExceeded",
     "PIPE",
+    "STDOUT",
+    "CalledProcessError",
+    "OutputLimitExceeded",
     "Process",
     "Rusage",
-    "STDOUT",
     "SignalEvent",
     "SignalPipe",
     "Status",
