@@ -194,6 +194,11 @@ int pyproc_sigpipe_uninstall(int sig, int *replaced);
    not fit in the pipe (dropped).  Atomic counters, kept after uninstalling until the next install. */
 int pyproc_sigpipe_counts(int sig, uint64_t *delivered, uint64_t *dropped);
 
+/* Only in the child of a fork, before anything else here: forgets the handlers that were running on the
+   parent's other threads at the moment of the fork (they do not exist in the child), so that uninstalling does
+   not wait for them forever. */
+void pyproc_sigpipe_after_fork_child(void);
+
 /* ---- cow.c: copy-on-write and fork-cost measurement (issue 4) --------------------------------------------------- */
 
 /* cdef-end */

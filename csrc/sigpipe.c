@@ -150,3 +150,10 @@ int pyproc_sigpipe_counts(int sig, uint64_t *delivered, uint64_t *dropped)
     *delivered = __atomic_load_n(&slot_delivered[sig], __ATOMIC_SEQ_CST);
     return 0;
 }
+
+void pyproc_sigpipe_after_fork_child(void)
+{
+    /* fork() copied the counters of handlers that were running on other threads, which do not exist here. */
+    for (int sig = 0; sig < _NSIG; sig++)
+        __atomic_store_n(&slot_in_flight[sig], 0, __ATOMIC_SEQ_CST);
+}

@@ -16,6 +16,7 @@ that prefers to keep signals pending and take them synchronously.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import select
@@ -24,6 +25,7 @@ import struct
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
@@ -115,7 +117,8 @@ class SignalPipe:
     One owner per signal: creating a SignalPipe for a signal that another open SignalPipe has raises
     RuntimeError. Signals the kernel raises for a fault (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS) and
     SIGKILL / SIGSTOP are refused with ValueError.  If other code replaces pyproc's handler while the pipe is
-    open, close() leaves that code's handler in place and warns (RuntimeWarning).
+    open, close() leaves that code's handler in place and warns (RuntimeWarning).  In a child made by
+    os.fork(), every SignalPipe is closed at once: the child's signals must not land in the parent's pipe.
     """
 
     def __init__(self, signals: Iterable[int], *, restart: bool = True) -> None:
@@ -150,6 +153,7 @@ class SignalPipe:
             self._uninstall()
             self._close_fds()
             raise
+        _open_pipes.add(self)
 
     def __repr__(self) -> str:
         names = ", ".join(_signal_name(sig) for sig in sorted(self.signals))
@@ -273,6 +277,7 @@ class SignalPipe:
         """Puts back the earlier dispositions, then closes the pipe (unread records are lost); idempotent."""
         if self._read_fd < 0:
             return
+        _open_pipes.discard(self)
         try:
             self._uninstall()  # after this no handler writes to the pipe any more, even on an error
         finally:
@@ -290,6 +295,20 @@ class SignalPipe:
         if getattr(self, "_read_fd", -1) >= 0:
             _warn(f"unclosed {self!r}: its handlers were still installed", ResourceWarning, source=self)
             self.close()
+
+
+_open_pipes: weakref.WeakSet[SignalPipe] = weakref.WeakSet()
+
+
+def _close_all_in_child() -> None:
+    """In the child of os.fork(): closes every SignalPipe (dispositions back, fds closed)."""
+    lib.pyproc_sigpipe_after_fork_child()
+    for pipe in list(_open_pipes):
+        with contextlib.suppress(Exception):
+            pipe.close()
+
+
+os.register_at_fork(after_in_child=_close_all_in_child)
 
 
 @contextmanager

@@ -409,3 +409,24 @@ def test_blocked_and_take_pending() -> None:
         take_pending([USR1], timeout=-1)
     with pytest.raises(TypeError), blocked(["x"]):  # type: ignore[list-item]
         pass
+
+
+def test_forked_child_gets_its_dispositions_back() -> None:
+    """After os.fork() the child's pipes are closed: its signals go to the earlier disposition, not the pipe."""
+    with SignalPipe([USR1]) as pipe:
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report, then get SIGUSR1 with its default action (termination)
+            try:
+                os.write(write_end, b"%d" % pipe.closed)
+                os.kill(os.getpid(), USR1)
+            finally:
+                os._exit(99)
+        os.close(write_end)
+        report = os.read(read_end, 10)
+        os.close(read_end)
+        _, status = os.waitpid(pid, 0)
+        assert report == b"1"
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == USR1
+        assert pipe.read() == []  # nothing from the child
+        assert not pipe.closed
