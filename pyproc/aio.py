@@ -117,7 +117,13 @@ class AsyncProcess:
         """Called by the loop when the pidfd is readable (or on the polling fallback): reaps the child."""
         if self._exited.done():
             return
-        if self._process.poll() is None:
+        try:
+            returncode = self._process.poll()
+        except Exception as exc:  # wait4 failed: say so to every waiter rather than leave them hanging
+            self._stop_watching()
+            self._exited.set_exception(exc)
+            return
+        if returncode is None:
             # pidfd readable means exited, and wait4 sees it; still, never spin: look again shortly.
             if self._watch_fd >= 0:
                 self._stop_watching()
@@ -278,7 +284,12 @@ async def spawn(
     loop = asyncio.get_running_loop()
     own_group = bool(kwargs.get("new_session")) or kwargs.get("process_group") == 0
     process = _spawn(argv, stdin=stdin, stdout=stdout, stderr=stderr, **kwargs)
-    proc = AsyncProcess(process, loop, own_group)
+    try:
+        proc = AsyncProcess(process, loop, own_group)
+    except BaseException:  # e.g. no fd left for the watcher's copy of the pidfd: leave nothing behind
+        with process:
+            process.kill()
+        raise
     try:
         if process.stdin is not None:
             write_transport, protocol = await loop.connect_write_pipe(

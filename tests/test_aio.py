@@ -18,6 +18,8 @@ from pyproc import aio
 
 T = TypeVar("T")
 
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
@@ -262,5 +264,20 @@ def test_signal_pipe_close_ends_async_for() -> None:
         asyncio.get_running_loop().call_later(0.02, pipe.close)
         events = [event async for event in pipe]
         assert events == [] and pipe.closed
+
+    run_async(main())
+
+
+def test_exit_watch_without_pidfd_polls_on_the_loop() -> None:
+    """Kernels before 5.3 give no pidfd: the loop then polls with wait4(WNOHANG), still without threads."""
+
+    async def main() -> None:
+        process = pyproc.spawn(["sh", "-c", "sleep 0.05; exit 4"])
+        assert process.pidfd is not None
+        os.close(process.pidfd)
+        process.pidfd = None
+        proc = aio.AsyncProcess(process, asyncio.get_running_loop(), own_group=False)
+        assert await proc.wait(timeout=30) == 4
+        assert _gone(proc.pid)
 
     run_async(main())

@@ -24,6 +24,8 @@ RT1, RT2, RT3 = signal.SIGRTMIN + 1, signal.SIGRTMIN + 2, signal.SIGRTMIN + 3
 SI_USER = 0
 CLD_EXITED = 1
 
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
 # Sends N signals alternating between two kinds to a pid with kill(); retries on EAGAIN (a full real-time
 # queue), so every one is sent exactly once; pauses 1 ms after every PACE signals (0: never); prints how many
 # of each kind it sent.
