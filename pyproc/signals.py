@@ -37,12 +37,15 @@ from .errors import check
 _RECORD = struct.Struct("=iiiIi")
 if _RECORD.size != ffi.sizeof("struct pyproc_sigrecord"):  # pragma: no cover - a build/layout mismatch
     raise ImportError("pyproc: struct pyproc_sigrecord does not match the Python decoder")
-_READ_SIZE = _RECORD.size * 3276  # about one default pipe (64 KiB) per read()
+_RECORD_SIZE = _RECORD.size
+_READ_SIZE = _RECORD_SIZE * 3264  # what a default pipe (64 KiB) holds: records never straddle its pages
+_iter_records = _RECORD.iter_unpack
 
 # Signals a handler cannot usefully turn into a record: the kernel's faults re-fault when the handler returns.
 _FAULTS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGTRAP,
                      signal.SIGSYS})
 _UNCATCHABLE = frozenset({signal.SIGKILL, signal.SIGSTOP})
+_VALID_SIGNALS = frozenset(int(sig) for sig in signal.valid_signals())
 _SENDER_CODES = frozenset({0, -1, -3, -6})  # SI_USER, SI_QUEUE, SI_MESGQ, SI_TKILL: si_pid / si_uid are valid
 _VALUE_CODES = frozenset({-1, -2, -3})  # SI_QUEUE, SI_TIMER, SI_MESGQ: the sigval's int is in status
 
@@ -63,6 +66,9 @@ class SignalEvent(NamedTuple):
     status: int
 
 
+_make_event = SignalEvent._make
+
+
 def _signal_name(sig: int) -> str:
     try:
         return signal.Signals(sig).name
@@ -77,7 +83,7 @@ def _check_signals(signals: object, what: str) -> list[int]:
             signals = [signals]
         else:
             raise TypeError(f"{what} takes an iterable of signal numbers, not {type(signals).__name__}")
-    valid = signal.valid_signals()
+    valid = _VALID_SIGNALS
     result: list[int] = []
     for sig in signals:
         if isinstance(sig, bool) or not isinstance(sig, int):
@@ -176,21 +182,27 @@ class SignalPipe:
         """The records waiting in the pipe now, oldest first (empty list if none); never blocks."""
         with self._lock:
             fd = self.fileno()
-            chunks = [self._partial] if self._partial else []
-            while True:
-                try:
-                    data = os.read(fd, _READ_SIZE)
-                except BlockingIOError:
-                    break
-                if not data:
-                    break
-                chunks.append(data)
-                if len(data) < _READ_SIZE:
-                    break
-            data = b"".join(chunks)
-            whole = len(data) - len(data) % _RECORD.size
-            self._partial = data[whole:]
-            return [SignalEvent._make(fields) for fields in _RECORD.iter_unpack(memoryview(data)[:whole])]
+            try:
+                data = os.read(fd, _READ_SIZE)
+            except BlockingIOError:
+                data = b""
+            if self._partial or len(data) == _READ_SIZE or len(data) % _RECORD_SIZE:
+                data = self._read_rest(fd, data)
+            return list(map(_make_event, _iter_records(data)))
+
+    def _read_rest(self, fd: int, data: bytes) -> bytes:
+        """The uncommon case of read(): more than one read's worth, or a part of a record left over."""
+        chunks = [self._partial, data]
+        while len(data) == _READ_SIZE:
+            try:
+                data = os.read(fd, _READ_SIZE)
+            except BlockingIOError:
+                break
+            chunks.append(data)
+        joined = b"".join(chunks)
+        whole = len(joined) - len(joined) % _RECORD_SIZE
+        self._partial = joined[whole:]
+        return joined[:whole]
 
     def wait(self, timeout: float | None = None) -> list[SignalEvent]:
         """Blocks until at least one record is there (or timeout seconds pass) and returns the records read.

@@ -281,3 +281,14 @@ def test_exit_watch_without_pidfd_polls_on_the_loop() -> None:
         assert _gone(proc.pid)
 
     run_async(main())
+
+
+def test_input_the_child_never_reads_and_stderr_to_stdout() -> None:
+    async def main() -> None:
+        result = await aio.run(["sh", "-c", "exec 0<&-; echo out; echo err >&2"], input=b"x" * 10_000_000,
+                               stdout=pyproc.PIPE, stderr=pyproc.STDOUT)
+        assert result.returncode == 0
+        assert result.stdout is not None and sorted(result.stdout.splitlines()) == [b"err", b"out"]
+        assert result.stderr is None
+
+    run_async(main())
