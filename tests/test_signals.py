@@ -140,8 +140,10 @@ def test_flood_from_another_process(sender: list[str], kind: str) -> None:
     events: list[SignalEvent] = []
     children = 0
     with SignalPipe([first, second], restart=False) as pipe:
-        # Paced (1 ms every 200 signals): the flood lasts long enough to overlap many spawns and waits.
-        argv = [*sender, str(os.getpid()), str(total), str(first), str(second), "200"]
+        # Paced (1 ms every 200 or 50 signals, about 500 or 400 pauses): the flood lasts long enough to overlap
+        # many spawns and waits.
+        pace = 200 if kind == "standard" else 50
+        argv = [*sender, str(os.getpid()), str(total), str(first), str(second), str(pace)]
         flood = pyproc.spawn(argv, stdout=PIPE)
         deadline = time.monotonic() + 120
         while flood.poll() is None:
