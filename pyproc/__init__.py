@@ -11,6 +11,8 @@ from .spawn import DEVNULL, ENGINES, PIPE, STDOUT, spawn
 
 # io (issue 3)
 # signals (issue 6)
+# cow (issue 4): used as pyproc.cow.measure_fork / pyproc.cow.measure_cow
+from . import cow
 
 __all__ = [
     "CalledProcessError",
@@ -24,6 +26,7 @@ __all__ = [
     "Status",
     "TimeoutExpired",
     "__version__",
+    "cow",
     "spawn",
     "wait_any",
 ]
