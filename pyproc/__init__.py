@@ -10,8 +10,6 @@ from .spawn import DEVNULL, ENGINES, PIPE, STDOUT, spawn
 
 # io (issue 3)
 # signals (issue 6)
-# cow (issue 4): used as pyproc.cow.measure_fork / pyproc.cow.measure_cow
-from . import cow
 
 __all__ = [
     "DEVNULL",
@@ -29,3 +27,7 @@ __all__ = [
     "spawn",
     "wait_any",
 ]
+
+# cow (issue 4): the submodule, used as pyproc.cow.measure_fork / pyproc.cow.measure_cow (imported here, after
+# __all__, so that the sorted import block above stays as it is)
+from . import cow
