@@ -494,17 +494,25 @@ class Region:
 # ---- measure_fork ------------------------------------------------------------------------------------------
 
 
-class _ForkSampler:
-    """One prepared request and the C call that times one method once."""
+class ForkTimer:
+    """Times one method of METHODS once per sample() call, from this process as it is (the lower layer of
+    measure_fork, for a caller holding its own Regions).
 
-    def __init__(self, program: bytes) -> None:
-        self.program = program
-        self.request: Request = prepare([program])
+    program: as measure_fork's (checked and resolved here).  sample(method) returns the ns from before the
+    fork/spawn to after the child was reaped, measured in C; a child that does not exit 0 raises
+    CalledProcessError, a spawn that fails its OSError.
+    """
+
+    def __init__(self, program: str | bytes | os.PathLike[str] = "/bin/true") -> None:
+        self.program = _resolve_program(program)
+        self.request: Request = prepare([self.program])
         self._ns = ffi.new("int64_t *")
         self._status = ffi.new("int *")
         self._res = ffi.new("struct pyproc_spawn_result *")
 
     def sample(self, method: str) -> int:
+        """One timed sample of method (see METHODS), in ns."""
+        _check_choice(method, "method", METHODS)
         if method == "fork_exit":
             code, engine = lib.PYPROC_COW_FORK_EXIT, 0
         elif method == "fork_exec":
@@ -569,9 +577,8 @@ def measure_fork(
     warmup = _check_count(warmup, "warmup", 0)
     if progress is not None and not callable(progress):
         raise TypeError(f"progress must be callable, not {type(progress).__name__}")
-    exe = _resolve_program(program)
+    sampler = ForkTimer(program)
     size = _check_size(size, pages, 1, state)
-    sampler = _ForkSampler(exe)
     samples: dict[str, list[float]] = {m: [] for m in methods}
     total = (warmup + repeat) * len(methods)
     done = 0
@@ -586,7 +593,7 @@ def measure_fork(
                 if progress is not None:
                     progress(done, total)
     return ForkResult(
-        size=size, pages=pages, state=state, program=os.fsdecode(exe), repeat=repeat, warmup=warmup,
+        size=size, pages=pages, state=state, program=os.fsdecode(sampler.program), repeat=repeat, warmup=warmup,
         region=region.info, times_ns={m: Samples(tuple(v), "ns") for m, v in samples.items()},
         rss_before_kib=rss_before, rss_after_kib=rss_kib(),
     )
@@ -664,6 +671,7 @@ __all__ = [
     "CowPhase",
     "CowResult",
     "ForkResult",
+    "ForkTimer",
     "PagesUnavailable",
     "Region",
     "RegionInfo",

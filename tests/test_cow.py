@@ -6,6 +6,7 @@ no_leaks (conftest.py) checks that no fd and no child is left behind.
 
 from __future__ import annotations
 
+import errno
 import json
 import statistics
 
@@ -112,9 +113,14 @@ def test_region_states(no_leaks):
 
 
 def test_region_can_be_held_directly(no_leaks):
+    timer = cow.ForkTimer("true")
     with cow.Region(4 * MiB, "4k", "dirty") as region:
         assert region.info.n_pages == 1024
         assert not region.closed
+        assert timer.sample("fork_exit") > 0
+        assert timer.sample("clone") > 0
+    with pytest.raises(ValueError, match="method"):
+        timer.sample("spork")
     assert region.closed
     region.close()  # a second close does nothing
     with pytest.raises(OSError):
@@ -133,6 +139,16 @@ def test_hugetlb_is_measured_or_skipped_with_the_reason(no_leaks):
             cow.measure_cow(2 * MiB, pages="hugetlb")
     with pytest.raises(ValueError, match="fragmented"):
         cow.measure_fork(2 * MiB, pages="hugetlb", state="fragmented")
+
+
+@pytest.mark.skipif(cow.unavailable_reason("hugetlb") is None, reason="hugetlb pages are reserved here")
+def test_hugetlb_region_without_reserved_pages_fails_cleanly(no_leaks):
+    # The C path itself (bypassing the Python check): mmap(MAP_HUGETLB) fails, nothing stays mapped.
+    before = cow.rss_kib()
+    with pytest.raises(OSError) as info:
+        cow.Region(2 * MiB, "hugetlb", "dirty")
+    assert info.value.errno == errno.ENOMEM
+    assert cow.rss_kib() - before < 1024
 
 
 # ---- memory is released ------------------------------------------------------------------------------------
