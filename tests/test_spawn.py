@@ -478,3 +478,16 @@ def test_static_and_script_targets(tmp_path: Path, engine: str, no_leaks: None) 
     with pyproc.spawn([script, "arg"], engine=engine, stdout=pyproc.PIPE) as proc:
         assert proc.stdout is not None
         assert proc.stdout.read() == f"{script} arg\n".encode()
+
+
+def test_stale_build_is_refused_clearly() -> None:
+    # A package whose version differs from the one compiled into pyproc._native must not import quietly.
+    fake_version = ("import sys, types\n"
+                    "m = types.ModuleType('pyproc._version'); m.__version__ = '0.0.0-stale'\n"
+                    "sys.modules['pyproc._version'] = m\n"
+                    "import pyproc\n")
+    with pyproc.spawn([PY, "-c", fake_version], stderr=pyproc.PIPE) as proc:
+        assert proc.stderr is not None
+        err = proc.stderr.read().decode()
+    assert proc.returncode == 1
+    assert "ImportError" in err and "0.0.0-stale" in err and "rebuild" in err
