@@ -19,8 +19,9 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 
+/* The unit of every per-page figure (the issue's "per 4 KiB page touched"), not a kernel constant: the system's
+   page size comes from sysconf, the THP size from the caller (sysfs). */
 #define SMALL_PAGE 4096ULL
-#define THP_SIZE (2ULL * 1024 * 1024)
 
 extern char **environ;
 
@@ -71,10 +72,14 @@ static int64_t major_faults(void)
 
 /* ---- the parent's region ------------------------------------------------------------------------------------- */
 
-int pyproc_cow_region_create(uint64_t size, int pages, int state, struct pyproc_cow_region *out)
+int pyproc_cow_region_create(uint64_t size, int pages, int state, uint64_t thp_size, struct pyproc_cow_region *out)
 {
     memset(out, 0, sizeof *out);
-    if (size == 0 || size % SMALL_PAGE != 0 || size > (uint64_t)SIZE_MAX - THP_SIZE)
+    long sys_page = sysconf(_SC_PAGESIZE);
+    if (sys_page <= 0)
+        return EINVAL;
+    uint64_t page = (uint64_t)sys_page;
+    if (size == 0 || size % SMALL_PAGE != 0 || size % page != 0 || size > (uint64_t)SIZE_MAX / 2)
         return EINVAL;
     if (state != PYPROC_COW_CLEAN && state != PYPROC_COW_DIRTY && state != PYPROC_COW_FRAGMENTED)
         return EINVAL;
@@ -84,7 +89,9 @@ int pyproc_cow_region_create(uint64_t size, int pages, int state, struct pyproc_
     case PYPROC_COW_PAGES_4K:
         break;
     case PYPROC_COW_PAGES_THP:
-        map_size += THP_SIZE; /* slack to start the region on a 2 MiB boundary */
+        if (thp_size < page || thp_size > (1ULL << 40) || (thp_size & (thp_size - 1)) != 0)
+            return EINVAL;
+        map_size += (size_t)thp_size; /* slack to start the region on a huge page boundary */
         break;
     case PYPROC_COW_PAGES_HUGETLB:
         if (state == PYPROC_COW_FRAGMENTED)
@@ -99,7 +106,7 @@ int pyproc_cow_region_create(uint64_t size, int pages, int state, struct pyproc_
         return errno;
     char *addr = map;
     if (pages == PYPROC_COW_PAGES_THP) {
-        addr = (char *)(((uintptr_t)map + THP_SIZE - 1) & ~(uintptr_t)(THP_SIZE - 1));
+        addr = (char *)(((uintptr_t)map + (uintptr_t)thp_size - 1) & ~(uintptr_t)(thp_size - 1));
         if (madvise(addr, (size_t)size, MADV_HUGEPAGE) != 0) {
             int err = errno;
             munmap(map, map_size);
@@ -129,8 +136,8 @@ int pyproc_cow_region_create(uint64_t size, int pages, int state, struct pyproc_
 
     if (state == PYPROC_COW_FRAGMENTED) {
         t0 = now_ns();
-        for (uint64_t i = 1; i < n; i += 2) {
-            if (mprotect(addr + i * SMALL_PAGE, SMALL_PAGE, PROT_READ) != 0) {
+        for (uint64_t i = 1; i < size / page; i += 2) {
+            if (mprotect(addr + i * page, (size_t)page, PROT_READ) != 0) {
                 int err = errno; /* ENOMEM: vm.max_map_count reached */
                 munmap(map, map_size);
                 memset(out, 0, sizeof *out);

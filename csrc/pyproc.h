@@ -176,7 +176,7 @@ int pyproc_pidfd_open(int pid, int *pidfd);
 #define PYPROC_COW_PAGES_HUGETLB 3
 #define PYPROC_COW_CLEAN 1        /* mapped, never touched: no page tables */
 #define PYPROC_COW_DIRTY 2        /* one byte written in every 4 KiB page */
-#define PYPROC_COW_FRAGMENTED 3   /* dirty, then every other 4 KiB page made read-only: one VMA per page */
+#define PYPROC_COW_FRAGMENTED 3   /* dirty, then every other page made read-only: one VMA per page */
 
 /* What one fork sample does, timed from before the fork to after the wait. */
 #define PYPROC_COW_FORK_EXIT 1    /* fork(); the child _exit(0)s at once; wait */
@@ -194,13 +194,15 @@ struct pyproc_cow_region {
     int64_t touch_ns;         /* the first-touch (dirtying) loop, CLOCK_MONOTONIC; 0 when clean */
     int64_t touch_minflt;     /* minor faults of that loop (getrusage RUSAGE_SELF delta) */
     int64_t protect_ns;       /* the mprotect loop of FRAGMENTED */
-    int64_t n_protected;      /* pages made read-only */
+    int64_t n_protected;      /* (system) pages made read-only */
 };
 
-/* Maps size bytes (a multiple of 4 KiB; of the huge page size for HUGETLB) of private anonymous memory in the
-   given kind and state.  Failure (ENOMEM from mmap or from mprotect at vm.max_map_count, EINVAL) leaves nothing
-   mapped.  Memory the region holds is the caller's to release. */
-int pyproc_cow_region_create(uint64_t size, int pages, int state, struct pyproc_cow_region *out);
+/* Maps size bytes (a multiple of 4 KiB and of the system page size; of the huge page size for HUGETLB) of private
+   anonymous memory in the given kind and state.  thp_size: the PMD size THP uses (hpage_pmd_size in sysfs), the
+   alignment of a THP region; ignored for the other kinds.  FRAGMENTED protects every other system page.  Failure
+   (ENOMEM from mmap or from mprotect at vm.max_map_count, EINVAL) leaves nothing mapped.  Memory the region holds
+   is the caller's to release. */
+int pyproc_cow_region_create(uint64_t size, int pages, int state, uint64_t thp_size, struct pyproc_cow_region *out);
 int pyproc_cow_region_destroy(struct pyproc_cow_region *region);
 
 /* One timed sample of `method` (PYPROC_COW_FORK_EXIT / FORK_EXEC / SPAWN) from this process as it is:

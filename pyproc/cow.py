@@ -8,22 +8,22 @@ min and max, and ``to_dict()`` for JSON.
 The parent's memory is a *region* of private anonymous memory in one of these kinds and states:
 
 - pages ``"4k"``: ordinary pages (MADV_NOHUGEPAGE, so that a THP mode of "always" does not change the kind);
-  ``"thp"``: MADV_HUGEPAGE on a 2 MiB aligned range (whether the kernel gave huge pages is reported in
-  ``RegionInfo.anon_huge_kib``, never assumed); ``"hugetlb"``: MAP_HUGETLB, only where huge pages are reserved
-  (``HugePages_Free`` in /proc/meminfo), else :class:`PagesUnavailable` says why.
+  ``"thp"``: MADV_HUGEPAGE on a range aligned to the THP size (hpage_pmd_size: 2 MiB on x86-64; whether the
+  kernel gave huge pages is reported in ``RegionInfo.anon_huge_kib``, never assumed); ``"hugetlb"``: MAP_HUGETLB,
+  only where huge pages are reserved (``HugePages_Free`` in /proc/meminfo), else :class:`PagesUnavailable` says why.
 - state ``"clean"``: mapped, never touched (no page tables to copy); ``"dirty"``: one byte written in every 4 KiB
-  page (the write is timed: it is the parent's first-touch cost); ``"fragmented"``: dirty, then every other 4 KiB
-  page made read-only, so the mapping splits into one VMA per page (bounded by ``vm.max_map_count``: a size that
-  would pass it is refused before allocating).
+  page (the write is timed: it is the parent's first-touch cost); ``"fragmented"``: dirty, then every other
+  (system, 4 KiB on x86-64) page made read-only, so the mapping splits into one VMA per page (bounded by
+  ``vm.max_map_count``: a size that would pass it is refused before allocating).
 
 Memory is released after every measurement (the result records the parent's RSS before and after).  A size that
 does not fit in MemAvailable minus a margin (see :func:`memory_limit`) raises MemoryError before any allocation:
 a measurement never wakes the OOM killer.
 
-Decisions where the issue was silent: sizes are rounded up to whole 4 KiB pages (huge pages for hugetlb) and the
-rounded size is reported; :func:`measure_cow` always uses a dirty region (copy-on-write needs the parent's pages to
-exist), and its parent first-touch figure is the dirtying of that region, one fresh region per sample; the fork
-and spawn children run ``program`` (default /bin/true), which must exit with status 0.
+Decisions where the issue was silent: sizes are rounded up to whole 4 KiB and system pages (huge pages for
+hugetlb) and the rounded size is reported; :func:`measure_cow` always uses a dirty region (copy-on-write needs the
+parent's pages to exist), and its parent first-touch figure is the dirtying of that region, one fresh region per
+sample; the fork and spawn children run ``program`` (default /bin/true), which must exit with status 0.
 """
 
 from __future__ import annotations
@@ -313,6 +313,20 @@ def _max_map_count() -> int:
         return 65530
 
 
+def thp_size() -> int:
+    """The size of a transparent huge page (hpage_pmd_size in sysfs; 0 without THP support)."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 0
+
+
+def _unit() -> int:
+    """Sizes are rounded up to a multiple of this: 4 KiB (the unit of the figures) and the system page size."""
+    return max(PAGE_SIZE, os.sysconf("SC_PAGE_SIZE"))
+
+
 def thp_mode() -> str:
     """The THP mode: "always", "madvise", "never", or "unsupported" (no /sys/kernel/mm/transparent_hugepage)."""
     try:
@@ -337,6 +351,8 @@ def unavailable_reason(pages: str) -> str | None:
         mode = thp_mode()
         if mode in ("never", "unsupported"):
             return f"transparent huge pages are {mode} here (/sys/kernel/mm/transparent_hugepage/enabled)"
+        if thp_size() <= 0:
+            return "the THP size is unknown (no /sys/kernel/mm/transparent_hugepage/hpage_pmd_size)"
     elif pages == "hugetlb":
         info = _meminfo()
         if info.get("HugePages_Total", 0) == 0:
@@ -386,7 +402,8 @@ def _check_size(size: object, pages: str, copies: int, state: str = "dirty") -> 
                 errno.ENOMEM,
                 f"size {_fmt(rounded)} x {copies} needs more hugetlb pages than are free ({_fmt(free)})")
         return rounded
-    rounded = -(-size // PAGE_SIZE) * PAGE_SIZE
+    unit = _unit()
+    rounded = -(-size // unit) * unit
     limit = memory_limit()
     if rounded * copies > limit:
         need = f"{_fmt(rounded)}" + (f" x {copies}" if copies > 1 else "")
@@ -394,12 +411,13 @@ def _check_size(size: object, pages: str, copies: int, state: str = "dirty") -> 
             f"size {need} does not fit in the memory this machine has available ({_fmt(limit)}: MemAvailable "
             f"minus a safety margin); refused before allocating anything")
     if state == "fragmented":
-        n_pages = rounded // PAGE_SIZE
+        page = os.sysconf("SC_PAGE_SIZE")
+        n_pages = rounded // page
         room = _max_map_count() - _map_count() - _MAPS_MARGIN
         if n_pages > room:
             raise ValueError(
-                f"state='fragmented' makes one VMA per 4 KiB page: {n_pages} pages for size {_fmt(rounded)}, but "
-                f"vm.max_map_count leaves room for {max(room, 0)} (at most {_fmt(max(room, 0) * PAGE_SIZE)})")
+                f"state='fragmented' makes one VMA per page: {n_pages} pages for size {_fmt(rounded)}, but "
+                f"vm.max_map_count leaves room for {max(room, 0)} (at most {_fmt(max(room, 0) * page)})")
     return rounded
 
 
@@ -444,7 +462,7 @@ class Region:
         self._c = ffi.new("struct pyproc_cow_region *")
         maps0 = _map_count()
         roll0 = _rollup()
-        err = lib.pyproc_cow_region_create(size, _PAGES_CODES[pages], _STATE_CODES[state], self._c)
+        err = lib.pyproc_cow_region_create(size, _PAGES_CODES[pages], _STATE_CODES[state], thp_size(), self._c)
         if err:
             where = f"making a {_fmt(size)} {pages} {state} region"
             if err == errno.ENOMEM and state == "fragmented":
@@ -681,5 +699,6 @@ __all__ = [
     "memory_limit",
     "rss_kib",
     "thp_mode",
+    "thp_size",
     "unavailable_reason",
 ]
