@@ -48,14 +48,14 @@ def test_cow_write_costs_more_than_rewrite_and_faults_match_pages(no_leaks):
 def test_cow_thp_faults_are_either_4k_or_2m_copies(no_leaks):
     result = cow.measure_cow(16 * MiB, pages="thp", repeat=2)
     n = result.n_pages
-    huge_pages = 16 * MiB // (2 * MiB)
+    huge_pages = 16 * MiB // cow.thp_size()
     for i, region in enumerate(result.regions):
         assert region.pages == "thp"
         write_faults = result.phases["write"].faults.values[i]
         first_faults = result.phases["first_touch"].faults.values[i]
         if region.anon_huge_kib >= 16 * 1024:
-            # All huge: one fault per 2 MiB on first touch; on the COW write the kernel copies 4 KiB (one fault
-            # per page, after splitting the PMD) or 2 MiB (one per huge page): either way it is measured.
+            # All huge: one fault per huge page on first touch; on the COW write the kernel copies 4 KiB (one
+            # fault per page, after splitting the PMD) or the huge page (one per huge page): either way, measured.
             assert first_faults <= huge_pages + 16
             assert abs(write_faults - n) <= n // 20 + 16 or write_faults <= huge_pages + 16
         else:  # the kernel gave (some) 4 KiB pages: at least the small ones faulted one by one
