@@ -125,6 +125,7 @@ class SignalPipe:
     SIGKILL / SIGSTOP are refused with ValueError.  If other code replaces pyproc's handler while the pipe is
     open, close() leaves that code's handler in place and warns (RuntimeWarning).  In a child made by
     os.fork(), every SignalPipe is closed at once: the child's signals must not land in the parent's pipe.
+    Unlike signal.signal(), a SignalPipe may be opened, read and closed from any thread.
     """
 
     def __init__(self, signals: Iterable[int], *, restart: bool = True) -> None:

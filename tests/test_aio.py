@@ -210,6 +210,15 @@ def test_child_is_reaped_even_if_nobody_waits() -> None:
     run_async(main())
 
 
+def test_async_with_waits_on_normal_exit() -> None:
+    async def main() -> None:
+        async with await aio.spawn(["sh", "-c", "read x; exit 2"], stdin=pyproc.PIPE) as proc:
+            pass  # leaving closes stdin (the child's read sees EOF) and waits
+        assert proc.returncode == 2
+
+    run_async(main())
+
+
 def test_async_with_kills_on_error() -> None:
     async def main() -> int:
         with pytest.raises(KeyError):
