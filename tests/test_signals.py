@@ -433,3 +433,22 @@ def test_forked_child_gets_its_dispositions_back() -> None:
         assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == USR1
         assert pipe.read() == []  # nothing from the child
         assert not pipe.closed
+
+
+def test_open_read_close_from_a_non_main_thread() -> None:
+    before = _dispositions()
+    got: list[object] = []
+
+    def worker() -> None:
+        try:
+            with SignalPipe([USR1]) as pipe:
+                os.kill(os.getpid(), USR1)
+                got.extend(pipe.wait(timeout=10))
+        except BaseException as exc:  # reported to the main thread's assertion below
+            got.append(exc)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert got == [SignalEvent(USR1, SI_USER, os.getpid(), os.getuid(), 0)]
+    assert _dispositions() == before
