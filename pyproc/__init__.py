@@ -5,25 +5,32 @@ The public names live here; each comes from the module of its concern (see DESIG
 
 from ._version import __version__
 from .errors import CalledProcessError, OutputLimitExceeded, TimeoutExpired
-
 from .process import Process, Rusage, Status, wait_any
-from .spawn import DEVNULL, ENGINES, PIPE, STDOUT, spawn
 
 # io (issue 3)
 # signals (issue 6)
+from .signals import SignalEvent, SignalPipe
+from .spawn import DEVNULL, ENGINES, PIPE, STDOUT, spawn
 
 __all__ = [
-    "CalledProcessError",
     "DEVNULL",
     "ENGINES",
-    "OutputLimitExceeded",
     "PIPE",
+    "STDOUT",
+    "CalledProcessError",
+    "OutputLimitExceeded",
     "Process",
     "Rusage",
-    "STDOUT",
+    "SignalEvent",
+    "SignalPipe",
     "Status",
     "TimeoutExpired",
     "__version__",
+    "cow",
     "spawn",
     "wait_any",
 ]
+
+# cow (issue 4): the submodule, used as pyproc.cow.measure_fork / pyproc.cow.measure_cow (imported here, after
+# __all__, so that the sorted import block above stays as it is)
+from . import cow

@@ -1099,3 +1099,7 @@ def test_fuzz_regressions_send_signal(sig: Any, error: type[BaseException]) -> N
         with pytest.raises(error):
             proc.send_signal(sig)
         proc.kill()
+
+
+def teardown_module() -> None:
+    _DEVNULL_FILE.close()
