@@ -4,8 +4,8 @@
 # failure and on any sanitizer report (reports are written to log files, so a report from any process counts).
 #
 # Usage: .ci/sanitize.sh [WORKDIR] [pytest args...]   (WORKDIR default: mktemp -d)
-# Environment: PYTHON (default python3), CC (default gcc), SANITIZE_CHILDREN=1 to leave LD_PRELOAD in the
-# environment the tests' children inherit (default: removed once Python has started; see below).
+# Environment: PYTHON (default python3), CC (default gcc), SANITIZE_CHILDREN=0 to remove LD_PRELOAD from the
+# environment the tests' children inherit (default: kept, with the sanitizers' signal handlers off; see below).
 #
 # The script first proves that the setup catches errors (a canary library with a heap overflow and one with
 # signed-integer overflow must each be reported) and that programs started with the runtime preloaded still run,
@@ -70,8 +70,9 @@ UBSAN_LIB=$("$CC" -print-file-name=libubsan.so)
 PLATLIB=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])')
 NATIVE=$(ls "$PLATLIB"/pyproc/_native*.so 2>/dev/null | head -n 1)
 [ -n "$NATIVE" ] || die "no pyproc/_native*.so in $PLATLIB"
-ldd "$NATIVE" | grep -q libasan || die "$NATIVE is not linked against libasan: PYPROC_SANITIZE=1 did not apply"
-ldd "$NATIVE" | grep -q libubsan || die "$NATIVE is not linked against libubsan: PYPROC_SANITIZE=1 did not apply"
+DEPS=$(ldd "$NATIVE")  # (not `ldd | grep -q`: with pipefail, grep's early exit can fail the pipe)
+grep -q libasan <<< "$DEPS" || die "$NATIVE is not linked against libasan: PYPROC_SANITIZE=1 did not apply"
+grep -q libubsan <<< "$DEPS" || die "$NATIVE is not linked against libubsan: PYPROC_SANITIZE=1 did not apply"
 
 rm -rf "$LOGS" && mkdir -p "$LOGS"
 # detect_leaks=0: CPython keeps much of its memory until exit by design.  exitcode 86/87: a sanitizer's own exit.
@@ -80,9 +81,12 @@ export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:exitcode=87:log_path=$L
 PRELOAD="$ASAN_LIB:$UBSAN_LIB"
 # Every Python run below goes through this wrapper: it points UBSan's reports to files too (libubsan ignores
 # UBSAN_OPTIONS=log_path when it runs beside libasan), then runs `-c CODE args`, `-m MODULE args` or `SCRIPT args`.
-# With --strip-preload (the test suite, unless SANITIZE_CHILDREN=1) it removes LD_PRELOAD from the environment once
-# the runtimes are loaded: the children the tests start then run as they would in production (a preloaded ASan
-# installs its own SIGSEGV/SIGBUS/SIGFPE handlers and exit codes in them, which tests of signal state would see).
+# The children the tests start inherit LD_PRELOAD (they must: a child Python that imports the sanitized pyproc
+# needs the runtime first in line).  A preloaded ASan would install SIGSEGV/SIGBUS/SIGFPE/SIGABRT/SIGILL handlers in
+# every child, which tests of the child's signal state see; so, once the runtimes of this process have read their
+# options, the wrapper adds handle_*=0 to the options the children inherit.  This process keeps ASan's handlers.
+# (disable_coredump=0 too: ASan would otherwise set the RLIMIT_CORE of every child to 0.)
+# With --strip-preload it removes LD_PRELOAD from what children inherit instead.
 # Everything pyproc's C code does, including the child side before exec, runs in the sanitized process.
 cat > "$WORK/sanpy.py" <<'PY'
 import ctypes
@@ -91,6 +95,9 @@ import runpy
 import sys
 
 ctypes.CDLL(os.environ["PYPROC_UBSAN_LIB"]).__sanitizer_set_report_path(os.environ["PYPROC_UBSAN_LOG"].encode())
+no_handlers = ":handle_segv=0:handle_sigbus=0:handle_sigfpe=0:handle_abort=0:handle_sigill=0:disable_coredump=0"
+for name in ("ASAN_OPTIONS", "UBSAN_OPTIONS"):
+    os.environ[name] = os.environ.get(name, "") + no_handlers
 args = sys.argv[1:]
 if args and args[0] == "--strip-preload":
     args = args[1:]
@@ -158,8 +165,8 @@ step "the test suite under ASan + UBSan"
 # PYPROC_SANITIZED=1 tells tests that they run under the sanitizers (a test whose figures ASan distorts, such as
 # page-fault or RSS counts, may skip those assertions: `if os.environ.get("PYPROC_SANITIZED") == "1"`).
 export PYPROC_SANITIZED=1
-strip=--strip-preload
-[ "${SANITIZE_CHILDREN:-0}" = 1 ] && strip=
+strip=
+[ "${SANITIZE_CHILDREN:-1}" = 0 ] && strip=--strip-preload
 rc=0
 sanpy $strip -m pytest -c "$SRC/pyproject.toml" --rootdir "$WORK" -p no:cacheprovider -q "$@" "$WORK/tests" || rc=$?
 show_reports || die "sanitizer reports (above)"
