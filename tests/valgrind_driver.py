@@ -227,6 +227,39 @@ def direct_round() -> None:
         os.close(w)
 
 
+def signals_round() -> None:
+    """sigpipe.c (issue 6) when it is there: the handler's records, read back; a flood of one signal."""
+    if not hasattr(pyproc, "SignalPipe"):
+        return
+    with pyproc.SignalPipe([signal.SIGUSR1, signal.SIGUSR2]) as pipe:
+        for _ in range(50):
+            os.kill(os.getpid(), signal.SIGUSR1)
+        os.kill(os.getpid(), signal.SIGUSR2)
+        events = []
+        for _ in range(100):
+            events += pipe.wait(timeout=5)
+            if any(e.signo == signal.SIGUSR2 for e in events):
+                break
+        check(any(e.signo == signal.SIGUSR2 for e in events), f"SignalPipe events {events[:3]}")
+        pipe.counts()
+
+
+def cow_round() -> None:
+    """cow.c (issue 4) when it is there: fork timing and copy-on-write on a small region."""
+    cow = getattr(pyproc, "cow", None) or sys.modules.get("pyproc.cow")
+    if cow is None:
+        try:
+            import pyproc.cow as cow
+        except ImportError:
+            return
+    result = cow.measure_fork(4 << 20, state="dirty", engines=("fork_exit", "clone", "fork"), repeat=2)
+    check(result.times_ns["clone"].min > 0, "measure_fork")
+    for state in ("clean", "fragmented"):
+        cow.measure_fork(1 << 20, state=state, engines=("fork_exit",), repeat=1, warmup=0)
+    cow_result = cow.measure_cow(2 << 20, repeat=1)
+    check(cow_result.n_pages == (2 << 20) // 4096, "measure_cow")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=1)
@@ -238,6 +271,8 @@ def main() -> None:
             fallback_round()
             exec_child_round()
             direct_round()
+            signals_round()
+            cow_round()
     print(f"valgrind_driver: ok ({rounds} round(s), engines {', '.join(pyproc.ENGINES)})")
 
 
