@@ -10,6 +10,7 @@ from .process import Process, Rusage, Status, wait_any
 from .spawn import DEVNULL, ENGINES, PIPE, STDOUT, spawn
 
 # io (issue 3)
+from .io import Pipeline, Result, pipeline, read_full, run, write_full
 # signals (issue 6)
 
 __all__ = [
@@ -18,12 +19,18 @@ __all__ = [
     "ENGINES",
     "OutputLimitExceeded",
     "PIPE",
+    "Pipeline",
     "Process",
+    "Result",
     "Rusage",
     "STDOUT",
     "Status",
     "TimeoutExpired",
     "__version__",
+    "pipeline",
+    "read_full",
+    "run",
     "spawn",
     "wait_any",
+    "write_full",
 ]

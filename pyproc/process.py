@@ -122,6 +122,7 @@ class Process:
         self.status: Status | None = None
         self.rusage: Rusage | None = None
         self._reap_lock = threading.Lock()
+        self._pump: Any = None  # communicate()'s state, kept across a timeout
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} pid={self.pid} returncode={self.returncode} args={self.args!r}>"
@@ -208,6 +209,20 @@ class Process:
                 raise TimeoutExpired(self.args, timeout)
             time.sleep(min(delay, left))
             delay = min(delay * 2, 0.05)
+
+    def communicate(self, input: bytes | bytearray | memoryview | None = None,  # noqa: A002
+                    timeout: float | None = None) -> tuple[bytes | None, bytes | None]:
+        """Sends input to the child's stdin, reads its stdout and stderr to end of file, waits for it.
+
+        Returns (stdout, stderr): bytes for the streams that are pipes, None for the others.  One C call does the
+        work with the GIL released, polling all pipes together: no size in either direction deadlocks.  A child
+        that closes its stdin early gets the rest of input dropped, without error.  With a timeout it raises
+        pyproc.TimeoutExpired carrying the output read so far and leaves the child running; calling
+        communicate() again (without input) continues where it stopped.  See pyproc.io.communicate.
+        """
+        from .io import communicate
+
+        return communicate(self, input, timeout)
 
     def send_signal(self, sig: int) -> None:
         """Sends sig to the child (through its pidfd); does nothing once the child has been reaped."""
