@@ -34,6 +34,17 @@
 #define WRITE_CHUNK ((size_t)1 << 20)
 #define DRAIN_ROUNDS 64
 
+#define COALESCE_BELOW ((size_t)256 << 10)
+static long coalesce_ns(void)
+{
+    static long ns = -1;
+    if (ns < 0) {
+        const char *v = getenv("PYPROC_COALESCE_US");
+        ns = v ? atol(v) * 1000 : 0;
+    }
+    return ns;
+}
+
 static size_t page_size(void)
 {
     static size_t size;
@@ -312,6 +323,7 @@ static int pump_read(struct pyproc_pump *p, int i, int *ready)
         return 0;
     }
     b->len += (size_t)got;
+    b->last_read = (size_t)got;
     if ((size_t)got < room)
         *ready = 0;
     if (!b->boosted && b->len >= BOOST_AFTER) {
@@ -375,6 +387,17 @@ int pyproc_pump_run(struct pyproc_pump *p, int drain)
             continue;
 
         /* Nothing can move without waiting: poll every live fd together. */
+        if (!drain && coalesce_ns() > 0) {
+            int lazy = 0;
+            for (int i = 0; i < 2; i++)
+                if (!p->out_eof[i] && p->out[i].boosted && p->out[i].last_read < COALESCE_BELOW)
+                    lazy = 1;
+            if (lazy) {
+                struct timespec pause = {0, coalesce_ns()};
+                if (nanosleep(&pause, NULL) != 0)
+                    return errno;
+            }
+        }
         struct pollfd fds[3];
         int which[3];
         nfds_t n = 0;
