@@ -6,24 +6,24 @@ The public names live here; each comes from the module of its concern (see DESIG
 from ._version import __version__
 from .errors import CalledProcessError, OutputLimitExceeded, TimeoutExpired
 
+# io (issue 3)
+from .io import Pipeline, Result, pipeline, read_full, run, write_full
 from .process import Process, Rusage, Status, wait_any
 from .spawn import DEVNULL, ENGINES, PIPE, STDOUT, spawn
 
-# io (issue 3)
-from .io import Pipeline, Result, pipeline, read_full, run, write_full
 # signals (issue 6)
 
 __all__ = [
-    "CalledProcessError",
     "DEVNULL",
     "ENGINES",
-    "OutputLimitExceeded",
     "PIPE",
+    "STDOUT",
+    "CalledProcessError",
+    "OutputLimitExceeded",
     "Pipeline",
     "Process",
     "Result",
     "Rusage",
-    "STDOUT",
     "Status",
     "TimeoutExpired",
     "__version__",

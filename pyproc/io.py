@@ -1,18 +1,21 @@
-"""Moving bytes to and from children: run(), Result, Process.communicate(), pipeline(), read_full / write_full.
+"""Moving bytes to and from children: run(), Result, Process.communicate(), pipeline(), read_full /
+write_full.
 
-The work is done by one C call (csrc/io.c, GIL released) that polls the child's stdin, stdout and stderr together:
-input is written as the pipe accepts it and outputs are read as they arrive, so no size in either direction can
-deadlock.  A signal interrupts the C call, Python runs its handlers (which may raise) and the call resumes where it
-was: a signal never surfaces as EINTR.
+The work is done by one C call (csrc/io.c, GIL released) that polls the child's stdin, stdout and stderr
+together: input is written as the pipe accepts it and outputs are read as they arrive, so no size in either
+direction can deadlock.  A signal interrupts the C call, Python runs its handlers (which may raise) and the
+call resumes where it was: a signal never surfaces as EINTR.
 
 Decisions (where the issue left a choice):
-- run(..., timeout=T) starts the child in a new process group of its own (unless process_group or new_session is
+- run(..., timeout=T) starts the child in a new process group of its own (unless process_group or new_session
+is
   given), so that the timeout kills grandchildren too, and a grandchild holding the pipes cannot keep run()
-  waiting.  Such a child is not in the terminal's foreground group: Ctrl-C at a terminal reaches pyproc's process,
-  whose KeyboardInterrupt then kills the child's group.
+  waiting.  Such a child is not in the terminal's foreground group: Ctrl-C at a terminal reaches pyproc's
+  process, whose KeyboardInterrupt then kills the child's group.
 - Without a timeout, run() reads until end of file, as subprocess does: a grandchild that keeps the pipes open
   keeps run() waiting.
-- On a timeout or max_output, the child (its group when it leads one) is killed with SIGKILL and reaped; what the
+- On a timeout or max_output, the child (its group when it leads one) is killed with SIGKILL and reaped; what
+the
   pipes already hold is read without waiting, never until end of file.
 - TimeoutExpired and OutputLimitExceeded carry the output as bytes (text mode or not: a partial output may end
   inside a character); Result and CalledProcessError carry str in text mode.
@@ -22,6 +25,7 @@ Decisions (where the issue left a choice):
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import locale
 import math
@@ -43,24 +47,24 @@ _BIG = 1 << 20  # outputs at least this large are handed over by pyproc_pump_tak
 _PAGE = os.sysconf("SC_PAGESIZE")
 _page_lead: int | None = None
 
-Input = Union[bytes, bytearray, memoryview, str, None]
+Input = Union[bytes, bytearray, memoryview, str, None]  # noqa: UP007 - a runtime alias on 3.10
 
 
 def _lead() -> int:
     """The offset in a page at which a large fresh bytes object's data starts (48 with glibc and CPython).
 
-    The pump starts its large buffers at the same offset, so that pyproc_pump_take can move whole pages into the
-    bytes object instead of copying them.  Measured once: 40 MiB is above glibc's largest mmap threshold.
+    The pump starts its large buffers at the same offset, so that pyproc_pump_take can move whole pages into
+    the bytes object instead of copying them.  Measured once: 40 MiB is above glibc's largest mmap threshold.
     """
     global _page_lead
     if _page_lead is None:
         probe = bytes(40 << 20)
-        _page_lead = int(ffi.cast("uintptr_t", ffi.from_buffer(probe))) % _PAGE
+        _page_lead = int(ffi.cast("uintptr_t", ffi.from_buffer("char[]", probe))) % _PAGE
         del probe
     return _page_lead
 
 
-# ---- read_full / write_full --------------------------------------------------------------------------------------
+# ---- read_full / write_full --------------------------------------------------------------------------------
 
 
 def _check_fd(fd: object, name: str = "fd") -> int:
@@ -75,8 +79,8 @@ def read_full(fd: int, n: int) -> bytes:
     """Reads n bytes from fd, fewer only at end of file.
 
     Partial reads are continued, EINTR is retried after Python's signal handlers ran, and a non-blocking fd's
-    EAGAIN is waited out with poll.  The GIL is released while reading.  Raises OSError (errno and the fd in the
-    message) on a read error; what was read before it is lost.
+    EAGAIN is waited out with poll.  The GIL is released while reading.  Raises OSError (errno and the fd in
+    the message) on a read error; what was read before it is lost.
     """
     _check_fd(fd)
     if isinstance(n, bool) or not isinstance(n, int):
@@ -103,9 +107,9 @@ def read_full(fd: int, n: int) -> bytes:
 def write_full(fd: int, data: bytes | bytearray | memoryview) -> int:
     """Writes all of data to fd and returns its length.
 
-    Partial writes are continued, EINTR is retried after Python's signal handlers ran, a non-blocking fd's EAGAIN
-    is waited out with poll.  A reader that went away gives BrokenPipeError (never SIGPIPE).  The GIL is released
-    while writing.
+    Partial writes are continued, EINTR is retried after Python's signal handlers ran, a non-blocking fd's
+    EAGAIN is waited out with poll.  A reader that went away gives BrokenPipeError (never SIGPIPE).  The GIL
+    is released while writing.
     """
     _check_fd(fd)
     view = _byte_view(data, "data")
@@ -128,13 +132,14 @@ def _byte_view(data: object, name: str) -> memoryview:
     try:
         view = memoryview(data)  # type: ignore[arg-type]
     except TypeError:
-        raise TypeError(f"{name} must be bytes, bytearray or another buffer, not {type(data).__name__}") from None
+        kind = type(data).__name__
+        raise TypeError(f"{name} must be bytes, bytearray or another buffer, not {kind}") from None
     if not view.c_contiguous:
         raise ValueError(f"{name} must be a contiguous buffer")
     return view.cast("B") if view.format != "B" or view.ndim != 1 else view
 
 
-# ---- the pump ----------------------------------------------------------------------------------------------------
+# ---- the pump ----------------------------------------------------------------------------------------------
 
 
 class _Pump:
@@ -160,7 +165,7 @@ class _Pump:
         self.released = False
 
     def run(self, deadline: float | None) -> int:
-        """Pumps until done, the deadline (time.monotonic()) or the limit; returns the PYPROC_PUMP_* outcome."""
+        """Pumps until done, the deadline (time.monotonic()) or the limit; returns a PYPROC_PUMP_* outcome."""
         c = self.c
         if c.outcome == lib.PYPROC_PUMP_TIMEOUT:
             c.outcome = lib.PYPROC_PUMP_RUNNING  # resumed after a timeout (communicate again)
@@ -196,7 +201,8 @@ class _Pump:
         # A fresh, not yet shared bytes object (calloc'd, untouched) receives the output: its pages are moved
         # there when the offsets agree, else copied with the GIL released.
         result = bytes(n)
-        check(lib.pyproc_pump_take(self.c, stream, ffi.from_buffer(result), n), None, "handing over the output")
+        dest = ffi.from_buffer("char[]", result)
+        check(lib.pyproc_pump_take(self.c, stream, dest, n), None, "handing over the output")
         return result
 
     def release(self) -> None:
@@ -223,15 +229,16 @@ def _check_limit(max_output: object) -> int | None:
     if max_output is None:
         return None
     if isinstance(max_output, bool) or not isinstance(max_output, int):
-        raise TypeError(f"max_output must be an int (bytes per stream) or None, not {type(max_output).__name__}")
+        kind = type(max_output).__name__
+        raise TypeError(f"max_output must be an int (bytes per stream) or None, not {kind}")
     if not 0 <= max_output < _NO_LIMIT:
         raise ValueError(f"max_output must be >= 0, not {max_output}")
     return max_output
 
 
 def _kill(proc: Process, group: bool) -> None:
-    """SIGKILL to the child, or to its process group (only while the child is unreaped: its pid, the group's id,
-    cannot have been reused)."""
+    """SIGKILL to the child, or to its process group (only while the child is unreaped: its pid, the group's
+    id, cannot have been reused)."""
     if proc.returncode is not None:
         return
     if group:
@@ -243,17 +250,17 @@ def _kill(proc: Process, group: bool) -> None:
     proc.kill()
 
 
-# ---- communicate -------------------------------------------------------------------------------------------------
+# ---- communicate -------------------------------------------------------------------------------------------
 
 
-def communicate(proc: Process, input: bytes | bytearray | memoryview | None = None,  # noqa: A002
+def communicate(proc: Process, input: bytes | bytearray | memoryview | None = None,
                 timeout: float | None = None) -> tuple[bytes | None, bytes | None]:
     """Process.communicate: sends input, reads stdout and stderr to end of file, waits for the child.
 
     Returns (stdout, stderr): bytes for the streams that are pipes, else None.  With a timeout, raises
     pyproc.TimeoutExpired carrying the output read so far and leaves the child running; calling communicate()
-    again (without input) continues where it stopped, as subprocess does.  input needs stdin=PIPE; a child that
-    closes its stdin early gets the rest dropped, without error.
+    again (without input) continues where it stopped, as subprocess does.  input needs stdin=PIPE; a child
+    that closes its stdin early gets the rest dropped, without error.
     """
     timeout = _check_timeout(timeout)
     pump: _Pump | None = proc._pump
@@ -274,7 +281,8 @@ def communicate(proc: Process, input: bytes | bytearray | memoryview | None = No
     deadline = None if timeout is None else time.monotonic() + timeout
     outcome = pump.run(deadline)
     if outcome == lib.PYPROC_PUMP_TIMEOUT:
-        raise TimeoutExpired(proc.args, timeout or 0.0, _peek(pump, proc.stdout, 0), _peek(pump, proc.stderr, 1))
+        partial = _peek(pump, proc.stdout, 0), _peek(pump, proc.stderr, 1)
+        raise TimeoutExpired(proc.args, timeout or 0.0, *partial)
     out = pump.take(0) if proc.stdout is not None else None
     err = pump.take(1) if proc.stderr is not None else None
     pump.release()
@@ -316,16 +324,16 @@ def _detach_stdin(proc: Process) -> int:
     return fd
 
 
-# ---- run ---------------------------------------------------------------------------------------------------------
+# ---- run ---------------------------------------------------------------------------------------------------
 
 
 @dataclass
 class Result:
     """What run() gives back.
 
-    args; returncode (the exit code, or minus the signal number); stdout / stderr (bytes, str in text mode, or None
-    for a stream that was not captured); status (pyproc.Status); rusage (pyproc.Rusage: the child's CPU times,
-    max RSS, faults); elapsed (seconds from the spawn to the reap).
+    args; returncode (the exit code, or minus the signal number); stdout / stderr (bytes, str in text mode, or
+    None for a stream that was not captured); status (pyproc.Status); rusage (pyproc.Rusage: the child's CPU
+    times, max RSS, faults); elapsed (seconds from the spawn to the reap).
     """
 
     args: Any
@@ -356,7 +364,7 @@ def _text_settings(encoding: object, errors: object) -> tuple[str, str] | None:
     return enc, errors if errors is not None else "strict"
 
 
-def _input_view(input: Input, text: tuple[str, str] | None) -> memoryview | None:  # noqa: A002
+def _input_view(input: Input, text: tuple[str, str] | None) -> memoryview | None:
     if input is None:
         return None
     if isinstance(input, str):
@@ -379,7 +387,7 @@ def _is_code(spec: object, code: int) -> bool:
 def run(
     argv: Sequence[Any],
     *,
-    input: Input = None,  # noqa: A002
+    input: Input = None,
     capture: bool = False,
     stdout: FileSpec = None,
     stderr: FileSpec = None,
@@ -393,16 +401,18 @@ def run(
     """Runs argv to completion and returns a Result (returncode, stdout, stderr, status, rusage, elapsed).
 
     input: bytes (str in text mode) written to the child's stdin as it reads it; a child that closes its stdin
-    early gets the rest dropped, without error.  capture=True captures stdout and stderr; or give stdout= / stderr=
-    (PIPE captures that stream; STDOUT for stderr; DEVNULL; an fd or file).  Streams not captured are inherited.
-    The output is read by one C call with the GIL released; no size in either direction can deadlock.
+    early gets the rest dropped, without error.  capture=True captures stdout and stderr; or give stdout= /
+    stderr= (PIPE captures that stream; STDOUT for stderr; DEVNULL; an fd or file).  Streams not captured are
+    inherited. The output is read by one C call with the GIL released; no size in either direction can
+    deadlock.
 
     timeout (seconds): the child is started in its own process group (unless process_group or new_session is
-    given); when time runs out the group is killed (grandchildren too), the child reaped, and pyproc.TimeoutExpired
-    raised with the output read so far (bytes).  max_output: the most bytes kept per stream; more kills the child
-    (its group if it leads one) and raises pyproc.OutputLimitExceeded carrying what was read (at most max_output
-    per stream).  check=True raises pyproc.CalledProcessError on a nonzero returncode.  encoding / errors: text
-    mode (input and output are str).  Other keyword arguments go to pyproc.spawn() (cwd, env, engine, ...).
+    given); when time runs out the group is killed (grandchildren too), the child reaped, and
+    pyproc.TimeoutExpired raised with the output read so far (bytes).  max_output: the most bytes kept per
+    stream; more kills the child (its group if it leads one) and raises pyproc.OutputLimitExceeded carrying
+    what was read (at most max_output per stream).  check=True raises pyproc.CalledProcessError on a nonzero
+    returncode.  encoding / errors: text mode (input and output are str).  Other keyword arguments go to
+    pyproc.spawn() (cwd, env, engine, ...).
 
     Bad arguments raise TypeError / ValueError before any child exists.
     """
@@ -423,8 +433,9 @@ def run(
             raise ValueError("input= and stdin= both say where the child's stdin comes from")
         spawn_options["stdin"] = PIPE
     if limit is not None and not (_is_code(stdout, PIPE) or _is_code(stderr, PIPE)):
-        raise ValueError("max_output limits captured output: capture nothing, limit nothing (use capture=True)")
-    if timeout is not None and spawn_options.get("process_group") is None and not spawn_options.get("new_session"):
+        raise ValueError("max_output limits captured output, and nothing is captured (use capture=True)")
+    grouped = spawn_options.get("process_group") is not None or spawn_options.get("new_session")
+    if timeout is not None and not grouped:
         spawn_options["process_group"] = 0
     own_group = spawn_options.get("process_group") == 0 or bool(spawn_options.get("new_session"))
     request = prepare(argv, stdout=stdout, stderr=stderr, **spawn_options)
@@ -450,10 +461,8 @@ def run(
 def _close_pipes(proc: Process) -> None:
     for stream in (proc.stdin, proc.stdout, proc.stderr):
         if stream is not None:
-            try:
+            with contextlib.suppress(BrokenPipeError):
                 stream.close()
-            except BrokenPipeError:
-                pass
 
 
 def _run_started(proc: Process, data: memoryview | None, deadline: float | None, timeout: float | None,
@@ -489,16 +498,16 @@ def _run_started(proc: Process, data: memoryview | None, deadline: float | None,
     return Result(proc.args, proc.returncode, out, err, proc.status, proc.rusage, 0.0)
 
 
-# ---- pipeline ----------------------------------------------------------------------------------------------------
+# ---- pipeline ----------------------------------------------------------------------------------------------
 
 
 @dataclass
 class Pipeline:
     """What pipeline() gives back.
 
-    args (one argv per stage); returncodes (one per stage); returncode (pipefail: the last nonzero returncode of
-    the stages, 0 when all succeeded); stdout / stderr (captured output, str in text mode, else None); statuses,
-    rusages (per stage); pids; elapsed (seconds).
+    args (one argv per stage); returncodes (one per stage); returncode (pipefail: the last nonzero returncode
+    of the stages, 0 when all succeeded); stdout / stderr (captured output, str in text mode, else None);
+    statuses, rusages (per stage); pids; elapsed (seconds).
     """
 
     args: list[Any]
@@ -527,7 +536,7 @@ def _pipefail(codes: Sequence[int]) -> int:
 def pipeline(
     argvs: Sequence[Sequence[Any]],
     *,
-    input: Input = None,  # noqa: A002
+    input: Input = None,
     stdin: FileSpec = None,
     stdout: FileSpec = None,
     stderr: FileSpec = None,
@@ -541,15 +550,15 @@ def pipeline(
 ) -> Pipeline:
     """Runs argv1 | argv2 | ... to completion, every stage in one new process group, and returns a Pipeline.
 
-    Stage i's stdout is stage i+1's stdin (a pipe the parent does not keep open: each stage sees end of file when
-    the stage before it ends).  stdin / input feed the first stage, stdout (or capture=True: captured) takes the
-    last stage's output; stderr applies to every stage (PIPE, or capture=True: all stages' stderr captured
-    together).  returncodes per stage; returncode is pipefail-style (the last nonzero one).  timeout kills the
-    whole group, reaps every stage and raises pyproc.TimeoutExpired with the output so far; max_output,
-    encoding / errors, check and the other spawn options (cwd, env, engine, ...) as for run().
+    Stage i's stdout is stage i+1's stdin (a pipe the parent does not keep open: each stage sees end of file
+    when the stage before it ends).  stdin / input feed the first stage, stdout (or capture=True: captured)
+    takes the last stage's output; stderr applies to every stage (PIPE, or capture=True: all stages' stderr
+    captured together).  returncodes per stage; returncode is pipefail-style (the last nonzero one).  timeout
+    kills the whole group, reaps every stage and raises pyproc.TimeoutExpired with the output so far;
+    max_output, encoding / errors, check and the other spawn options (cwd, env, engine, ...) as for run().
 
-    Bad arguments (for any stage) raise TypeError / ValueError before any stage exists; a stage that cannot start
-    (FileNotFoundError, ...) gets the stages already started killed and reaped.
+    Bad arguments (for any stage) raise TypeError / ValueError before any stage exists; a stage that cannot
+    start (FileNotFoundError, ...) gets the stages already started killed and reaped.
     """
     if isinstance(argvs, (str, bytes)) or not isinstance(argvs, Sequence):
         raise TypeError(f"pipeline takes a sequence of argvs, not {type(argvs).__name__}")
@@ -557,7 +566,7 @@ def pipeline(
         raise ValueError("pipeline needs at least one stage")
     for key in ("process_group", "new_session", "fds"):
         if key in spawn_options:
-            raise ValueError(f"pipeline() does not take {key}=: it sets every stage's process group and stdio")
+            raise ValueError(f"pipeline() does not take {key}=: it sets the stages' process group and stdio")
     text = _text_settings(encoding, errors)
     timeout = _check_timeout(timeout)
     limit = _check_limit(max_output)
@@ -573,7 +582,7 @@ def pipeline(
     if _is_code(stdin, STDOUT) or _is_code(stdout, STDOUT):
         raise ValueError("STDOUT is only valid for stderr")
     if limit is not None and not (_is_code(stdout, PIPE) or _is_code(stderr, PIPE)):
-        raise ValueError("max_output limits captured output: capture nothing, limit nothing (use capture=True)")
+        raise ValueError("max_output limits captured output, and nothing is captured (use capture=True)")
 
     open_fds: list[int] = []  # every pipe end the parent holds (closed on the way out)
     try:
@@ -662,7 +671,8 @@ def pipeline(
     codes = [int(proc.returncode) for proc in procs if proc.returncode is not None]
     result = Pipeline(
         list(argvs), codes, _pipefail(codes), _decode(out, text), _decode(err, text),
-        [p.status for p in procs], [p.rusage for p in procs], [p.pid for p in procs], time.monotonic() - started,
+        [p.status for p in procs], [p.rusage for p in procs], [p.pid for p in procs],
+        time.monotonic() - started,
     )
     if check:
         result.check_returncode()

@@ -210,14 +210,14 @@ class Process:
             time.sleep(min(delay, left))
             delay = min(delay * 2, 0.05)
 
-    def communicate(self, input: bytes | bytearray | memoryview | None = None,  # noqa: A002
+    def communicate(self, input: bytes | bytearray | memoryview | None = None,
                     timeout: float | None = None) -> tuple[bytes | None, bytes | None]:
         """Sends input to the child's stdin, reads its stdout and stderr to end of file, waits for it.
 
-        Returns (stdout, stderr): bytes for the streams that are pipes, None for the others.  One C call does the
-        work with the GIL released, polling all pipes together: no size in either direction deadlocks.  A child
-        that closes its stdin early gets the rest of input dropped, without error.  With a timeout it raises
-        pyproc.TimeoutExpired carrying the output read so far and leaves the child running; calling
+        Returns (stdout, stderr): bytes for the streams that are pipes, None for the others.  One C call does
+        the work with the GIL released, polling all pipes together: no size in either direction deadlocks.  A
+        child that closes its stdin early gets the rest of input dropped, without error.  With a timeout it
+        raises pyproc.TimeoutExpired carrying the output read so far and leaves the child running; calling
         communicate() again (without input) continues where it stopped.  See pyproc.io.communicate.
         """
         from .io import communicate

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import signal
@@ -86,7 +87,7 @@ def no_start(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
-# ---- read_full / write_full -----------------------------------------------------------------------------------
+# ---- read_full / write_full --------------------------------------------------------------------------------
 
 
 def test_read_full_write_full_through_a_pipe_larger_than_its_capacity() -> None:
@@ -199,7 +200,7 @@ def test_read_full_write_full_under_a_flood_of_signals() -> None:
     assert hits[0] > 10
 
 
-# ---- run: sizes and directions ----------------------------------------------------------------------------------
+# ---- run: sizes and directions -----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("size", [0, 1, PIPE_CAP - 1, PIPE_CAP, PIPE_CAP + 1, 3 * PIPE_CAP + 7])
@@ -223,7 +224,8 @@ def test_run_64mib_both_ways_at_once_does_not_deadlock() -> None:
     # the input.  Writing all input before reading (or reading one pipe only) hangs; the pump must not.
     size = 64 << 20
     data = _pattern(size)
-    res = pyproc.run(["sh", "-c", f"head -c {size} /dev/zero >&2; cat"], input=data, capture=True, timeout=120)
+    script = f"head -c {size} /dev/zero >&2; cat"
+    res = pyproc.run(["sh", "-c", script], input=data, capture=True, timeout=120)
     assert res.returncode == 0
     assert len(res.stderr) == size and res.stderr == bytes(size)
     assert res.stdout == data
@@ -288,7 +290,8 @@ def test_result_fields_and_check() -> None:
 
 
 def test_run_passes_spawn_options() -> None:
-    res = pyproc.run(["sh", "-c", 'echo "$X"; pwd'], capture=True, env={"X": "42", "PATH": os.defpath}, cwd="/")
+    env = {"X": "42", "PATH": os.defpath}
+    res = pyproc.run(["sh", "-c", 'echo "$X"; pwd'], capture=True, env=env, cwd="/")
     assert res.stdout == b"42\n/\n"
 
 
@@ -300,7 +303,7 @@ def test_run_exec_failure_raises_and_leaves_nothing() -> None:
     assert _children() == []
 
 
-# ---- text mode ----------------------------------------------------------------------------------------------------
+# ---- text mode ---------------------------------------------------------------------------------------------
 
 
 def test_text_mode() -> None:
@@ -320,7 +323,7 @@ def test_text_input_needs_text_mode(no_start: None) -> None:
         pyproc.run(["cat"], input="text")
 
 
-# ---- timeouts -----------------------------------------------------------------------------------------------------
+# ---- timeouts ----------------------------------------------------------------------------------------------
 
 
 def test_timeout_raises_with_partial_output_and_reaps() -> None:
@@ -351,10 +354,8 @@ def test_grandchild_holding_the_pipe_does_not_outlive_the_timeout() -> None:
         pyproc.run(["sh", "-c", "setsid sleep 30 & echo $!"], capture=True, timeout=1.0)
     elapsed = time.monotonic() - t0
     escaped = int(info.value.stdout)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(escaped, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     assert elapsed < 4
     assert _children() == []
 
@@ -399,7 +400,7 @@ def test_communicate_input_needs_a_stdin_pipe() -> None:
     assert proc.communicate() == (b"", None)
 
 
-# ---- max_output ---------------------------------------------------------------------------------------------------
+# ---- max_output --------------------------------------------------------------------------------------------
 
 
 def test_max_output_kills_and_carries_what_was_read() -> None:
@@ -432,7 +433,7 @@ def test_max_output_large() -> None:
     assert len(info.value.stdout) == limit
 
 
-# ---- signals ------------------------------------------------------------------------------------------------------
+# ---- signals -----------------------------------------------------------------------------------------------
 
 
 def test_run_under_a_flood_of_signals() -> None:
@@ -465,10 +466,14 @@ def test_signals_from_another_process() -> None:
         hits[0] += 1
 
     old = signal.signal(signal.SIGUSR1, handler)
-    sender = subprocess.Popen(
-        [sys.executable, "-c",
-         f"import os,time\nt=time.time()+1.5\nwhile time.time()<t:\n os.kill({os.getpid()},10)\n time.sleep(0.0001)"]
-    )
+    flood = textwrap.dedent(f"""
+        import os, time
+        end = time.time() + 1.5
+        while time.time() < end:
+            os.kill({os.getpid()}, {int(signal.SIGUSR1)})
+            time.sleep(0.0001)
+    """)
+    sender = subprocess.Popen([sys.executable, "-c", flood])
     try:
         res = pyproc.run(["sh", "-c", "sleep 1; head -c 3000000 /dev/zero"], capture=True, timeout=30)
     finally:
@@ -498,7 +503,7 @@ def test_exception_from_a_signal_handler_kills_and_reaps() -> None:
     assert _fds() == before
 
 
-# ---- resources ----------------------------------------------------------------------------------------------------
+# ---- resources ---------------------------------------------------------------------------------------------
 
 
 def test_no_fd_leaks_and_no_zombies_after_1000_runs() -> None:
@@ -520,7 +525,7 @@ def test_no_fd_leaks_and_no_zombies_after_1000_runs() -> None:
     assert _children() == []
 
 
-# ---- bad input ----------------------------------------------------------------------------------------------------
+# ---- bad input ---------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
