@@ -188,7 +188,7 @@ struct pyproc_outbuf {
     size_t cap;       /* bytes available from data */
     size_t map_size;  /* size of the mapping; 0 while malloc'd */
     int boosted;      /* the pipe's capacity was raised */
-    size_t last_read; /* what the last read got */
+    size_t populated; /* bytes from data already faulted in (MADV_POPULATE_WRITE) */
 };
 
 /* The state of run()/communicate()'s pump; it survives an EINTR return, so the caller can resume.

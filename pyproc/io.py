@@ -428,27 +428,45 @@ def run(
         if stdout is not None or stderr is not None:
             raise ValueError("capture=True conflicts with stdout= / stderr=")
         stdout = stderr = PIPE
-    if data is not None:
-        if spawn_options.get("stdin") is not None:
-            raise ValueError("input= and stdin= both say where the child's stdin comes from")
-        spawn_options["stdin"] = PIPE
+    stdin = spawn_options.pop("stdin", None)
+    if data is not None and stdin is not None:
+        raise ValueError("input= and stdin= both say where the child's stdin comes from")
     if limit is not None and not (_is_code(stdout, PIPE) or _is_code(stderr, PIPE)):
         raise ValueError("max_output limits captured output, and nothing is captured (use capture=True)")
     grouped = spawn_options.get("process_group") is not None or spawn_options.get("new_session")
     if timeout is not None and not grouped:
         spawn_options["process_group"] = 0
     own_group = spawn_options.get("process_group") == 0 or bool(spawn_options.get("new_session"))
-    request = prepare(argv, stdout=stdout, stderr=stderr, **spawn_options)
-    started = time.monotonic()
-    deadline = None if timeout is None else started + timeout
-    proc = start(request)
+
+    # The pipes are made here, not by spawn(PIPE): the parent's ends go to the pump as plain fds (no file
+    # objects to build and tear down), and each child end is closed as soon as the child has it.
+    open_fds: list[int] = []
+    parent: list[int | None] = [None, None, None]
     try:
-        result = _run_started(proc, data, deadline, timeout, limit, own_group)
+        if data is not None or _is_code(stdin, PIPE):
+            stdin, parent[0] = _pipe(open_fds)
+        if _is_code(stdout, PIPE):
+            parent[1], stdout = _pipe(open_fds)
+        if _is_code(stderr, PIPE):
+            parent[2], stderr = _pipe(open_fds)
+        request = prepare(argv, stdin=stdin, stdout=stdout, stderr=stderr, **spawn_options)
+        started = time.monotonic()
+        proc = start(request)
+    except BaseException:
+        _close_fds(open_fds)
+        raise
+    for fd in list(open_fds):
+        if fd not in parent:
+            _close_fds(open_fds, fd)
+    deadline = None if timeout is None else started + timeout
+    try:
+        result = _run_started(proc, parent, open_fds, data, deadline, timeout, limit, own_group)
     except BaseException:
         _kill(proc, own_group)
         proc.wait()
-        _close_pipes(proc)
         raise
+    finally:
+        _close_fds(open_fds)
     result.elapsed = time.monotonic() - started
     if text is not None:
         result.stdout = _decode(result.stdout, text)
@@ -458,33 +476,28 @@ def run(
     return result
 
 
-def _close_pipes(proc: Process) -> None:
-    for stream in (proc.stdin, proc.stdout, proc.stderr):
-        if stream is not None:
-            with contextlib.suppress(BrokenPipeError):
-                stream.close()
-
-
-def _run_started(proc: Process, data: memoryview | None, deadline: float | None, timeout: float | None,
-                 limit: int | None, own_group: bool) -> Result:
-    in_fd = _detach_stdin(proc) if proc.stdin is not None else None
-    pump = _Pump(in_fd, data, (_fileno(proc.stdout), _fileno(proc.stderr)), limit)
+def _run_started(proc: Process, parent: list[int | None], open_fds: list[int], data: memoryview | None,
+                 deadline: float | None, timeout: float | None, limit: int | None, own_group: bool) -> Result:
+    in_fd = parent[0]
+    if in_fd is not None:
+        open_fds.remove(in_fd)  # the pump owns it now: it closes it once the input is written
+    pump = _Pump(in_fd, data, (parent[1], parent[2]), limit)
     try:
         outcome = pump.run(deadline)
         if outcome != lib.PYPROC_PUMP_DONE:
             _kill(proc, own_group)
             proc.wait()
             pump.drain()
-            out = pump.take(0, limit) if proc.stdout is not None else None
-            err = pump.take(1, limit) if proc.stderr is not None else None
+            out = pump.take(0, limit) if parent[1] is not None else None
+            err = pump.take(1, limit) if parent[2] is not None else None
             if outcome == lib.PYPROC_PUMP_TIMEOUT:
                 raise TimeoutExpired(proc.args, timeout or 0.0, out, err)
             raise OutputLimitExceeded(proc.args, limit or 0, out, err)
-        out = pump.take(0) if proc.stdout is not None else None
-        err = pump.take(1) if proc.stderr is not None else None
+        out = pump.take(0) if parent[1] is not None else None
+        err = pump.take(1) if parent[2] is not None else None
     finally:
         pump.release()
-        _close_pipes(proc)
+    _close_fds(open_fds)
     if deadline is None:
         proc.wait()
     else:

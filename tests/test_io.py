@@ -571,3 +571,15 @@ def test_communicate_bad_arguments() -> None:
     with pytest.raises(ValueError):
         proc.communicate(b"x", timeout=-1)
     assert proc.communicate(b"ok") == (b"ok", None)
+
+
+@pytest.mark.parametrize("shift", [0, 8, 2048])
+def test_large_output_handover_with_moved_or_copied_pages(monkeypatch: pytest.MonkeyPatch, shift: int) -> None:
+    # shift 0: the buffer's data and the bytes object's share their page offset, whole pages are moved;
+    # otherwise the output is copied.  Both must give every byte back.
+    lead = pyproc.io._lead()
+    monkeypatch.setattr(pyproc.io, "_page_lead", (lead + shift) % os.sysconf("SC_PAGESIZE"))
+    size = (6 << 20) + 333
+    data = _pattern(size)
+    res = pyproc.run(["cat"], input=data, capture=True)
+    assert res.stdout == data
