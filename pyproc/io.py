@@ -25,7 +25,6 @@ the
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import locale
 import math

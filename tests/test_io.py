@@ -574,9 +574,9 @@ def test_communicate_bad_arguments() -> None:
 
 
 @pytest.mark.parametrize("shift", [0, 8, 2048])
-def test_large_output_handover_with_moved_or_copied_pages(monkeypatch: pytest.MonkeyPatch, shift: int) -> None:
-    # shift 0: the buffer's data and the bytes object's share their page offset, whole pages are moved;
-    # otherwise the output is copied.  Both must give every byte back.
+def test_large_output_handover_moved_or_copied(monkeypatch: pytest.MonkeyPatch, shift: int) -> None:
+    # Whole pages are moved into the bytes object when its data and the buffer's share their page offset
+    # (shift 0, with glibc's allocator), otherwise copied (any other shift).  Both must give every byte back.
     lead = pyproc.io._lead()
     monkeypatch.setattr(pyproc.io, "_page_lead", (lead + shift) % os.sysconf("SC_PAGESIZE"))
     size = (6 << 20) + 333

@@ -79,7 +79,7 @@ def test_failures_in_the_middle_pipefail(clean: None) -> None:
     assert res.returncodes == [0, 3, 0, 5, 0]
     assert res.returncode == 5  # the last nonzero, as bash's pipefail
     assert res.stdout == b"x\n"
-    # (the failing stage reads its input: echo must not race a reader that is already gone, and die of SIGPIPE)
+    # (the failing stage reads its input: echo must not race a reader already gone, and die of SIGPIPE)
     res = pyproc.pipeline([["echo", "x"], ["sh", "-c", "cat >/dev/null; false"], ["wc", "-l"]], capture=True)
     assert res.returncodes == [0, 1, 0]
     assert res.returncode == 1
