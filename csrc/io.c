@@ -23,6 +23,7 @@
 #include "pyproc.h"
 
 #include <poll.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -37,6 +38,19 @@
 #define WRITE_CHUNK ((size_t)1 << 20)
 #define DRAIN_ROUNDS 64
 #define POPULATE_STEP ((size_t)256 << 10)    /* most bytes a read into a big buffer asks for */
+#define HELPER_AFTER ((size_t)4 << 20)       /* output this large gets a helper thread that faults pages in */
+#define HELPER_AHEAD ((size_t)16 << 20)      /* how far ahead of the reads it keeps the buffer faulted in */
+#define HELPER_READ ((size_t)1 << 20)        /* most bytes a read asks for when the helper runs */
+
+struct helper {
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    struct pyproc_outbuf *b;
+    size_t target;  /* atomic: keep the buffer faulted in up to here */
+    int sleeping;   /* atomic */
+    int stop;       /* atomic */
+};
 
 static size_t page_size(void)
 {
@@ -167,10 +181,17 @@ static int outbuf_reserve(struct pyproc_outbuf *b, size_t need, size_t lead)
     lead %= page;
     size_t map_size = round_up(lead + cap, page);
     char *base;
+    struct helper *h = b->helper;
+    if (h)
+        pthread_mutex_lock(&h->lock);
     if (b->map_size) {
         base = mremap(b->base, b->map_size, map_size, MREMAP_MAYMOVE);
-        if (base == MAP_FAILED)
-            return errno;
+        if (base == MAP_FAILED) {
+            int err = errno;
+            if (h)
+                pthread_mutex_unlock(&h->lock);
+            return err;
+        }
     } else {
         base = mmap(NULL, map_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (base == MAP_FAILED)
@@ -183,6 +204,8 @@ static int outbuf_reserve(struct pyproc_outbuf *b, size_t need, size_t lead)
     b->data = base + lead;
     b->map_size = map_size;
     b->cap = map_size - lead;
+    if (h)
+        pthread_mutex_unlock(&h->lock);
     return 0;
 }
 
@@ -208,8 +231,90 @@ static void populate(struct pyproc_outbuf *b, size_t upto)
 #endif
 }
 
+/* ---- the helper: a thread that pays for the page faults of a big output on the other CPU ------------------ *
+ * Fresh anonymous pages cost the kernel zeroing and accounting per 4 KiB, more than copying the pipe's data
+ * into them.  While a big output streams in, a helper thread (all signals blocked, so they still interrupt the
+ * pump) faults the buffer in ahead of the reads with MADV_POPULATE_WRITE.  It holds `lock` while it works on the
+ * buffer; the reader takes it only to move the buffer (mremap).  It exists only inside one pyproc_pump_run call:
+ * stopped and joined before that call returns. */
+
+static void *helper_main(void *arg)
+{
+    struct helper *h = arg;
+    struct pyproc_outbuf *b = h->b;
+    pthread_mutex_lock(&h->lock);
+    while (!__atomic_load_n(&h->stop, __ATOMIC_SEQ_CST)) {
+        size_t target = __atomic_load_n(&h->target, __ATOMIC_SEQ_CST);
+        if (target > b->cap)
+            target = b->cap;
+        if (b->populated >= target) {
+            __atomic_store_n(&h->sleeping, 1, __ATOMIC_SEQ_CST);
+            size_t again = __atomic_load_n(&h->target, __ATOMIC_SEQ_CST);
+            if ((again > b->cap ? b->cap : again) <= b->populated && !__atomic_load_n(&h->stop, __ATOMIC_SEQ_CST))
+                pthread_cond_wait(&h->wake, &h->lock);
+            __atomic_store_n(&h->sleeping, 0, __ATOMIC_SEQ_CST);
+            continue;
+        }
+        size_t upto = target - b->populated > POPULATE_STEP ? b->populated + POPULATE_STEP : target;
+        populate(b, upto);
+    }
+    pthread_mutex_unlock(&h->lock);
+    return NULL;
+}
+
+static void helper_poke(struct helper *h, size_t target)
+{
+    __atomic_store_n(&h->target, target, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&h->sleeping, __ATOMIC_SEQ_CST)) {
+        pthread_mutex_lock(&h->lock);
+        pthread_cond_signal(&h->wake);
+        pthread_mutex_unlock(&h->lock);
+    }
+}
+
+/* Starts b's helper (best effort: without one, the reads fault the pages in themselves). */
+static void helper_start(struct pyproc_outbuf *b)
+{
+    struct helper *h = calloc(1, sizeof *h);
+    if (!h)
+        return;
+    h->b = b;
+    h->target = b->len + HELPER_AHEAD;
+    pthread_mutex_init(&h->lock, NULL);
+    pthread_cond_init(&h->wake, NULL);
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);  /* the helper inherits it: signals go to the pumping thread */
+    int err = pthread_create(&h->thread, NULL, helper_main, h);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (err) {
+        pthread_cond_destroy(&h->wake);
+        pthread_mutex_destroy(&h->lock);
+        free(h);
+        return;
+    }
+    b->helper = h;
+}
+
+static void helper_stop(struct pyproc_outbuf *b)
+{
+    struct helper *h = b->helper;
+    if (!h)
+        return;
+    __atomic_store_n(&h->stop, 1, __ATOMIC_SEQ_CST);
+    pthread_mutex_lock(&h->lock);
+    pthread_cond_signal(&h->wake);
+    pthread_mutex_unlock(&h->lock);
+    pthread_join(h->thread, NULL);
+    pthread_cond_destroy(&h->wake);
+    pthread_mutex_destroy(&h->lock);
+    free(h);
+    b->helper = NULL;
+}
+
 static void outbuf_free(struct pyproc_outbuf *b)
 {
+    helper_stop(b);
     if (b->map_size)
         munmap(b->base, b->map_size);
     else
@@ -322,7 +427,13 @@ static int pump_read(struct pyproc_pump *p, int i, int *ready)
         *ready = 0;
         return 0;
     }
-    if (b->map_size) {
+    if (b->map_size && !b->helper && b->len >= HELPER_AFTER)
+        helper_start(b);
+    if (b->helper) {
+        if (room > HELPER_READ)
+            room = HELPER_READ;
+        helper_poke(b->helper, b->len + HELPER_AHEAD);
+    } else if (b->map_size) {
         /* A big buffer takes at most one populated stretch per read, so the pages were just zeroed (still in
            the cache) when the pipe's data is copied in, and faulted in by one call instead of one per page. */
         if (room > POPULATE_STEP)
@@ -355,7 +466,7 @@ static int pump_read(struct pyproc_pump *p, int i, int *ready)
     return 0;
 }
 
-int pyproc_pump_run(struct pyproc_pump *p, int drain)
+static int pump_run(struct pyproc_pump *p, int drain)
 {
     if (p->outcome != PYPROC_PUMP_RUNNING && !drain)
         return 0;
@@ -451,6 +562,14 @@ int pyproc_pump_run(struct pyproc_pump *p, int drain)
                 out_ready[which[k]] = 1;
         }
     }
+}
+
+int pyproc_pump_run(struct pyproc_pump *p, int drain)
+{
+    int err = pump_run(p, drain);
+    helper_stop(&p->out[0]);
+    helper_stop(&p->out[1]);
+    return err;
 }
 
 int pyproc_pump_take(struct pyproc_pump *p, int stream, char *dest, size_t n)

@@ -189,6 +189,7 @@ struct pyproc_outbuf {
     size_t map_size;  /* size of the mapping; 0 while malloc'd */
     int boosted;      /* the pipe's capacity was raised */
     size_t populated; /* bytes from data already faulted in (MADV_POPULATE_WRITE) */
+    void *helper;     /* the thread that faults pages in ahead of the reads, while pyproc_pump_run runs */
 };
 
 /* The state of run()/communicate()'s pump; it survives an EINTR return, so the caller can resume.
