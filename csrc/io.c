@@ -12,13 +12,15 @@
  * read or write means the pipe is empty or full, so that fd waits for poll; nothing is retried just to see EAGAIN.
  *
  * Output buffers: malloc'd while small; past SMALL_MAX an anonymous mapping grown by mremap, which moves page
- * tables and never copies what was read.  Each read into a big buffer asks for at most POPULATE_STEP bytes whose
- * pages were just faulted in with one MADV_POPULATE_WRITE (no page fault per 4 KiB, and the freshly zeroed pages
- * are still in the cache when the pipe's data lands in them).  Transparent huge pages were measured and left
- * out: zeroing 2 MiB at a time cost more here (cache-cold) than the faults it saves.  Pipes that carry a lot are
- * enlarged with F_SETPIPE_SZ (fewer wake-ups, bigger reads).  pyproc_pump_take hands a large buffer to Python by
- * moving its pages (mremap MREMAP_FIXED) into a fresh bytes object's storage when both start at the same offset
- * in a page (the Python side arranges it), so 1 GiB of output is never copied in user space.
+ * tables and never copies what was read.  Fresh pages cost the kernel more (zeroing, accounting, a fault per
+ * 4 KiB) than copying the pipe's data into them, so: up to HELPER_AFTER, each read asks for at most POPULATE_STEP
+ * bytes whose pages were just faulted in by one MADV_POPULATE_WRITE (one call instead of a fault per page, and
+ * the zeroed pages are still in the cache when the data lands); past it, a helper thread faults the buffer in
+ * ahead of the reads, on the other CPU, while this thread only copies.  Transparent huge pages were measured and
+ * left out: zeroing 2 MiB at a time (cache-cold) cost more here than the faults it saves.  Pipes that carry a
+ * lot are enlarged with F_SETPIPE_SZ (fewer wake-ups, bigger reads).  pyproc_pump_take hands a large buffer to
+ * Python by moving its pages (mremap MREMAP_FIXED) into a fresh bytes object's storage when both start at the
+ * same offset in a page (the Python side arranges it), so 1 GiB of output is never copied in user space.
  */
 #include "pyproc.h"
 
