@@ -9,9 +9,10 @@ from .errors import CalledProcessError, OutputLimitExceeded, TimeoutExpired
 # io (issue 3)
 from .io import Pipeline, Result, pipeline, read_full, run, write_full
 from .process import Process, Rusage, Status, wait_any
-from .spawn import DEVNULL, ENGINES, PIPE, STDOUT, spawn
 
 # signals (issue 6)
+from .signals import SignalEvent, SignalPipe
+from .spawn import DEVNULL, ENGINES, PIPE, STDOUT, spawn
 
 __all__ = [
     "DEVNULL",
@@ -24,9 +25,12 @@ __all__ = [
     "Process",
     "Result",
     "Rusage",
+    "SignalEvent",
+    "SignalPipe",
     "Status",
     "TimeoutExpired",
     "__version__",
+    "cow",
     "pipeline",
     "read_full",
     "run",
@@ -34,3 +38,7 @@ __all__ = [
     "wait_any",
     "write_full",
 ]
+
+# cow (issue 4): the submodule, used as pyproc.cow.measure_fork / pyproc.cow.measure_cow (imported here, after
+# __all__, so that the sorted import block above stays as it is)
+from . import cow

@@ -182,8 +182,9 @@ def test_read_full_write_full_under_a_flood_of_signals() -> None:
     try:
         data = _pattern(32 << 20)
         r, w = os.pipe()
-        # The writer is a child that trickles, so that the reader is interrupted while blocked.
-        proc = pyproc.spawn(["sh", "-c", "cat"], stdin=pyproc.PIPE, stdout=w)
+        # The child holds its stdout open 0.3 s after the data: read_full (asked for one byte more) is blocked
+        # then, and interrupted again and again.
+        proc = pyproc.spawn(["sh", "-c", "cat; sleep 0.3"], stdin=pyproc.PIPE, stdout=w)
         os.close(w)
         assert proc.stdin is not None
         sender = threading.Thread(target=lambda: (pyproc.write_full(proc.stdin.fileno(), data),  # type: ignore
