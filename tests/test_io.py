@@ -32,6 +32,10 @@ def _pipe_capacity() -> int:
 
 PIPE_CAP = _pipe_capacity()
 
+# Every test here must leave no fd open in the parent and no child (running or zombie) behind: no_leaks in
+# conftest.py checks that after each test (and some tests check it themselves at a precise point).
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
 
 def _pattern(n: int) -> bytes:
     """n bytes that are not all the same, so that a reordering or a lost chunk shows."""

@@ -12,34 +12,13 @@ import pytest
 import pyproc
 import pyproc.io
 
-
-def _children() -> list[tuple[int, str]]:
-    me = os.getpid()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == me:
-            found.append((int(entry), fields[0]))
-    return found
+# Every test here must leave no fd open in the parent and no child (running or zombie) behind: no_leaks in
+# conftest.py checks that.
+pytestmark = pytest.mark.usefixtures("no_leaks")
 
 
 def _fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
-
-
-@pytest.fixture
-def clean() -> Iterator[None]:
-    """Checks that a test leaves no fd and no child behind."""
-    before = _fds()
-    yield
-    assert _fds() == before
-    assert _children() == []
 
 
 @pytest.fixture
@@ -51,7 +30,7 @@ def no_start(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
-def test_one_stage(clean: None) -> None:
+def test_one_stage() -> None:
     res = pyproc.pipeline([["echo", "one"]], capture=True)
     assert res.returncodes == [0]
     assert res.returncode == 0
@@ -59,13 +38,13 @@ def test_one_stage(clean: None) -> None:
     assert len(res.pids) == 1 and res.statuses[0] is not None
 
 
-def test_two_stages(clean: None) -> None:
+def test_two_stages() -> None:
     res = pyproc.pipeline([["printf", "b\\na\\nc\\n"], ["sort"]], capture=True)
     assert res.stdout == b"a\nb\nc\n"
     assert res.returncodes == [0, 0]
 
 
-def test_five_stages_with_input(clean: None) -> None:
+def test_five_stages_with_input() -> None:
     data = b"".join(b"%d\n" % i for i in range(100_000))
     res = pyproc.pipeline([["cat"], ["grep", "7"], ["sort", "-n"], ["tail", "-n", "3"], ["tr", "7", "x"]],
                           input=data, capture=True)
@@ -73,7 +52,7 @@ def test_five_stages_with_input(clean: None) -> None:
     assert res.stdout == b"999x9\n9998x\n9999x\n"  # 99979, 99987, 99997
 
 
-def test_failures_in_the_middle_pipefail(clean: None) -> None:
+def test_failures_in_the_middle_pipefail() -> None:
     res = pyproc.pipeline([["echo", "x"], ["sh", "-c", "cat; exit 3"], ["cat"], ["sh", "-c", "cat; exit 5"],
                            ["cat"]], capture=True)
     assert res.returncodes == [0, 3, 0, 5, 0]
@@ -89,7 +68,7 @@ def test_failures_in_the_middle_pipefail(clean: None) -> None:
     assert info.value.returncode == 7
 
 
-def test_stage_killed_by_sigpipe_when_the_reader_stops(clean: None) -> None:
+def test_stage_killed_by_sigpipe_when_the_reader_stops() -> None:
     # yes never ends by itself: it ends because head exits and the parent holds no read end of yes's pipe.
     t0 = time.monotonic()
     res = pyproc.pipeline([["yes"], ["head", "-n", "2"]], capture=True, timeout=30)
@@ -99,14 +78,14 @@ def test_stage_killed_by_sigpipe_when_the_reader_stops(clean: None) -> None:
     assert res.returncode == -signal.SIGPIPE
 
 
-def test_each_stage_sees_end_of_file(clean: None) -> None:
+def test_each_stage_sees_end_of_file() -> None:
     # cat ends only at end of file on its stdin: the parent must not hold a write end of any link.
     res = pyproc.pipeline([["true"], ["cat"], ["cat"], ["wc", "-c"]], capture=True, timeout=30)
     assert res.stdout.strip() == b"0"
     assert res.returncodes == [0, 0, 0, 0]
 
 
-def test_all_stages_in_one_new_process_group(clean: None) -> None:
+def test_all_stages_in_one_new_process_group() -> None:
     stage = ["sh", "-c", "cut -d' ' -f5 /proc/$$/stat >&2; cat"]
     res = pyproc.pipeline([stage, stage, stage], capture=True)
     groups = {int(g) for g in res.stderr.split()}
@@ -115,7 +94,7 @@ def test_all_stages_in_one_new_process_group(clean: None) -> None:
     assert res.pids[0] != os.getpgrp()
 
 
-def test_stderr_shared_and_stdout_to_a_file(clean: None, tmp_path: object) -> None:
+def test_stderr_shared_and_stdout_to_a_file(tmp_path: object) -> None:
     path = os.path.join(str(tmp_path), "out")
     with open(path, "wb") as f:
         res = pyproc.pipeline([["sh", "-c", "echo e1 >&2; echo data"], ["sh", "-c", "cat; echo e2 >&2"]],
@@ -126,18 +105,18 @@ def test_stderr_shared_and_stdout_to_a_file(clean: None, tmp_path: object) -> No
     assert sorted(res.stderr.split()) == [b"e1", b"e2"]
 
 
-def test_text_mode(clean: None) -> None:
+def test_text_mode() -> None:
     res = pyproc.pipeline([["cat"], ["tr", "a", "b"]], input="ça va", capture=True, encoding="utf-8")
     assert res.stdout == "çb vb"
 
 
-def test_large_data_through_five_stages(clean: None) -> None:
+def test_large_data_through_five_stages() -> None:
     data = bytes(range(256)) * (64 << 12)  # 64 MiB
     res = pyproc.pipeline([["cat"]] * 5, input=data, capture=True, timeout=120)
     assert res.stdout == data
 
 
-def test_timeout_kills_every_stage(clean: None) -> None:
+def test_timeout_kills_every_stage() -> None:
     t0 = time.monotonic()
     with pytest.raises(pyproc.TimeoutExpired) as info:
         pyproc.pipeline([["sh", "-c", "echo early; sleep 30"], ["cat"], ["sh", "-c", "cat; sleep 30"]],
@@ -146,18 +125,18 @@ def test_timeout_kills_every_stage(clean: None) -> None:
     assert info.value.stdout == b"early\n"
 
 
-def test_max_output(clean: None) -> None:
+def test_max_output() -> None:
     with pytest.raises(pyproc.OutputLimitExceeded) as info:
         pyproc.pipeline([["cat", "/dev/zero"], ["cat"]], capture=True, max_output=1000)
     assert info.value.stdout == bytes(1000)
 
 
-def test_stage_that_cannot_start(clean: None) -> None:
+def test_stage_that_cannot_start() -> None:
     with pytest.raises(FileNotFoundError):
         pyproc.pipeline([["sleep", "30"], ["/nonexistent/program"], ["cat"]], capture=True)
 
 
-def test_many_pipelines_leave_nothing(clean: None) -> None:
+def test_many_pipelines_leave_nothing() -> None:
     for i in range(100):
         res = pyproc.pipeline([["echo", str(i)], ["cat"], ["cat"]], capture=True)
         assert res.stdout == b"%d\n" % i
