@@ -266,11 +266,13 @@ def communicate(proc: Process, input: bytes | bytearray | memoryview | None = No
     if pump is None:
         if input is not None:
             view: memoryview | None = _byte_view(input, "input")
-            if proc.stdin is None:
+            if proc.stdin is None or proc.stdin.closed:
                 raise ValueError("communicate(input=...) needs the child's stdin to be a pipe (stdin=PIPE)")
         else:
             view = None
         in_fd = None
+        if proc.stdin is not None and proc.stdin.closed:
+            proc.stdin = None
         if proc.stdin is not None:
             in_fd = _detach_stdin(proc)
         pump = _Pump(in_fd, view, (_fileno(proc.stdout), _fileno(proc.stderr)), None)
@@ -282,8 +284,8 @@ def communicate(proc: Process, input: bytes | bytearray | memoryview | None = No
     if outcome == lib.PYPROC_PUMP_TIMEOUT:
         partial = _peek(pump, proc.stdout, 0), _peek(pump, proc.stderr, 1)
         raise TimeoutExpired(proc.args, timeout or 0.0, *partial)
-    out = pump.take(0) if proc.stdout is not None else None
-    err = pump.take(1) if proc.stderr is not None else None
+    out = pump.take(0) if _fileno(proc.stdout) is not None else None
+    err = pump.take(1) if _fileno(proc.stderr) is not None else None
     pump.release()
     proc._pump = None
     for stream in (proc.stdout, proc.stderr):
@@ -299,12 +301,13 @@ def communicate(proc: Process, input: bytes | bytearray | memoryview | None = No
     return out, err
 
 
-def _peek(pump: _Pump, stream: object, i: int) -> bytes | None:
-    return None if stream is None else pump.peek(i)
+def _peek(pump: _Pump, stream: Any, i: int) -> bytes | None:
+    return None if _fileno(stream) is None else pump.peek(i)
 
 
 def _fileno(stream: Any) -> int | None:
-    return None if stream is None else int(stream.fileno())
+    """The fd of a pipe the caller has not closed (a closed one is treated as no pipe)."""
+    return None if stream is None or stream.closed else int(stream.fileno())
 
 
 def _detach_stdin(proc: Process) -> int:

@@ -588,3 +588,14 @@ def test_large_output_handover_moved_or_copied(monkeypatch: pytest.MonkeyPatch, 
     data = _pattern(size)
     res = pyproc.run(["cat"], input=data, capture=True)
     assert res.stdout == data
+
+
+def test_communicate_with_streams_the_caller_already_closed() -> None:
+    proc = pyproc.spawn(["sh", "-c", "echo out"], stdin=pyproc.PIPE, stdout=pyproc.PIPE, stderr=pyproc.PIPE)
+    assert proc.stdin is not None and proc.stderr is not None
+    proc.stdin.close()
+    proc.stderr.close()
+    with pytest.raises(ValueError, match="stdin"):
+        proc.communicate(b"x")
+    assert proc.communicate(timeout=10) == (b"out\n", None)
+    assert proc.returncode == 0
