@@ -335,14 +335,11 @@ void pyproc_pump_init(struct pyproc_pump *p)
     p->deadline_ns = -1;
 }
 
+/* The pump's fds are the parent's ends of pipes pyproc made (no O_APPEND, O_ASYNC, O_DIRECT to keep), so one
+   F_SETFL does it. */
 static int set_nonblocking(int fd)
 {
-    int flags = fcntl(fd, F_GETFL);
-    if (flags < 0)
-        return errno;
-    if (!(flags & O_NONBLOCK) && fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0)
-        return errno;
-    return 0;
+    return fcntl(fd, F_SETFL, O_NONBLOCK) < 0 ? errno : 0;
 }
 
 static void close_input(struct pyproc_pump *p)
@@ -356,11 +353,11 @@ static void close_input(struct pyproc_pump *p)
 static int pump_start(struct pyproc_pump *p)
 {
     p->started = 1;
-    p->sigpipe_default = sigpipe_is_default();
     if (p->in_fd >= 0) {
         if (p->in_pos >= p->in_len) {
             close_input(p);
         } else {
+            p->sigpipe_default = sigpipe_is_default();
             int err = set_nonblocking(p->in_fd);
             if (err)
                 return err;

@@ -329,22 +329,39 @@ def _detach_stdin(proc: Process) -> int:
 # ---- run ---------------------------------------------------------------------------------------------------
 
 
-@dataclass
 class Result:
     """What run() gives back.
 
     args; returncode (the exit code, or minus the signal number); stdout / stderr (bytes, str in text mode, or
     None for a stream that was not captured); status (pyproc.Status); rusage (pyproc.Rusage: the child's CPU
-    times, max RSS, faults); elapsed (seconds from the spawn to the reap).
+    times, max RSS, faults); elapsed (seconds from the spawn to the reap).  status and rusage are decoded when
+    first read.
     """
 
-    args: Any
-    returncode: int
-    stdout: Any = None
-    stderr: Any = None
-    status: Status | None = None
-    rusage: Rusage | None = None
-    elapsed: float = 0.0
+    __slots__ = ("_proc", "args", "elapsed", "returncode", "stderr", "stdout")
+
+    def __init__(self, args: Any, returncode: int, stdout: Any = None, stderr: Any = None,
+                 proc: Process | None = None, elapsed: float = 0.0) -> None:
+        self.args = args
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        self._proc = proc
+        self.elapsed = elapsed
+
+    @property
+    def status(self) -> Status | None:
+        """How the child ended (pyproc.Status)."""
+        return None if self._proc is None else self._proc.status
+
+    @property
+    def rusage(self) -> Rusage | None:
+        """The resources the child used (pyproc.Rusage)."""
+        return None if self._proc is None else self._proc.rusage
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(args={self.args!r}, returncode={self.returncode!r}, "
+                f"stdout={self.stdout!r}, stderr={self.stderr!r}, elapsed={self.elapsed!r})")
 
     def check_returncode(self) -> None:
         """Raises pyproc.CalledProcessError (carrying the output) if returncode is nonzero."""
@@ -481,6 +498,8 @@ def run(
 def _run_started(proc: Process, parent: list[int | None], open_fds: list[int], data: memoryview | None,
                  deadline: float | None, timeout: float | None, limit: int | None, own_group: bool) -> Result:
     in_fd = parent[0]
+    if in_fd is None and parent[1] is None and parent[2] is None:
+        return _wait_run(proc, None, None, deadline, timeout, own_group)  # nothing to pump
     if in_fd is not None:
         open_fds.remove(in_fd)  # the pump owns it now: it closes it once the input is written
     pump = _Pump(in_fd, data, (parent[1], parent[2]), limit)
@@ -500,6 +519,12 @@ def _run_started(proc: Process, parent: list[int | None], open_fds: list[int], d
     finally:
         pump.release()
     _close_fds(open_fds)
+    return _wait_run(proc, out, err, deadline, timeout, own_group)
+
+
+def _wait_run(proc: Process, out: bytes | None, err: bytes | None, deadline: float | None,
+              timeout: float | None, own_group: bool) -> Result:
+    """Reaps run()'s child within the deadline (else kills it, its group when it leads one, and raises)."""
     if deadline is None:
         proc.wait()
     else:
@@ -510,7 +535,7 @@ def _run_started(proc: Process, parent: list[int | None], open_fds: list[int], d
             proc.wait()
             raise TimeoutExpired(proc.args, timeout or 0.0, out, err) from None
     assert proc.returncode is not None
-    return Result(proc.args, proc.returncode, out, err, proc.status, proc.rusage, 0.0)
+    return Result(proc.args, proc.returncode, out, err, proc)
 
 
 # ---- pipeline ----------------------------------------------------------------------------------------------
