@@ -21,6 +21,12 @@ the
   inside a character); Result and CalledProcessError carry str in text mode.
 - Text mode (encoding or errors given) decodes with that encoding (default: the locale's), without newline
   translation.
+- A child in its own group (run() with a timeout) that reads the terminal is stopped by SIGTTIN: give it
+  input= or stdin=, or keep it in pyproc's group with process_group=os.getpgrp() (then a timeout kills the
+  child alone).
+- Outputs past 4 MiB are read with a short-lived helper thread (all signals blocked) that faults the buffer's
+  pages in ahead of the reads on the other CPU; it never outlives the C call.  A large output reaches Python by
+  moving its pages into the bytes object (mremap), not by copying them.
 """
 
 from __future__ import annotations
