@@ -147,9 +147,16 @@ struct pyproc_rusage {
     int64_t nivcsw;
 };
 
-/* Reaps pid with wait4 (rusage with the status).  nohang: *reaped = 0 while it runs.  EINTR is returned, not
+/* What reaping a child gave: its wait status and the resources it used. */
+struct pyproc_exit {
+    int reaped;          /* 0: still running (nohang) */
+    int wait_status;     /* wait4's status word */
+    struct pyproc_rusage rusage;
+};
+
+/* Reaps pid with wait4 (rusage with the status).  nohang: out->reaped = 0 while it runs.  EINTR is returned, not
    retried, so that the caller can run its signal handlers. */
-int pyproc_wait(int pid, int nohang, int *reaped, int *wait_status, struct pyproc_rusage *ru);
+int pyproc_wait(int pid, int nohang, struct pyproc_exit *out);
 
 /* Waits until the child behind pidfd has exited, at most timeout_ns (< 0: no limit); *exited = 0 on timeout.
    EINTR is returned with *remaining_ns set so that the caller can retry after its handlers ran. */
