@@ -260,6 +260,41 @@ def cow_round() -> None:
     check(cow_result.n_pages == (2 << 20) // 4096, "measure_cow")
 
 
+def io_round() -> None:
+    """io.c (issue 3) when it is there: the pump both ways, limits, timeouts, read_full/write_full, pipelines."""
+    if not hasattr(pyproc, "run"):
+        return
+    data = bytes(range(256)) * 1024  # 256 KiB: more than a pipe holds, both ways at once
+    for engine in ("fork", "clone"):
+        result = pyproc.run(["cat"], input=data, capture=True, engine=engine)
+        check(engine != "fork" or (result.returncode == 0 and result.stdout == data), f"run cat ({engine})")
+    result = pyproc.run(["sh", "-c", "echo out; echo err >&2"], capture=True, engine="fork", encoding="utf-8")
+    check(result.stdout == "out\n" and result.stderr == "err\n", f"run text {result.stdout!r}")
+    try:
+        pyproc.run(["head", "-c", "100000", "/dev/zero"], capture=True, max_output=1000, engine="fork")
+        check(False, "max_output")
+    except pyproc.OutputLimitExceeded as exc:
+        check(len(exc.output or b"") <= 1000, "max_output partial output")
+    try:
+        pyproc.run(["sh", "-c", "echo partial; exec sleep 5"], capture=True, timeout=0.5, engine="fork")
+        check(False, "timeout")
+    except pyproc.TimeoutExpired:
+        pass
+    r, w = os.pipe()
+    try:
+        check(pyproc.write_full(w, b"x" * 1000) == 1000, "write_full")
+        check(pyproc.read_full(r, 1000) == b"x" * 1000, "read_full")
+    finally:
+        os.close(r)
+        os.close(w)
+    piped = pyproc.pipeline([["cat"], ["tr", "a", "b"], ["cat"]], input=b"aaa" * 10000, capture=True,
+                            engine="fork")
+    check(piped.returncode == 0 and piped.stdout == b"bbb" * 10000, f"pipeline {piped.returncodes}")
+    with pyproc.spawn(["cat"], stdin=pyproc.PIPE, stdout=pyproc.PIPE, engine="fork") as proc:
+        out, _ = proc.communicate(data, timeout=30)
+        check(out == data, "communicate")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=1)
@@ -272,6 +307,7 @@ def main() -> None:
             exec_child_round()
             direct_round()
             signals_round()
+            io_round()
             cow_round()
     print(f"valgrind_driver: ok ({rounds} round(s), engines {', '.join(pyproc.ENGINES)})")
 
