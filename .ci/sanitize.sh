@@ -4,8 +4,8 @@
 # failure and on any sanitizer report (reports are written to log files, so a report from any process counts).
 #
 # Usage: .ci/sanitize.sh [WORKDIR] [pytest args...]   (WORKDIR default: mktemp -d)
-# Environment: PYTHON (default python3), CC (default gcc), SANITIZE_CHILDREN=0 to remove LD_PRELOAD from the
-# environment the tests' children inherit (default: kept, with the sanitizers' signal handlers off; see below).
+# Environment: PYTHON (default python3), CC (default gcc), SANITIZE_CHILDREN=1 to leave LD_PRELOAD in the
+# environment of every child the tests start (default: only Python children get the runtimes; see below).
 #
 # The script first proves that the setup catches errors (a canary library with a heap overflow and one with
 # signed-integer overflow must each be reported) and that programs started with the runtime preloaded still run,
@@ -78,42 +78,92 @@ rm -rf "$LOGS" && mkdir -p "$LOGS"
 # detect_leaks=0: CPython keeps much of its memory until exit by design.  exitcode 86/87: a sanitizer's own exit.
 export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:exitcode=86:log_path=$LOGS/asan:strict_string_checks=1:detect_invalid_pointer_pairs=0"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:exitcode=87:log_path=$LOGS/ubsan"
-PRELOAD="$ASAN_LIB:$UBSAN_LIB"
-# Every Python run below goes through this wrapper: it points UBSan's reports to files too (libubsan ignores
-# UBSAN_OPTIONS=log_path when it runs beside libasan), then runs `-c CODE args`, `-m MODULE args` or `SCRIPT args`.
-# The children the tests start inherit LD_PRELOAD (they must: a child Python that imports the sanitized pyproc
-# needs the runtime first in line).  A preloaded ASan would install SIGSEGV/SIGBUS/SIGFPE/SIGABRT/SIGILL handlers in
-# every child, which tests of the child's signal state see; so, once the runtimes of this process have read their
-# options, the wrapper adds handle_*=0 to the options the children inherit.  This process keeps ASan's handlers.
-# (disable_coredump=0 too: ASan would otherwise set the RLIMIT_CORE of every child to 0.)
-# With --strip-preload it removes LD_PRELOAD from what children inherit instead.
-# Everything pyproc's C code does, including the child side before exec, runs in the sanitized process.
-cat > "$WORK/sanpy.py" <<'PY'
-import ctypes
-import os
-import runpy
-import sys
-
-ctypes.CDLL(os.environ["PYPROC_UBSAN_LIB"]).__sanitizer_set_report_path(os.environ["PYPROC_UBSAN_LOG"].encode())
-no_handlers = ":handle_segv=0:handle_sigbus=0:handle_sigfpe=0:handle_abort=0:handle_sigill=0:disable_coredump=0"
-for name in ("ASAN_OPTIONS", "UBSAN_OPTIONS"):
-    os.environ[name] = os.environ.get(name, "") + no_handlers
-args = sys.argv[1:]
-if args and args[0] == "--strip-preload":
-    args = args[1:]
-    os.environ.pop("LD_PRELOAD", None)
-if args[0] == "-c":
-    sys.argv = ["-c", *args[2:]]
-    exec(compile(args[1], "<string>", "exec"), {"__name__": "__main__"})
-elif args[0] == "-m":
-    sys.argv = [args[1], *args[2:]]
-    runpy.run_module(args[1], run_name="__main__", alter_sys=True)
-else:
-    sys.argv = args
-    runpy.run_path(args[0], run_name="__main__")
-PY
-export PYPROC_UBSAN_LIB=$UBSAN_LIB PYPROC_UBSAN_LOG=$LOGS/ubsan
-sanpy() { (cd "$WORK" && LD_PRELOAD=$PRELOAD "$VENV/bin/python" "$WORK/sanpy.py" "$@"); }
+# How the runtimes get loaded, and by whom:
+# - The venv's python (and python3, python3.X) become a small C wrapper that execs the real interpreter (argv[0]
+#   kept, so sys.executable stays the wrapper) with LD_PRELOAD = the runtimes + an "unpreload" library, and the
+#   sanitizer options if the environment has none.  So every Python of this venv has the runtimes first in line,
+#   including the Python children the tests start with sys.executable (they import the sanitized pyproc).
+# - The unpreload library's constructor, run before Python starts, removes from the environment exactly what the
+#   wrapper added: a test sees the environment it gave, and the other programs the tests start (sh, cat, ps, ...)
+#   run as in production (a preloaded ASan changes what they do: procps's ps even hangs).  It also points
+#   UBSan's reports to files (libubsan ignores UBSAN_OPTIONS=log_path beside libasan).
+# - handle_*=0 and disable_coredump=0: ASan would otherwise install SIGSEGV/SIGBUS/SIGFPE/SIGABRT/SIGILL handlers
+#   and lower RLIMIT_CORE in every sanitized Python, which tests of a Python child's signal state and limits see.
+#   A crash is still a failure (the process dies by its signal), without ASan's report of it.
+# SANITIZE_CHILDREN=1 puts LD_PRELOAD in the tests' environment instead, so that every child inherits it.
+# Everything pyproc's C code does, including the child side before exec, runs in a sanitized process.
+export ASAN_OPTIONS="$ASAN_OPTIONS:handle_segv=0:handle_sigbus=0:handle_sigfpe=0:handle_abort=0:handle_sigill=0:disable_coredump=0"
+export UBSAN_OPTIONS="$UBSAN_OPTIONS:handle_segv=0:handle_sigbus=0:handle_sigfpe=0:handle_abort=0:handle_sigill=0"
+export PYPROC_UBSAN_LOG=$LOGS/ubsan
+WRAP=$WORK/wrap
+mkdir -p "$WRAP"
+cat > "$WRAP/unpreload.c" <<'C'
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <string.h>
+__attribute__((constructor)) static void pyproc_unpreload(void)
+{
+    const char *log = getenv("PYPROC_UBSAN_LOG");
+    void *ubsan = dlopen("libubsan.so.1", RTLD_NOW | RTLD_NOLOAD);
+    if (log && ubsan) {
+        void (*set_path)(const char *) = (void (*)(const char *))dlsym(ubsan, "__sanitizer_set_report_path");
+        if (set_path)
+            set_path(log);
+    }
+    const char *added = getenv("PYPROC_SAN_ADDED");
+    if (!added)
+        return;
+    char names[512];
+    strncpy(names, added, sizeof names - 1);
+    names[sizeof names - 1] = 0;
+    char *save = NULL;
+    for (char *name = strtok_r(names, ",", &save); name; name = strtok_r(NULL, ",", &save))
+        unsetenv(name);
+    unsetenv("PYPROC_SAN_ADDED");
+}
+C
+cat > "$WRAP/wrapper.c" <<'C'
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+int main(int argc, char **argv)
+{
+    (void)argc;
+    static const char *const vars[][2] = {{"LD_PRELOAD", PRELOAD}, {"ASAN_OPTIONS", ASAN_OPTS},
+                                          {"UBSAN_OPTIONS", UBSAN_OPTS}, {"PYPROC_UBSAN_LOG", UBSAN_LOG}};
+    char added[512] = "";
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+        if (getenv(vars[i][0]))
+            continue;
+        setenv(vars[i][0], vars[i][1], 1);
+        strncat(added, vars[i][0], sizeof added - strlen(added) - 2);
+        strcat(added, ",");
+    }
+    setenv("PYPROC_SAN_ADDED", added, 1);
+    execv(REAL, argv);
+    perror("sanitizer python wrapper: exec");
+    return 127;
+}
+C
+"$CC" -shared -fPIC -O2 "$WRAP/unpreload.c" -o "$WRAP/libunpreload.so"
+PRELOAD="$ASAN_LIB:$UBSAN_LIB:$WRAP/libunpreload.so"
+cstr() { "$VENV/bin/python" -c 'import json, sys; print(json.dumps(sys.argv[1]))' "$1"; }
+for name in python python3 "python3.$("$VENV/bin/python" -c 'import sys; print(sys.version_info[1])')"; do
+    [ -L "$VENV/bin/$name" ] || continue
+    real=$(readlink -f "$VENV/bin/$name")
+    "$CC" -O2 -o "$WRAP/$name" "$WRAP/wrapper.c" -DREAL="$(cstr "$real")" -DPRELOAD="$(cstr "$PRELOAD")" \
+        -DASAN_OPTS="$(cstr "$ASAN_OPTIONS")" -DUBSAN_OPTS="$(cstr "$UBSAN_OPTIONS")" \
+        -DUBSAN_LOG="$(cstr "$PYPROC_UBSAN_LOG")"
+    rm -f "$VENV/bin/$name"
+    cp "$WRAP/$name" "$VENV/bin/$name"
+done
+sanpy() { (cd "$WORK" && "$VENV/bin/python" "$@"); }
+(cd "$WORK" && env -u ASAN_OPTIONS "$VENV/bin/python" -c 'import os, sys, pyproc
+assert "LD_PRELOAD" not in os.environ and "ASAN_OPTIONS" not in os.environ, os.environ
+assert "PYPROC_SAN_ADDED" not in os.environ, os.environ
+assert sys.executable.endswith("/bin/python"), sys.executable') || die "the interpreter wrapper does not work"
 
 step "canaries: the preloaded runtimes must report a deliberate bug"
 CANARY=$WORK/canary
@@ -158,17 +208,16 @@ for engine in pyproc.ENGINES:
         assert (code, out) == (0, b"hello\n"), (engine, argv, code, out)
 print("dynamic and static children run under the preload with every engine")
 PY
-sanpy "$WORK/children.py" "$CANARY/hello-static"
+LD_PRELOAD=$PRELOAD sanpy "$WORK/children.py" "$CANARY/hello-static"
 show_reports || die "sanitizer reports while starting children (above)"
 
 step "the test suite under ASan + UBSan"
 # PYPROC_SANITIZED=1 tells tests that they run under the sanitizers (a test whose figures ASan distorts, such as
 # page-fault or RSS counts, may skip those assertions: `if os.environ.get("PYPROC_SANITIZED") == "1"`).
 export PYPROC_SANITIZED=1
-strip=
-[ "${SANITIZE_CHILDREN:-1}" = 0 ] && strip=--strip-preload
 rc=0
-sanpy $strip -m pytest -c "$SRC/pyproject.toml" --rootdir "$WORK" -p no:cacheprovider -q "$@" "$WORK/tests" || rc=$?
+[ "${SANITIZE_CHILDREN:-0}" = 1 ] && export LD_PRELOAD=$PRELOAD
+sanpy -m pytest -c "$SRC/pyproject.toml" --rootdir "$WORK" -p no:cacheprovider -q "$@" "$WORK/tests" || rc=$?
 show_reports || die "sanitizer reports (above)"
 [ "$rc" = 0 ] || die "the test suite failed under the sanitizers (pytest exit $rc)"
 step "ok"

@@ -25,8 +25,9 @@
 
 #if defined(__SANITIZE_ADDRESS__)
 /* PYPROC_SANITIZE=1 builds.  A child on the clone stack leaves by exec or _exit, so the redzones ASan put around
-   its frames stay in the (shared) shadow memory; the next child on the same stack would meet them as false
-   "stack-buffer-underflow" reports.  The parent clears them before every clone. */
+   its frames stay in the (shared) shadow memory; the next child on the same stack, or whatever is mapped at that
+   address once the stack is unmapped, would meet them as false "stack-buffer-underflow" reports.  The parent
+   clears them before every clone and before unmapping the stack. */
 #include <sanitizer/asan_interface.h>
 #define UNPOISON_CHILD_STACK(start, size) __asan_unpoison_memory_region((start), (size))
 #else
@@ -409,7 +410,11 @@ static pthread_key_t stack_key;
 static pthread_once_t stack_key_once = PTHREAD_ONCE_INIT;
 static __thread char *thread_stack;
 
-static void unmap_stack(void *stack) { munmap(stack, CHILD_STACK_SIZE); }
+static void unmap_stack(void *stack)
+{
+    UNPOISON_CHILD_STACK(stack, CHILD_STACK_SIZE); /* memory mapped here later must not inherit the redzones */
+    munmap(stack, CHILD_STACK_SIZE);
+}
 static void make_stack_key(void) { (void)pthread_key_create(&stack_key, unmap_stack); }
 
 static int child_stack(char **top)
