@@ -11,9 +11,10 @@ recycled pid is never hit).
 
 Decisions where the standard library leaves room:
 
-- The exception classes exported here are the standard library's own (`pyproc.subprocess.CalledProcessError is
-  subprocess.CalledProcessError`), so `except subprocess.X` works whichever module raised.  What this module raises
-  are pyproc.errors' subclasses of them: TimeoutExpired (also a TimeoutError) and CalledProcessError.
+- The exception classes exported and raised here are the standard library's own (`pyproc.subprocess.
+  CalledProcessError is subprocess.CalledProcessError`), so `except subprocess.X` works whichever module raised.
+  Not pyproc.errors' TimeoutExpired: it is also a TimeoutError, hence an OSError, and an `except OSError` meant
+  for spawn failures would start catching timeouts.
 - preexec_fn needs Python in the child: the child is made with os.fork() (the fork engine) and preexec_fn runs at
   the standard library's point (after the ids are set, before the fds are closed) through the C core's before_exec
   hook.  user / group / extra_groups are applied with raw syscalls, so they keep the fast engine.
@@ -38,8 +39,6 @@ from typing import IO, Any, AnyStr, Generic, cast
 
 from . import _subprocess_pump
 from ._lib import ffi, lib
-from .errors import CalledProcessError as _CalledProcessError
-from .errors import TimeoutExpired as _TimeoutExpired
 from .process import Process, _abandoned, _abandoned_lock, reap_abandoned
 from .spawn import prepare
 
@@ -606,7 +605,10 @@ class Popen(Generic[AnyStr]):
         if self.returncode is not None:
             return self.returncode
         assert self._proc is not None
-        self._proc.wait(timeout)
+        try:
+            self._proc.wait(timeout)
+        except TimeoutExpired:
+            raise TimeoutExpired(self.args, cast(float, timeout)) from None
         rc = self._sync()
         assert rc is not None
         return rc
@@ -752,7 +754,7 @@ class Popen(Generic[AnyStr]):
                     except BrokenPipeError:
                         pass
         if not finished:
-            raise _TimeoutExpired(self.args, cast(float, orig_timeout),
+            raise TimeoutExpired(self.args, cast(float, orig_timeout),
                                   output=b"".join(ex.out_chunks) if ex.out_chunks else None,
                                   stderr=b"".join(ex.err_chunks) if ex.err_chunks else None)
         self.wait(timeout=None if endtime is None else endtime - _time())
@@ -844,7 +846,7 @@ def check_call(*popenargs: Any, **kwargs: Any) -> int:
         cmd = kwargs.get("args")
         if cmd is None:
             cmd = popenargs[0]
-        raise _CalledProcessError(retcode, cmd)
+        raise CalledProcessError(retcode, cmd)
     return 0
 
 
@@ -896,7 +898,7 @@ def run(*popenargs: Any, input: Any = None, capture_output: bool = False, timeou
         retcode = process.poll()
         assert retcode is not None
         if check and retcode:
-            raise _CalledProcessError(retcode, process.args, output=stdout, stderr=stderr)
+            raise CalledProcessError(retcode, process.args, output=stdout, stderr=stderr)
     return CompletedProcess(process.args, retcode, stdout, stderr)
 
 
