@@ -1,10 +1,11 @@
 """The I/O exchange behind pyproc.subprocess.Popen.communicate(): write the input, read stdout and stderr.
 
-One small interface, so that communicate() can run on whichever pump is available: `Exchange` holds the state of
-one Popen's communication (what is left of the input, what was read so far; it survives a TimeoutExpired so that a
-second communicate() goes on where the first stopped), and `pump(exchange, deadline)` moves data until every pipe
-is done or the deadline passes.  This implementation uses selectors (poll) with the pipes switched to non-blocking
-mode, so that one write moves as much input as the pipe accepts and one read takes whatever is there.
+One small interface, so that communicate() can run on whichever pump is available: `Exchange` holds the state
+of one Popen's communication (what is left of the input, what was read so far; it survives a TimeoutExpired so
+that a second communicate() goes on where the first stopped), and `pump(exchange, deadline)` moves data until
+every pipe is done or the deadline passes.  This implementation uses selectors (poll) with the pipes switched
+to non-blocking mode, so that one write moves as much input as the pipe accepts and one read takes whatever
+is there.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def pump(ex: Exchange, deadline: float | None) -> bool:
     try:
         return _pump(ex, deadline, changed)
     finally:
-        if not ex.finished:  # a timeout: the caller may go on using the file objects, which expect blocking fds
+        if not ex.finished:  # a timeout: the caller may go on using the file objects (blocking fds)
             for fd, done in ((ex.stdin_fd, ex.stdin_done), (ex.stdout_fd, ex.stdout_done),
                              (ex.stderr_fd, ex.stderr_done)):
                 if fd in changed and not done:

@@ -2,28 +2,29 @@
 
     import pyproc.subprocess as subprocess
 
-gives the public API of CPython 3.11-3.13's subprocess on POSIX -- Popen (every parameter), run, call, check_call,
-check_output, getoutput, getstatusoutput, list2cmdline, PIPE, STDOUT, DEVNULL, CompletedProcess and the exception
-classes -- with the same defaults, behaviour and error messages, but children are started by pyproc's spawn core
-(clone3 + CLONE_VFORK with a pidfd, everything prepared in the parent, the GIL released) instead of
-_posixsubprocess, waited for through their pidfd (no sleep loops for wait(timeout)), and signalled through it (a
-recycled pid is never hit).
+gives the public API of CPython 3.11-3.13's subprocess on POSIX -- Popen (every parameter), run, call,
+check_call, check_output, getoutput, getstatusoutput, list2cmdline, PIPE, STDOUT, DEVNULL, CompletedProcess
+and the exception classes -- with the same defaults, behaviour and error messages, but children are started by
+pyproc's spawn core (clone3 + CLONE_VFORK with a pidfd, everything prepared in the parent, the GIL released)
+instead of _posixsubprocess, waited for through their pidfd (no sleep loops for wait(timeout)), and signalled
+through it (a recycled pid is never hit).
 
 Decisions where the standard library leaves room:
 
 - The exception classes exported and raised here are the standard library's own (`pyproc.subprocess.
-  CalledProcessError is subprocess.CalledProcessError`), so `except subprocess.X` works whichever module raised.
-  Not pyproc.errors' TimeoutExpired: it is also a TimeoutError, hence an OSError, and an `except OSError` meant
-  for spawn failures would start catching timeouts.
-- preexec_fn needs Python in the child: the child is made with os.fork() (the fork engine) and preexec_fn runs at
-  the standard library's point (after the ids are set, before the fds are closed) through the C core's before_exec
-  hook.  user / group / extra_groups are applied with raw syscalls, so they keep the fast engine.
-- A Popen collected while its child runs emits the standard library's ResourceWarning; the child is reaped at a
-  later spawn, as subprocess does.
+  CalledProcessError is subprocess.CalledProcessError`), so `except subprocess.X` works whichever module
+  raised. Not pyproc.errors' TimeoutExpired: it is also a TimeoutError, hence an OSError, and an `except
+  OSError` meant for spawn failures would start catching timeouts.
+- preexec_fn needs Python in the child: the child is made with os.fork() (the fork engine) and preexec_fn
+  runs at the standard library's point (after the ids are set, before the fds are closed) through the C core's
+  before_exec hook.  user / group / extra_groups are applied with raw syscalls, so they keep the fast engine.
+- A Popen collected while its child runs emits the standard library's ResourceWarning; the child is reaped
+  at a later spawn, as subprocess does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import locale
@@ -35,15 +36,9 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Collection, Iterable, Mapping
-from typing import IO, Any, AnyStr, Generic, cast
 
-from . import _subprocess_pump
-from ._lib import ffi, lib
-from .process import Process, _abandoned, _abandoned_lock, reap_abandoned
-from .spawn import prepare
-
-# The standard library's own classes and helpers: identical objects, so existing `except` clauses keep working.
-from subprocess import (  # noqa: I001
+# The standard library's own classes: identical objects, so existing `except` clauses keep working.
+from subprocess import (
     DEVNULL,
     PIPE,
     STDOUT,
@@ -53,10 +48,16 @@ from subprocess import (  # noqa: I001
     TimeoutExpired,
     list2cmdline,
 )
+from typing import IO, Any, AnyStr, Generic, cast
+
+from . import _subprocess_pump
+from ._lib import ffi, lib
+from .process import Process, _abandoned, _abandoned_lock, reap_abandoned
+from .spawn import prepare
 
 # Private helpers some code imports from subprocess (multiprocessing, test suites).
-_args_from_interpreter_flags = _std._args_from_interpreter_flags
-_optim_args_from_interpreter_flags = _std._optim_args_from_interpreter_flags
+_args_from_interpreter_flags = _std._args_from_interpreter_flags  # type: ignore[attr-defined]
+_optim_args_from_interpreter_flags = _std._optim_args_from_interpreter_flags  # type: ignore[attr-defined]
 _mswindows = False
 _USE_POSIX_SPAWN = False
 _USE_VFORK = True
@@ -139,7 +140,8 @@ def _check_open(fd: int, cwd: Any) -> None:
     try:
         os.get_inheritable(fd)
     except OSError as exc:
-        raise OSError(exc.errno, os.strerror(exc.errno), cwd) from None
+        err = exc.errno or errno.EBADF
+        raise OSError(err, os.strerror(err), cwd) from None
     except OverflowError:
         raise OSError(errno.EBADF, os.strerror(errno.EBADF), cwd) from None
 
@@ -163,9 +165,9 @@ class Popen(Generic[AnyStr]):
       pipesize: the size of the pipes made for PIPE (F_SETPIPE_SZ).
       startupinfo, creationflags: Windows only (ValueError if set).
 
-    Attributes: args, stdin, stdout, stderr, pid, returncode, text_mode / universal_newlines, encoding, errors,
-    pipesize.  Methods: poll, wait, communicate, send_signal, terminate, kill; it is a context manager that
-    closes the pipes and waits.
+    Attributes: args, stdin, stdout, stderr, pid, returncode, text_mode / universal_newlines, encoding,
+    errors, pipesize.  Methods: poll, wait, communicate, send_signal, terminate, kill; it is a context manager
+    that closes the pipes and waits.
     """
 
     _child_created = False  # set here since __del__ checks it
@@ -232,8 +234,8 @@ class Popen(Generic[AnyStr]):
         self.pipesize = pipesize
 
         if text is not None and universal_newlines is not None and bool(universal_newlines) != bool(text):
-            raise SubprocessError("Cannot disambiguate when both text and universal_newlines are supplied but "
-                                  "different. Pass one or the other.")
+            raise SubprocessError("Cannot disambiguate when both text and universal_newlines are supplied "
+                                  "but different. Pass one or the other.")
         self.text_mode = encoding or errors or text or universal_newlines
         if self.text_mode and encoding is None:
             self.encoding = encoding = _text_encoding()
@@ -255,18 +257,18 @@ class Popen(Generic[AnyStr]):
         p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite = self._get_handles(stdin, stdout, stderr)
         try:
             if p2cwrite != -1:
-                self.stdin = io.open(p2cwrite, "wb", bufsize)
+                self.stdin = open(p2cwrite, "wb", bufsize)  # noqa: SIM115
                 if self.text_mode:
                     self.stdin = io.TextIOWrapper(cast(IO[bytes], self.stdin), write_through=True,
                                                   line_buffering=line_buffering, encoding=encoding,
                                                   errors=errors)
             if c2pread != -1:
-                self.stdout = io.open(c2pread, "rb", bufsize)
+                self.stdout = open(c2pread, "rb", bufsize)  # noqa: SIM115
                 if self.text_mode:
                     self.stdout = io.TextIOWrapper(cast(IO[bytes], self.stdout), encoding=encoding,
                                                    errors=errors)
             if errread != -1:
-                self.stderr = io.open(errread, "rb", bufsize)
+                self.stderr = open(errread, "rb", bufsize)  # noqa: SIM115
                 if self.text_mode:
                     self.stderr = io.TextIOWrapper(cast(IO[bytes], self.stderr), encoding=encoding,
                                                    errors=errors)
@@ -274,11 +276,10 @@ class Popen(Generic[AnyStr]):
                                 p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite, restore_signals,
                                 gid, gids, uid, umask, start_new_session, process_group)
         except BaseException:
-            for f in filter(None, (self.stdin, self.stdout, self.stderr)):
-                try:
-                    f.close()
-                except OSError:
-                    pass
+            for stream in (self.stdin, self.stdout, self.stderr):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()
             if not self._closed_child_pipe_fds:
                 to_close = []
                 if stdin == PIPE:
@@ -290,10 +291,8 @@ class Popen(Generic[AnyStr]):
                 if self._devnull is not None:
                     to_close.append(self._devnull)
                 for fd in to_close:
-                    try:
+                    with contextlib.suppress(OSError):
                         os.close(fd)
-                    except OSError:
-                        pass
             raise
 
     def __repr__(self) -> str:
@@ -317,7 +316,9 @@ class Popen(Generic[AnyStr]):
     def __enter__(self) -> Popen[AnyStr]:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, value: BaseException | None, traceback: Any) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, value: BaseException | None, traceback: Any
+    ) -> None:
         if self.stdout:
             self.stdout.close()
         if self.stderr:
@@ -329,12 +330,10 @@ class Popen(Generic[AnyStr]):
             if exc_type is KeyboardInterrupt:
                 # The child very likely got the same SIGINT: wait a little for it, but do not block ^C.
                 if self._sigint_wait_secs > 0:
-                    try:
+                    with contextlib.suppress(TimeoutExpired):
                         self._wait(timeout=self._sigint_wait_secs)
-                    except TimeoutExpired:
-                        pass
                 self._sigint_wait_secs = 0
-                return
+                return  # noqa: B012 - let the KeyboardInterrupt go on (as subprocess)
             self.wait()
 
     def __del__(self, _maxsize: int = sys.maxsize, _warn: Any = warnings.warn) -> None:
@@ -351,7 +350,7 @@ class Popen(Generic[AnyStr]):
                 _abandoned.append((proc.pid, proc.pidfd))
             proc.pidfd = None
 
-    # ---- the child's stdio -----------------------------------------------------------------------------------
+    # ---- the child's stdio ---------------------------------------------------------------------------------
 
     def _get_devnull(self) -> int:
         if self._devnull is None:
@@ -368,7 +367,7 @@ class Popen(Generic[AnyStr]):
         return read_end, write_end
 
     def _get_handles(self, stdin: Any, stdout: Any, stderr: Any) -> tuple[int, int, int, int, int, int]:
-        """(p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite), -1 where there is none (as subprocess)."""
+        """(p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite), -1 where there is none."""
         p2cread, p2cwrite = -1, -1
         c2pread, c2pwrite = -1, -1
         errread, errwrite = -1, -1
@@ -413,10 +412,8 @@ class Popen(Generic[AnyStr]):
                 to_close.append(self._devnull)
                 self._devnull = None
             for fd in to_close:
-                try:
+                with contextlib.suppress(OSError):
                     os.close(fd)
-                except OSError:
-                    pass
             raise
         return p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite
 
@@ -432,7 +429,7 @@ class Popen(Generic[AnyStr]):
                 os.close(devnull_fd)
             self._closed_child_pipe_fds = True
 
-    # ---- starting the child -------------------------------------------------------------------------------------
+    # ---- starting the child --------------------------------------------------------------------------------
 
     def _execute_child(
         self, args: Any, executable: Any, preexec_fn: Callable[[], Any] | None, close_fds: bool,
@@ -497,7 +494,7 @@ class Popen(Generic[AnyStr]):
 
         request = prepare(
             bargs,
-            executable=b"/",  # placeholder: the exec candidates are set below with the standard library's rules
+            executable=b"/",  # placeholder: the exec candidates are set below, with subprocess's rules
             stdin=None if p2cread == -1 else p2cread,
             stdout=None if c2pwrite == -1 else c2pwrite,
             stderr=None if errwrite == -1 else errwrite,
@@ -511,7 +508,7 @@ class Popen(Generic[AnyStr]):
         req.exec_paths = request.keep(ffi.new("char *[]", c_paths))
         req.n_exec_paths = len(c_paths)
         if env_list is not None:
-            c_env = [request.keep(ffi.new("char[]", entry)) for entry in env_list]
+            c_env: list[Any] = [request.keep(ffi.new("char[]", entry)) for entry in env_list]
             req.envp = request.keep(ffi.new("char *[]", [*c_env, ffi.NULL]))
         if bcwd is not None:
             req.cwd = request.keep(ffi.new("char[]", bcwd))
@@ -542,7 +539,7 @@ class Popen(Generic[AnyStr]):
         self._child_created = True
 
     def _fork_exec(self, request: Any, preexec_fn: Callable[[], Any], res: Any) -> int:
-        """The fork engine done from Python, so that preexec_fn can run in the child; returns 0 or an errno."""
+        """The fork engine done from Python, so that preexec_fn can run in the child; 0 or an errno."""
         handle = request.keep(_ffi.new_handle(preexec_fn))
         request.c.before_exec = _BEFORE_EXEC
         request.c.before_exec_arg = handle
@@ -577,7 +574,7 @@ class Popen(Generic[AnyStr]):
             if errpipe_write >= 0:
                 os.close(errpipe_write)
 
-    # ---- waiting --------------------------------------------------------------------------------------------------
+    # ---- waiting -------------------------------------------------------------------------------------------
 
     def _sync(self) -> int | None:
         proc = self._proc
@@ -617,7 +614,8 @@ class Popen(Generic[AnyStr]):
         """Waits for the child to terminate and returns returncode; TimeoutExpired after timeout seconds.
 
         The wait polls the child's pidfd with the GIL released (no sleep loop).  After a first ^C it waits a
-        little longer for the child (which likely got the SIGINT too), then lets the KeyboardInterrupt through.
+        little longer for the child (which likely got the SIGINT too), then lets the KeyboardInterrupt
+        through.
         """
         endtime = None if timeout is None else _time() + timeout
         try:
@@ -627,10 +625,8 @@ class Popen(Generic[AnyStr]):
             if endtime is not None:
                 sigint_timeout = min(sigint_timeout, endtime - _time())
             self._sigint_wait_secs = 0
-            try:
+            with contextlib.suppress(TimeoutExpired):
                 self._wait(timeout=sigint_timeout)
-            except TimeoutExpired:
-                pass
             raise
 
     def send_signal(self, sig: int) -> None:
@@ -638,10 +634,8 @@ class Popen(Generic[AnyStr]):
         self.poll()
         if self.returncode is not None or self._proc is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             self._proc.send_signal(sig)
-        except ProcessLookupError:
-            pass
 
     def terminate(self) -> None:
         """Terminates the child with SIGTERM."""
@@ -651,7 +645,7 @@ class Popen(Generic[AnyStr]):
         """Kills the child with SIGKILL."""
         self.send_signal(signal.SIGKILL)
 
-    # ---- communicate ----------------------------------------------------------------------------------------------
+    # ---- communicate ---------------------------------------------------------------------------------------
 
     def _stdin_write(self, input: Any) -> None:
         assert self.stdin is not None
@@ -703,10 +697,8 @@ class Popen(Generic[AnyStr]):
             if endtime is not None:
                 sigint_timeout = min(sigint_timeout, endtime - _time())
             self._sigint_wait_secs = 0
-            try:
+            with contextlib.suppress(TimeoutExpired):
                 self._wait(timeout=sigint_timeout)
-            except TimeoutExpired:
-                pass
             raise
         finally:
             self._communication_started = True
@@ -715,24 +707,18 @@ class Popen(Generic[AnyStr]):
 
     def _close_stdin(self) -> None:
         if self.stdin is not None:
-            try:
+            with contextlib.suppress(BrokenPipeError):  # communicate() ignores a child that stopped reading
                 self.stdin.close()
-            except BrokenPipeError:
-                pass  # communicate() ignores a child that stopped reading
 
     def _communicate(self, input: Any, endtime: float | None, orig_timeout: float | None) -> tuple[Any, Any]:
         ex = self._exchange
         if ex is None:
             if self.stdin:
-                try:
+                with contextlib.suppress(BrokenPipeError):
                     self.stdin.flush()  # what the caller wrote to .stdin goes first
-                except BrokenPipeError:
-                    pass
                 if not input:
-                    try:
+                    with contextlib.suppress(BrokenPipeError):
                         self.stdin.close()
-                    except BrokenPipeError:
-                        pass
             data = input
             if data is not None and self.text_mode and self.stdin:
                 data = data.encode(self.stdin.encoding, self.stdin.errors)  # type: ignore[attr-defined]
@@ -749,10 +735,8 @@ class Popen(Generic[AnyStr]):
             for stream, done in ((self.stdin, ex.stdin_done), (self.stdout, ex.stdout_done),
                                  (self.stderr, ex.stderr_done)):
                 if stream is not None and done and not stream.closed:
-                    try:
+                    with contextlib.suppress(BrokenPipeError):
                         stream.close()
-                    except BrokenPipeError:
-                        pass
         if not finished:
             raise TimeoutExpired(self.args, cast(float, orig_timeout),
                                   output=b"".join(ex.out_chunks) if ex.out_chunks else None,
@@ -781,7 +765,7 @@ def _child_error(stage: int, err: int, orig_executable: Any, cwd: Any) -> BaseEx
 
 
 def _ids(user: Any, group: Any, extra_groups: Any) -> tuple[int | None, list[int] | None, int | None]:
-    """(gid, extra gids, uid) from Popen's group / extra_groups / user, with subprocess's checks and messages."""
+    """(gid, extra gids, uid) from Popen's group / extra_groups / user, with subprocess's checks."""
     gid = None
     if group is not None:
         if isinstance(group, str):
@@ -826,7 +810,7 @@ def _ids(user: Any, group: Any, extra_groups: Any) -> tuple[int | None, list[int
     return gid, gids, uid
 
 
-# ---- the convenience functions (the standard library's, on this Popen) ------------------------------------------
+# ---- the convenience functions (the standard library's, on this Popen) -------------------------------------
 
 
 def call(*popenargs: Any, timeout: float | None = None, **kwargs: Any) -> int:
@@ -851,7 +835,7 @@ def check_call(*popenargs: Any, **kwargs: Any) -> int:
 
 
 def check_output(*popenargs: Any, timeout: float | None = None, **kwargs: Any) -> Any:
-    """Runs the command and returns its stdout (str in text mode); CalledProcessError for a nonzero returncode.
+    """Runs the command and returns its stdout (str in text mode); CalledProcessError for a nonzero exit.
 
     stdout and check are not allowed (used internally); stderr=STDOUT captures stderr too; input= feeds stdin.
     """
@@ -873,8 +857,8 @@ def run(*popenargs: Any, input: Any = None, capture_output: bool = False, timeou
     """Runs the command, waits for it and returns a CompletedProcess(args, returncode, stdout, stderr).
 
     capture_output=True captures stdout and stderr; input= feeds stdin; timeout kills the child and raises
-    TimeoutExpired (with the output read so far); check=True raises CalledProcessError for a nonzero returncode.
-    The other arguments are Popen's.
+    TimeoutExpired (with the output read so far); check=True raises CalledProcessError for a nonzero
+    returncode. The other arguments are Popen's.
     """
     if input is not None:
         if kwargs.get("stdin") is not None:
@@ -903,7 +887,7 @@ def run(*popenargs: Any, input: Any = None, capture_output: bool = False, timeou
 
 
 def getstatusoutput(cmd: Any, *, encoding: str | None = None, errors: str | None = None) -> tuple[int, str]:
-    """(exitcode, output) of running cmd in a shell, stderr joined to stdout; a trailing newline is removed."""
+    """(exitcode, output) of running cmd in a shell, stderr joined to stdout; without a trailing newline."""
     try:
         data = check_output(cmd, shell=True, text=True, stderr=STDOUT, encoding=encoding, errors=errors)
         exitcode = 0
