@@ -52,8 +52,8 @@ from typing import IO, Any, AnyStr, Generic, cast
 
 from . import _subprocess_pump
 from ._lib import ffi, lib
-from .process import Process, _abandoned, _abandoned_lock, reap_abandoned
-from .spawn import prepare
+from .process import Process, abandoned, abandoned_lock, reap_abandoned
+from .spawn import _prepare
 
 # Private helpers some code imports from subprocess (multiprocessing, test suites).
 _args_from_interpreter_flags = _std._args_from_interpreter_flags  # type: ignore[attr-defined]
@@ -202,7 +202,8 @@ class Popen(Generic[AnyStr]):
         pipesize: int = -1,
         process_group: int | None = None,
     ) -> None:
-        reap_abandoned()
+        if abandoned:
+            reap_abandoned()
         self._proc: _Child | None = None
         self._input: bytes | None = None
         self._exchange: _subprocess_pump.Exchange | None = None
@@ -346,8 +347,8 @@ class Popen(Generic[AnyStr]):
         proc = self._proc
         if self.returncode is None and proc is not None:
             # Still running: reaped without blocking at a later spawn (pyproc's list of abandoned children).
-            with _abandoned_lock:
-                _abandoned.append((proc.pid, proc.pidfd))
+            with abandoned_lock:
+                abandoned.append((proc.pid, proc.pidfd))
             proc.pidfd = None
 
     # ---- the child's stdio ---------------------------------------------------------------------------------
@@ -492,16 +493,13 @@ class Popen(Generic[AnyStr]):
         targets = {t for t, s in ((0, p2cread), (1, c2pwrite), (2, errwrite)) if s != -1}
         keep = [fd for fd in keep if fd not in targets]
 
-        request = prepare(
-            bargs,
-            executable=b"/",  # placeholder: the exec candidates are set below, with subprocess's rules
-            stdin=None if p2cread == -1 else p2cread,
-            stdout=None if c2pwrite == -1 else c2pwrite,
-            stderr=None if errwrite == -1 else errwrite,
-            pass_fds=keep,
-            close_fds=bool(close_fds),
-            restore_signals=bool(restore_signals),
-            engine="fork" if preexec_fn is not None else "auto",
+        # spawn's checks and fd plan; executable b"/" is a placeholder: the exec candidates, env, cwd, session
+        # and group are set below with subprocess's rules (positional: forwarding keywords costs on every spawn).
+        request = _prepare(
+            bargs, "fork" if preexec_fn is not None else "auto", b"/",
+            None if p2cread == -1 else p2cread, None if c2pwrite == -1 else c2pwrite,
+            None if errwrite == -1 else errwrite, None, keep, bool(close_fds), None, None, False, None, None,
+            None, None, False, bool(restore_signals), None,
         )
         req = request.c
         c_paths = [request.keep(ffi.new("char[]", path)) for path in executable_list]
