@@ -1,19 +1,34 @@
 """The I/O exchange behind pyproc.subprocess.Popen.communicate(): write the input, read stdout and stderr.
 
-One small interface, so that communicate() can run on whichever pump is available: `Exchange` holds the state
-of one Popen's communication (what is left of the input, what was read so far; it survives a TimeoutExpired so
-that a second communicate() goes on where the first stopped), and `pump(exchange, deadline)` moves data until
-every pipe is done or the deadline passes.  This implementation uses selectors (poll) with the pipes switched
-to non-blocking mode, so that one write moves as much input as the pipe accepts and one read takes whatever
-is there.
+One small interface, so that communicate() runs on whichever pump is there: new_exchange() gives an object
+holding one Popen's communication (what is left of the input, what was read so far; it survives a
+TimeoutExpired so that a second communicate() goes on where the first stopped) with
+  run(deadline) -> bool       move data until every pipe is done (True) or time.monotonic() passes deadline;
+  partial() -> (out, err)     what was read so far (None for a stream that read nothing), for TimeoutExpired;
+  output() -> (out, err)      everything, once run() returned True (may be asked again: communicate twice);
+  stdin_done / stdout_done / stderr_done: which file objects the caller may close.
+
+NativeExchange is pyproc.io's C pump (one poll loop over the three pipes with the GIL released, buffers that
+grow without copying), used when pyproc.io is there; Exchange is the fallback on selectors (poll) with the
+pipes switched to non-blocking mode, so that one write moves as much input as the pipe accepts and one read
+takes whatever is there.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import selectors
 import time
 from collections.abc import Callable
+from typing import IO, Any
+
+from ._lib import lib
+
+_Pump: Any = None  # the C pump of run() / Process.communicate (pyproc.io, issue 3), when this tree has it
+_PUMP_DONE: Any = getattr(lib, "PYPROC_PUMP_DONE", None)
+if _PUMP_DONE is not None and os.environ.get("PYPROC_SUBPROCESS_PUMP") != "selectors":
+    _Pump = getattr(importlib.import_module(".io", __package__), "_Pump", None)
 
 _READ_SIZE = 65536
 
@@ -28,11 +43,11 @@ class Exchange:
     __slots__ = ("close_stdin", "err_chunks", "input", "offset", "out_chunks", "stderr_done", "stderr_fd",
                  "stdin_done", "stdin_fd", "stdout_done", "stdout_fd")
 
-    def __init__(self, stdin_fd: int | None, data: bytes | None, stdout_fd: int | None, stderr_fd: int | None,
+    def __init__(self, stdin_fd: int | None, data: memoryview | None, stdout_fd: int | None, stderr_fd: int | None,
                  close_stdin: Callable[[], None]) -> None:
         self.stdin_fd = stdin_fd
         self.close_stdin = close_stdin
-        self.input = memoryview(data) if data else memoryview(b"")
+        self.input = data if data is not None else memoryview(b"")
         self.offset = 0
         self.stdin_done = stdin_fd is None
         self.stdout_fd = stdout_fd
@@ -46,6 +61,18 @@ class Exchange:
     def finished(self) -> bool:
         """True once the input is written (or refused) and both outputs reached end of file."""
         return self.stdin_done and self.stdout_done and self.stderr_done
+
+    def run(self, deadline: float | None) -> bool:
+        return pump(self, deadline)
+
+    def partial(self) -> tuple[bytes | None, bytes | None]:
+        return (b"".join(self.out_chunks) if self.out_chunks else None,
+                b"".join(self.err_chunks) if self.err_chunks else None)
+
+    def output(self) -> tuple[bytes, bytes]:
+        out, err = b"".join(self.out_chunks), b"".join(self.err_chunks)
+        self.out_chunks, self.err_chunks = [out], [err]  # joined once, even when asked again
+        return out, err
 
 
 def _set_nonblocking(fd: int, changed: list[int]) -> None:
@@ -126,4 +153,57 @@ def _pump(ex: Exchange, deadline: float | None, changed: list[int]) -> bool:
     return True
 
 
-__all__ = ["Exchange", "pump"]
+class NativeExchange:
+    """The same exchange on pyproc.io's C pump; it owns stdin_fd (a dup: the file object is closed at once)."""
+
+    __slots__ = ("_output", "_pump", "stderr_done", "stdin_done", "stdout_done")
+
+    def __init__(self, stdin_fd: int | None, data: memoryview | None, stdout_fd: int | None,
+                 stderr_fd: int | None) -> None:
+        assert _Pump is not None
+        self._pump: Any = _Pump(stdin_fd, data, (stdout_fd, stderr_fd), None)
+        self._output: tuple[bytes, bytes] | None = None
+        self.stdin_done = True  # the caller's file object is already closed; the pump closes its dup
+        self.stdout_done = self.stderr_done = False
+
+    def run(self, deadline: float | None) -> bool:
+        if self._output is not None:
+            return True
+        if self._pump.run(deadline) != _PUMP_DONE:
+            return False
+        pump = self._pump
+        try:
+            self._output = (pump.take(0), pump.take(1))
+        finally:
+            pump.release()
+        self.stdout_done = self.stderr_done = True
+        return True
+
+    def partial(self) -> tuple[bytes | None, bytes | None]:
+        out, err = self._pump.peek(0), self._pump.peek(1)
+        return out or None, err or None
+
+    def output(self) -> tuple[bytes, bytes]:
+        assert self._output is not None
+        return self._output
+
+
+def new_exchange(stdin: IO[Any] | None, data: memoryview | None, stdout_fd: int | None, stderr_fd: int | None,
+                 close_stdin: Callable[[], None]) -> Exchange | NativeExchange:
+    """The exchange for one communicate(); stdin is the Popen's stdin file object (None, or already closed,
+    when there is no input to send)."""
+    if _Pump is None:
+        stdin_fd = None if stdin is None or stdin.closed else stdin.fileno()
+        return Exchange(stdin_fd, data, stdout_fd, stderr_fd, close_stdin)
+    stdin_fd = None
+    if stdin is not None and not stdin.closed:
+        stdin_fd = os.dup(stdin.fileno())  # the pump closes its own fd once the input is written
+        try:
+            close_stdin()
+        except BaseException:
+            os.close(stdin_fd)
+            raise
+    return NativeExchange(stdin_fd, data, stdout_fd, stderr_fd)
+
+
+__all__ = ["Exchange", "NativeExchange", "new_exchange", "pump"]

@@ -206,7 +206,7 @@ class Popen(Generic[AnyStr]):
             reap_abandoned()
         self._proc: _Child | None = None
         self._input: bytes | None = None
-        self._exchange: _subprocess_pump.Exchange | None = None
+        self._exchange: _subprocess_pump.Exchange | _subprocess_pump.NativeExchange | None = None
         self._communication_started = False
         if bufsize is None:
             bufsize = -1
@@ -720,15 +720,14 @@ class Popen(Generic[AnyStr]):
             data = input
             if data is not None and self.text_mode and self.stdin:
                 data = data.encode(self.stdin.encoding, self.stdin.errors)  # type: ignore[attr-defined]
-            stdin_fd = self.stdin.fileno() if self.stdin and not self.stdin.closed else None
+            # memoryview() raises the TypeError a write would (str input in binary mode, ...)
+            view = memoryview(data) if data is not None and self.stdin else None
             stdout_fd = self.stdout.fileno() if self.stdout and not self.stdout.closed else None
             stderr_fd = self.stderr.fileno() if self.stderr and not self.stderr.closed else None
-            if data is not None and not isinstance(data, (bytes, bytearray, memoryview)):
-                data = memoryview(data)  # raises the TypeError a write would
-            ex = self._exchange = _subprocess_pump.Exchange(stdin_fd, data, stdout_fd, stderr_fd,
-                                                            self._close_stdin)
+            ex = self._exchange = _subprocess_pump.new_exchange(self.stdin, view, stdout_fd, stderr_fd,
+                                                                self._close_stdin)
         try:
-            finished = _subprocess_pump.pump(ex, endtime)
+            finished = ex.run(endtime)
         finally:
             for stream, done in ((self.stdin, ex.stdin_done), (self.stdout, ex.stdout_done),
                                  (self.stderr, ex.stderr_done)):
@@ -736,12 +735,12 @@ class Popen(Generic[AnyStr]):
                     with contextlib.suppress(BrokenPipeError):
                         stream.close()
         if not finished:
-            raise TimeoutExpired(self.args, cast(float, orig_timeout),
-                                  output=b"".join(ex.out_chunks) if ex.out_chunks else None,
-                                  stderr=b"".join(ex.err_chunks) if ex.err_chunks else None)
+            partial_out, partial_err = ex.partial()
+            raise TimeoutExpired(self.args, cast(float, orig_timeout), output=partial_out, stderr=partial_err)
         self.wait(timeout=None if endtime is None else endtime - _time())
-        stdout: Any = None if self.stdout is None else b"".join(ex.out_chunks)
-        stderr: Any = None if self.stderr is None else b"".join(ex.err_chunks)
+        out, err = ex.output()
+        stdout: Any = None if self.stdout is None else out
+        stderr: Any = None if self.stderr is None else err
         if self.text_mode:
             if stdout is not None:
                 stdout = self._translate_newlines(stdout, self.stdout.encoding,  # type: ignore[union-attr]
