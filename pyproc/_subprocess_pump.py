@@ -27,7 +27,7 @@ from ._lib import lib
 
 _Pump: Any = None  # the C pump of run() / Process.communicate (pyproc.io, issue 3), when this tree has it
 _PUMP_DONE: Any = getattr(lib, "PYPROC_PUMP_DONE", None)
-if _PUMP_DONE is not None and os.environ.get("PYPROC_SUBPROCESS_PUMP") != "selectors":
+if _PUMP_DONE is not None:
     _Pump = getattr(importlib.import_module(".io", __package__), "_Pump", None)
 
 _READ_SIZE = 65536
