@@ -29,7 +29,7 @@ def native_capture(argv: list[str]) -> Call:
     """The native API's capture: pyproc.io.run when the io branch is there, else spawn + read + wait."""
     io = getattr(pyproc, "run", None)
     if io is not None:
-        return lambda: io(argv, capture_output=True) and None
+        return lambda: io(argv, capture=True) and None
     pipe = pyproc.PIPE
 
     def call() -> None:
