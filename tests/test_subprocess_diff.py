@@ -73,10 +73,28 @@ def open_fds() -> set[int]:
     return {int(fd) for fd in os.listdir("/proc/self/fd")}
 
 
+def child_pids() -> set[int]:
+    """This process's children, running or zombie."""
+    me = os.getpid()
+    found = set()
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(b")") + 2:].split()[1]) == me:
+                found.add(int(name))
+    return found
+
+
 @contextlib.contextmanager
 def no_fd_leak() -> Iterator[None]:
+    """Fails if the block leaves an fd open or a child (running or zombie) behind."""
     gc.collect()
     before = open_fds()
+    children = child_pids()
     yield
     deadline = time.monotonic() + 2
     while True:
@@ -88,6 +106,11 @@ def no_fd_leak() -> Iterator[None]:
         time.sleep(0.01)
     # listdir's own fd is gone by now; anything else left open is a leak
     assert not leaked, f"fds left open: {sorted(leaked)}"
+    deadline = time.monotonic() + 2
+    while (left := child_pids() - children) and time.monotonic() < deadline:
+        reap_abandoned()
+        time.sleep(0.01)
+    assert not left, f"children left behind: {sorted(left)}"
 
 
 # ---- exit status, signals ----------------------------------------------------------------------------------
@@ -871,6 +894,24 @@ def describe_or(fn: Callable[[], Any], strip: str | None) -> Any:
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_same_as_stdlib(name: str) -> None:
+    fn = CASES[name]
+    expected = observe(fn, std)
+    with no_fd_leak():
+        got = observe(fn, pyp)
+    assert got == expected
+
+
+PUMP_CASES = ["communicate_big_both_ways", "communicate_timeout_then_again", "communicate_twice",
+              "input_child_does_not_read", "run_timeout_partial_output", "stdin_written_then_communicate",
+              "text_input", "str_input_in_binary_mode", "communicate_zero_timeout", "stderr_to_stdout"]
+
+
+@pytest.mark.parametrize("name", PUMP_CASES)
+def test_selectors_pump_same_as_stdlib(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fallback pump (selectors) keeps working where pyproc.io's C pump is what communicate() uses."""
+    from pyproc import _subprocess_pump
+
+    monkeypatch.setattr(_subprocess_pump, "_Pump", None)
     fn = CASES[name]
     expected = observe(fn, std)
     with no_fd_leak():
