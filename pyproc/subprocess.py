@@ -85,6 +85,7 @@ _time = time.monotonic
 _PREEXEC_FAILED = errno.ECANCELED  # what the before_exec hook returns when preexec_fn raised
 # Stages of the child at or after the point where the standard library calls preexec_fn: their errors name the
 # executable; earlier ones name cwd (the standard library's "noexec" report).
+_STDOUT_CHECKED = sys.version_info >= (3, 13)  # stdout=STDOUT: ValueError from 3.13 on
 _EXEC_STAGES = frozenset({lib.PYPROC_STAGE_BEFORE_EXEC, lib.PYPROC_STAGE_CLOSE_FDS, lib.PYPROC_STAGE_SIGMASK,
                           lib.PYPROC_STAGE_EXEC, lib.PYPROC_STAGE_POSIX_SPAWN})
 
@@ -135,15 +136,15 @@ def _fsencode_checked(value: Any) -> bytes:
     return data
 
 
-def _check_open(fd: int, cwd: Any) -> None:
+def _check_open(fd: int, filename: Any) -> None:
     """An fd the child should dup must be open: EBADF as the standard library's child would report it."""
     try:
         os.get_inheritable(fd)
     except OSError as exc:
         err = exc.errno or errno.EBADF
-        raise OSError(err, os.strerror(err), cwd) from None
+        raise OSError(err, os.strerror(err), filename) from None
     except OverflowError:
-        raise OSError(errno.EBADF, os.strerror(errno.EBADF), cwd) from None
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF), filename) from None
 
 
 class Popen(Generic[AnyStr]):
@@ -212,6 +213,8 @@ class Popen(Generic[AnyStr]):
             bufsize = -1
         if not isinstance(bufsize, int):
             raise TypeError("bufsize must be an integer")
+        if _STDOUT_CHECKED and stdout is STDOUT:
+            raise ValueError("STDOUT can only be used for stderr")
         if pipesize is None:
             pipesize = -1
         if not isinstance(pipesize, int):
@@ -454,7 +457,22 @@ class Popen(Generic[AnyStr]):
         if executable is None:
             executable = args[0]
         sys.audit("subprocess.Popen", executable, args, cwd, env)
-        orig_executable = executable
+        # Which way the standard library would start this child decides what its errors name.
+        naming = _Naming(executable, cwd, _STD_USES_POSIX_SPAWN
+                         and bool(os.path.dirname(executable))
+                         and preexec_fn is None
+                         and (not close_fds or _STD_POSIX_SPAWN_CLOSES_FDS)
+                         and not pass_fds
+                         and cwd is None
+                         and (p2cread == -1 or p2cread > 2)
+                         and (c2pwrite == -1 or c2pwrite > 2)
+                         and (errwrite == -1 or errwrite > 2)
+                         and not start_new_session
+                         and process_group == -1
+                         and gid is None
+                         and gids is None
+                         and uid is None
+                         and umask < 0)
 
         # Everything the child needs, converted here with the standard library's checks and messages.
         env_list = None
@@ -486,9 +504,9 @@ class Popen(Generic[AnyStr]):
         umask = operator.index(umask)
         for fd in (p2cread, c2pwrite, errwrite):
             if fd != -1:
-                _check_open(fd, cwd)
+                _check_open(fd, naming.noexec)
         for fd in keep:
-            _check_open(fd, cwd)
+            _check_open(fd, naming.noexec)
         # fds the child gets as 0, 1, 2 anyway need no pass_fds entry (and must not conflict with the plan).
         targets = {t for t, s in ((0, p2cread), (1, c2pwrite), (2, errwrite)) if s != -1}
         keep = [fd for fd in keep if fd not in targets]
@@ -531,7 +549,7 @@ class Popen(Generic[AnyStr]):
             err = self._fork_exec(request, preexec_fn, res)
         self._close_pipe_fds(p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite)
         if err:
-            raise _child_error(res.fail_stage, err, orig_executable, cwd)
+            raise _child_error(res.fail_stage, err, naming)
         self.pid = res.pid
         self._proc = _Child(res.pid, res.pidfd if res.pidfd >= 0 else None, self.args)
         self._child_created = True
@@ -751,13 +769,42 @@ class Popen(Generic[AnyStr]):
         return stdout, stderr
 
 
-def _child_error(stage: int, err: int, orig_executable: Any, cwd: Any) -> BaseException:
+class _Naming:
+    """The filename the standard library puts in the OSError of a child that failed, by where it failed.
+
+    It depends on the way the standard library would have started this child: os.posix_spawn (its conditions
+    below: every error names the executable, as a path string) or _posixsubprocess (exec errors name the
+    executable as given; earlier steps name cwd, and from 3.13 only chdir does, the others name nothing).
+    """
+
+    __slots__ = ("chdir", "exec", "noexec")
+
+    def __init__(self, executable: Any, cwd: Any, posix_spawn: bool) -> None:
+        if posix_spawn:
+            self.exec = self.chdir = self.noexec = os.fspath(executable)
+        else:
+            self.exec = executable
+            self.chdir = cwd
+            self.noexec = None if _NOEXEC_NAMES_NOTHING else cwd
+
+
+_NOEXEC_NAMES_NOTHING = sys.version_info >= (3, 13)
+_STD_USES_POSIX_SPAWN = bool(getattr(_std, "_USE_POSIX_SPAWN", False))
+_STD_POSIX_SPAWN_CLOSES_FDS = bool(getattr(_std, "_HAVE_POSIX_SPAWN_CLOSEFROM", False))
+
+
+def _child_error(stage: int, err: int, naming: _Naming) -> BaseException:
     """The exception the standard library raises for a child that failed at `stage` with errno `err`."""
     if stage == lib.PYPROC_STAGE_BEFORE_EXEC:
         return SubprocessError("Exception occurred in preexec_fn.")
     if stage == lib.PYPROC_STAGE_PARENT:
         return OSError(err, os.strerror(err))
-    filename = orig_executable if stage in _EXEC_STAGES else cwd
+    if stage in _EXEC_STAGES:
+        filename = naming.exec
+    elif stage == lib.PYPROC_STAGE_CHDIR:
+        filename = naming.chdir
+    else:
+        filename = naming.noexec
     return OSError(err, os.strerror(err), filename)
 
 

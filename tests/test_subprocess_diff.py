@@ -623,6 +623,33 @@ def case_bad_stdin_fd(sp: Any) -> Any:
 
 
 @case
+def case_bad_fd_names(sp: Any) -> Any:
+    # what the error names depends on how the standard library would have started the child
+    return [describe_or(lambda argv=argv, kw=kw: sp.run(argv, **kw), None)  # type: ignore[misc]
+            for argv in (["true"], ["/bin/true"], [pathlib.Path("/bin/true")])
+            for kw in ({"stdin": 987}, {"stdout": 987, "close_fds": False}, {"stderr": 987, "cwd": "/"},
+                       {"pass_fds": (876,)}, {"stdin": -7})]
+
+
+@case
+def case_stdout_is_stdout(sp: Any) -> Any:
+    return sp.run(["true"], stdout=sp.STDOUT)
+
+
+@case
+def case_pre_exec_failure_with_cwd(sp: Any) -> Any:
+    return sp.run(["true"], start_new_session=True, process_group=0, cwd="/")
+
+
+@case
+def case_missing_pathlike_variants(sp: Any) -> Any:
+    missing = pathlib.Path("/nonexistent/prog")
+    return [describe_or(lambda kw=kw: sp.run([missing], **kw), None)  # type: ignore[misc]
+            for kw in ({}, {"close_fds": False}, {"cwd": "/"}, {"umask": 0o22}, {"stdout": sp.DEVNULL},
+                       {"executable": missing}, {"preexec_fn": lambda: None})]
+
+
+@case
 def case_stdin_file_object_closed(sp: Any) -> Any:
     f = open(os.devnull)  # noqa: SIM115
     f.close()
@@ -988,18 +1015,20 @@ def test_resource_warning_for_running_child(sp: Any) -> None:
     assert messages == [f"subprocess {pid} is still running"]
     os.kill(pid, signal.SIGKILL)
     # the module reaps the abandoned child later, without blocking: at the next Popen
-    def zombie() -> bool:
+    def state() -> str:
         try:
             with open(f"/proc/{pid}/stat") as f:
-                return f.read().split(") ")[1][0] == "Z"
+                return f.read().split(") ")[1][0]
         except FileNotFoundError:
-            return False
+            return "gone"
 
     deadline = time.monotonic() + 5
-    while zombie() and time.monotonic() < deadline:
+    while state() not in ("Z", "gone") and time.monotonic() < deadline:  # SIGKILL takes a moment
+        time.sleep(0.005)
+    while state() != "gone" and time.monotonic() < deadline:
         sp.call(["true"])
         time.sleep(0.01)
-    assert not zombie()
+    assert state() == "gone"
 
 
 @pytest.mark.parametrize("sp", MODULES)
