@@ -1111,3 +1111,57 @@ def test_threads_spawn_concurrently() -> None:
         for t in threads:
             t.join()
     assert errors == []
+
+
+@pytest.mark.parametrize("sp", MODULES)
+def test_keyboard_interrupt_during_wait(sp: Any) -> None:
+    """^C in wait(): a short extra wait for the child (it likely got the SIGINT too), then the interrupt."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    p = sp.Popen(["sleep", "10"])
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            p.wait()
+        elapsed = time.monotonic() - t0
+        assert 0.3 <= elapsed < 2  # 0.1 s to the interrupt, then the 0.25 s grace wait
+        assert p.returncode is None and p._sigint_wait_secs == 0
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        p.kill()
+        p.wait()
+    assert p.returncode == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("mask", ["NO_CLONE3", "NO_CLONE3|NO_CLONE_PIDFD", "NO_CLOSE_RANGE|NO_PROC_FD"])
+def test_popen_on_kernel_fallbacks(mask: str) -> None:
+    """Popen works on the paths older kernels take (clone(2), no CLONE_PIDFD, no close_range or /proc)."""
+    from pyproc._lib import lib
+
+    bits = 0
+    for name in mask.split("|"):
+        bits |= getattr(lib, f"PYPROC_FORCE_{name}")
+    r, w = os.pipe()
+    lib.pyproc_set_forced_fallbacks(bits)
+    try:
+        with no_fd_leak():
+            out = pyp.run([PY, "-c", "import os; print(sorted(int(f) for f in os.listdir('/proc/self/fd')))"],
+                          capture_output=True, pass_fds=[w], timeout=30)
+            listed = eval(out.stdout)
+            assert {0, 1, 2, w} <= set(listed) and len(listed) == 5  # and listdir's own fd: nothing else
+            with pytest.raises(FileNotFoundError):
+                pyp.run(["pyproc-no-such-program"])
+            with pyp.Popen(["sleep", "5"]) as p:
+                with pytest.raises(pyp.TimeoutExpired):
+                    p.wait(timeout=0.05)
+                p.terminate()
+            assert p.returncode == -signal.SIGTERM
+    finally:
+        lib.pyproc_set_forced_fallbacks(0)
+        os.close(r)
+        os.close(w)
