@@ -9,6 +9,7 @@ standard library too.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import fcntl
 import gc
@@ -1152,7 +1153,7 @@ def test_popen_on_kernel_fallbacks(mask: str) -> None:
         with no_fd_leak():
             out = pyp.run([PY, "-c", "import os; print(sorted(int(f) for f in os.listdir('/proc/self/fd')))"],
                           capture_output=True, pass_fds=[w], timeout=30)
-            listed = eval(out.stdout)
+            listed = ast.literal_eval(out.stdout.decode())
             assert {0, 1, 2, w} <= set(listed) and len(listed) == 5  # and listdir's own fd: nothing else
             with pytest.raises(FileNotFoundError):
                 pyp.run(["pyproc-no-such-program"])
