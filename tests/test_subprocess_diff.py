@@ -372,6 +372,17 @@ def case_devnull(sp: Any) -> Any:
 
 
 @case
+def case_pipeline(sp: Any) -> Any:
+    p1 = sp.Popen(["sh", "-c", "seq 1 20000"], stdout=sp.PIPE)
+    p2 = sp.Popen(["grep", "7"], stdin=p1.stdout, stdout=sp.PIPE)
+    p3 = sp.Popen(["wc", "-l"], stdin=p2.stdout, stdout=sp.PIPE, text=True)
+    p1.stdout.close()
+    p2.stdout.close()
+    out, _ = p3.communicate()
+    return out.strip(), p1.wait(), p2.wait(), p3.returncode
+
+
+@case
 def case_stdio_from_files(sp: Any) -> Any:
     with tempfile.TemporaryFile() as src, tempfile.TemporaryFile() as dst:
         src.write(b"from a file\n")
