@@ -6,6 +6,7 @@ TimeoutExpired so that a second communicate() goes on where the first stopped) w
   run(deadline) -> bool       move data until every pipe is done (True) or time.monotonic() passes deadline;
   partial() -> (out, err)     what was read so far (None for a stream that read nothing), for TimeoutExpired;
   output() -> (out, err)      everything, once run() returned True (may be asked again: communicate twice);
+  close_input()               the child's stdin reaches end of file (Popen.__exit__ after a timeout);
   stdin_done / stdout_done / stderr_done: which file objects the caller may close.
 
 NativeExchange is pyproc.io's C pump (one poll loop over the three pipes with the GIL released, buffers that
@@ -68,6 +69,9 @@ class Exchange:
     def partial(self) -> tuple[bytes | None, bytes | None]:
         return (b"".join(self.out_chunks) if self.out_chunks else None,
                 b"".join(self.err_chunks) if self.err_chunks else None)
+
+    def close_input(self) -> None:
+        """Nothing to do: the input goes through the Popen's own stdin file object, which the caller closes."""
 
     def output(self) -> tuple[bytes, bytes]:
         out, err = b"".join(self.out_chunks), b"".join(self.err_chunks)
@@ -182,6 +186,12 @@ class NativeExchange:
     def partial(self) -> tuple[bytes | None, bytes | None]:
         out, err = self._pump.peek(0), self._pump.peek(1)
         return out or None, err or None
+
+    def close_input(self) -> None:
+        """Closes the pump's stdin fd (the child sees end of file) when the input was not all written (a
+        timeout): what Popen.__exit__ closing .stdin does with the standard library."""
+        if self._output is None and not self._pump.released:
+            self._pump.release()
 
     def output(self) -> tuple[bytes, bytes]:
         assert self._output is not None

@@ -332,6 +332,8 @@ class Popen(Generic[AnyStr]):
         try:  # flushing a BufferedWriter may raise
             if self.stdin:
                 self.stdin.close()
+            if self._exchange is not None:
+                self._exchange.close_input()
         finally:
             if exc_type is KeyboardInterrupt:
                 # The child very likely got the same SIGINT: wait a little for it, but do not block ^C.

@@ -287,6 +287,18 @@ def case_communicate_timeout_then_again(sp: Any) -> Any:
 
 
 @case
+def case_timeout_then_context_exit(sp: Any) -> Any:
+    # leaving the with block closes stdin: cat sees end of file, so the exit's wait() returns
+    first = None
+    with sp.Popen(["sh", "-c", "sleep 0.5; exec cat"], stdin=sp.PIPE, stdout=sp.PIPE) as p:
+        try:
+            p.communicate(b"x" * (4 << 20), timeout=0.2)
+        except sp.TimeoutExpired as exc:
+            first = (type(exc).__name__, exc.timeout, exc.stdout)
+    return first, p.returncode, p.stdin.closed, p.stdout.closed
+
+
+@case
 def case_communicate_zero_timeout(sp: Any) -> Any:
     p = sp.Popen(["sleep", "5"], stdout=sp.PIPE, stderr=sp.PIPE)
     try:
@@ -940,7 +952,8 @@ def test_same_as_stdlib(name: str) -> None:
     assert got == expected
 
 
-PUMP_CASES = ["communicate_big_both_ways", "communicate_timeout_then_again", "communicate_twice",
+PUMP_CASES = ["communicate_big_both_ways", "timeout_then_context_exit", "communicate_timeout_then_again",
+              "communicate_twice",
               "input_child_does_not_read", "run_timeout_partial_output", "stdin_written_then_communicate",
               "text_input", "str_input_in_binary_mode", "communicate_zero_timeout", "stderr_to_stdout"]
 
