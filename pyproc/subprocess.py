@@ -487,18 +487,11 @@ class Popen(Generic[AnyStr]):
                 if b"=" in bk:
                     raise ValueError("illegal environment variable name")
                 env_list.append(bk + b"=" + os.fsencode(v))
-        bexecutable = os.fsencode(executable)
-        if os.path.dirname(bexecutable):
-            executable_list = [bexecutable]
-        else:
-            executable_list = [os.path.join(os.fsencode(d), bexecutable) for d in os.get_exec_path(env)]
+        c_paths, n_paths, c_strings = _exec_paths(os.fsencode(executable), env)
         keep = sorted(map(int, set(pass_fds)))
         if keep and keep[0] < 0:
             raise ValueError("bad value(s) in fds_to_keep")
         bargs = [_fsencode_checked(arg) for arg in args]
-        for path in executable_list:
-            if b"\0" in path:
-                raise ValueError("embedded null byte")
         bcwd = None if cwd is None else _fsencode_checked(cwd)
         if env_list is not None:
             for entry in env_list:
@@ -524,9 +517,9 @@ class Popen(Generic[AnyStr]):
             None, None, False, bool(restore_signals), None,
         )
         req = request.c
-        c_paths = [request.keep(ffi.new("char[]", path)) for path in executable_list]
-        req.exec_paths = request.keep(ffi.new("char *[]", c_paths))
-        req.n_exec_paths = len(c_paths)
+        req.exec_paths = request.keep(c_paths)
+        request.keep(c_strings)
+        req.n_exec_paths = n_paths
         if env_list is not None:
             c_env: list[Any] = [request.keep(ffi.new("char[]", entry)) for entry in env_list]
             req.envp = request.keep(ffi.new("char *[]", [*c_env, ffi.NULL]))
@@ -795,6 +788,36 @@ class _Naming:
 _NOEXEC_NAMES_NOTHING = sys.version_info >= (3, 13)
 _STD_USES_POSIX_SPAWN = bool(getattr(_std, "_USE_POSIX_SPAWN", False))
 _STD_POSIX_SPAWN_CLOSES_FDS = bool(getattr(_std, "_HAVE_POSIX_SPAWN_CLOSEFROM", False))
+
+
+_exec_path_cache: dict[tuple[bytes, str | None], tuple[Any, int, list[Any]]] = {}
+
+
+def _exec_paths(executable: bytes, env: Mapping[Any, Any] | None) -> tuple[Any, int, list[Any]]:
+    """The files to try, as a C array, with the standard library's rules (os._execvpe's PATH search):
+    (array, count, the strings it points to: the caller keeps them alive with the request).
+
+    Without env, the PATH search for a program is kept (keyed by PATH's value), so that a spawn does not redo a
+    dozen joins and allocations: the C side only reads these.
+    """
+    if b"\0" in executable:
+        raise ValueError("embedded null byte")
+    key = None
+    if env is None:
+        key = (executable, os.environ.get("PATH"))
+        cached = _exec_path_cache.get(key)
+        if cached is not None:
+            return cached
+    if os.path.dirname(executable):
+        strings = [ffi.new("char[]", executable)]
+    else:
+        strings = [ffi.new("char[]", os.path.join(os.fsencode(d), executable)) for d in os.get_exec_path(env)]
+    found = ffi.new("char *[]", strings), len(strings), strings
+    if key is not None:
+        if len(_exec_path_cache) >= 256:
+            _exec_path_cache.clear()
+        _exec_path_cache[key] = found
+    return found
 
 
 def _child_error(stage: int, err: int, naming: _Naming) -> BaseException:

@@ -1190,3 +1190,20 @@ def test_popen_on_kernel_fallbacks(mask: str) -> None:
         lib.pyproc_set_forced_fallbacks(0)
         os.close(r)
         os.close(w)
+
+
+@pytest.mark.parametrize("sp", MODULES)
+def test_path_search_follows_environ(sp: Any, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The PATH search sees changes to os.environ["PATH"] between calls (pyproc keeps searches per PATH)."""
+    prog = tmp_path / "pyproc-path-prog"
+    prog.write_text("#!/bin/sh\necho here\n")
+    prog.chmod(0o755)
+    with pytest.raises(FileNotFoundError):
+        sp.run([prog.name])
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    assert sp.check_output([prog.name]) == b"here\n"
+    prog.unlink()
+    with pytest.raises(FileNotFoundError):
+        sp.run([prog.name])
+    monkeypatch.delenv("PATH")
+    assert sp.check_output(["sh", "-c", "echo default"]) == b"default\n"  # os.defpath
