@@ -344,18 +344,23 @@ class Popen(Generic[AnyStr]):
                 return  # noqa: B012 - let the KeyboardInterrupt go on (as subprocess)
             self.wait()
 
-    def __del__(self, _maxsize: int = sys.maxsize, _warn: Any = warnings.warn) -> None:
+    def __del__(self, _maxsize: int = sys.maxsize, _warn: Any = warnings.warn,
+                _abandoned: list[tuple[int, int | None]] = abandoned, _lock: Any = abandoned_lock) -> None:
+        # Only what the default arguments hold: at interpreter exit the module's globals may be gone already.
         if not self._child_created:
             return
         if self.returncode is None:
             # Not reading the exit status makes a zombie, destroyed only when the parent exits.
             _warn(f"subprocess {self.pid} is still running", ResourceWarning, source=self)
-        self._internal_poll(_deadstate=_maxsize)
+        try:
+            self._internal_poll(_deadstate=_maxsize)
+        except Exception:  # at interpreter exit: nothing more can be done for the child
+            return
         proc = self._proc
         if self.returncode is None and proc is not None:
             # Still running: reaped without blocking at a later spawn (pyproc's list of abandoned children).
-            with abandoned_lock:
-                abandoned.append((proc.pid, proc.pidfd))
+            with _lock:
+                _abandoned.append((proc.pid, proc.pidfd))
             proc.pidfd = None
 
     # ---- the child's stdio ---------------------------------------------------------------------------------
