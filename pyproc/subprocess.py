@@ -504,6 +504,10 @@ class Popen(Generic[AnyStr]):
                     raise ValueError("embedded null byte")
         process_group = operator.index(process_group)
         umask = operator.index(umask)
+        if _FLAGS_ARE_INTS and not naming.posix_spawn:
+            # 3.11's _posixsubprocess takes these two as C ints: TypeError for anything else
+            restore_signals = bool(operator.index(restore_signals))
+            start_new_session = bool(operator.index(start_new_session))
         for fd in (p2cread, c2pwrite, errwrite):
             if fd != -1:
                 _check_open(fd, naming.noexec)
@@ -779,9 +783,10 @@ class _Naming:
     executable as given; earlier steps name cwd, and from 3.13 only chdir does, the others name nothing).
     """
 
-    __slots__ = ("chdir", "exec", "noexec")
+    __slots__ = ("chdir", "exec", "noexec", "posix_spawn")
 
     def __init__(self, executable: Any, cwd: Any, posix_spawn: bool) -> None:
+        self.posix_spawn = posix_spawn
         if posix_spawn:
             self.exec = self.chdir = self.noexec = os.fspath(executable)
         else:
@@ -791,6 +796,7 @@ class _Naming:
 
 
 _NOEXEC_NAMES_NOTHING = sys.version_info >= (3, 13)
+_FLAGS_ARE_INTS = sys.version_info < (3, 12)
 _STD_USES_POSIX_SPAWN = bool(getattr(_std, "_USE_POSIX_SPAWN", False))
 _STD_POSIX_SPAWN_CLOSES_FDS = bool(getattr(_std, "_HAVE_POSIX_SPAWN_CLOSEFROM", False))
 

@@ -230,6 +230,37 @@ def case_pipesize(sp: Any) -> Any:
     return sizes == [size] * 3, p.pipesize
 
 
+@case
+def case_bad_encoding(sp: Any) -> Any:
+    return sp.Popen(["true"], stdout=sp.PIPE, encoding="no-such-codec")
+
+
+@case
+def case_errors_alone_means_text(sp: Any) -> Any:
+    return sp.run(["echo", "x"], capture_output=True, errors="strict").stdout
+
+
+@case
+def case_bytes_input_in_text_mode(sp: Any) -> Any:
+    return sp.run(["cat"], input=b"bytes", text=True, capture_output=True)
+
+
+@case
+def case_argument_types(sp: Any) -> Any:
+    return [describe_or(lambda kw=kw: sp.run(("echo", "ok"), capture_output=True, **kw).stdout, None)
+            for kw in ({"bufsize": None}, {"pipesize": None}, {"pipesize": -1}, {"close_fds": 0},
+                       {"process_group": "x"}, {"umask": "x"}, {"umask": 1.5}, {"restore_signals": []},
+                       {"start_new_session": 0}, {"start_new_session": "x"}, {"restore_signals": None},
+                       {"env": None}, {"cwd": None})]
+
+
+@case
+def case_keyword_args(sp: Any) -> Any:
+    with sp.Popen(args=["echo", "kw"], stdout=sp.PIPE) as p:
+        out = p.stdout.read()
+    return out, sp.check_call(args=["true"]), sp.call(args="exit 4", shell=True)
+
+
 # ---- timeouts ----------------------------------------------------------------------------------------------
 
 
