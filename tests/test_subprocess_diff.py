@@ -17,6 +17,7 @@ import grp
 import os
 import pathlib
 import pwd
+import select
 import signal
 import subprocess as std
 import sys
@@ -281,7 +282,7 @@ def case_run_timeout_with_pipes(sp: Any) -> Any:
 
 @case
 def case_run_timeout_partial_output(sp: Any) -> Any:
-    return sp.run(["sh", "-c", "echo partial; echo err >&2; exec sleep 10"], capture_output=True, timeout=0.5)
+    return sp.run(["sh", "-c", "echo partial; echo err >&2; exec sleep 10"], capture_output=True, timeout=1.0)
 
 
 @case
@@ -308,7 +309,8 @@ def case_wait_timeout_then_kill(sp: Any) -> Any:
 
 @case
 def case_communicate_timeout_then_again(sp: Any) -> Any:
-    p = sp.Popen(["sh", "-c", "echo one; sleep 0.6; echo two"], stdout=sp.PIPE)
+    p = sp.Popen(["sh", "-c", "echo one; sleep 1; echo two"], stdout=sp.PIPE)
+    select.select([p.stdout], [], [], 10)  # "one" is in the pipe: the timeout below cannot race the child
     try:
         p.communicate(timeout=0.2)
     except sp.TimeoutExpired as exc:
