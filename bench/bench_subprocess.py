@@ -82,7 +82,7 @@ def report(title: str, medians: dict[str, list[float]], baseline: str) -> None:
         line = (f"  {name:34s} {statistics.median(values) * 1e6:9.1f} us/call "
                 f"(min {min(values) * 1e6:.1f}, max {max(values) * 1e6:.1f})")
         if name != baseline:
-            ratios = [b / v for b, v in zip(base, values)]
+            ratios = [b / v for b, v in zip(base, values, strict=True)]
             line += (f"   stdlib/this = {statistics.median(ratios):.2f} "
                      f"(min {min(ratios):.2f}, max {max(ratios):.2f})")
         print(line)
@@ -112,6 +112,16 @@ def main() -> None:
         report(f"[{shown}] Popen + communicate()", {k: medians[k] for k in (
             "subprocess Popen+communicate", "pyproc.subprocess Popen+communicate", "native pyproc capture")},
             "subprocess Popen+communicate")
+        # The target: pyproc.subprocess's speed-up over subprocess = the native API's, within 10%.  The ratio of
+        # the two speed-ups, per round: (std/ps) / (std/native) = native/ps, ideally 1.
+        native = medians["native pyproc capture"]
+        for name in ("pyproc.subprocess run(capture)", "pyproc.subprocess Popen+communicate"):
+            base = "subprocess run(capture_output)" if "run" in name else "subprocess Popen+communicate"
+            ours = [s / p for s, p in zip(medians[base], medians[name], strict=True)]
+            theirs = [s / n for s, n in zip(medians[base], native, strict=True)]
+            rel = [o / t for o, t in zip(ours, theirs, strict=True)]
+            print(f"  speed-up of {name} / speed-up of native = {statistics.median(rel):.2f} "
+                  f"(min {min(rel):.2f}, max {max(rel):.2f}); target >= 0.90")
 
 
 if __name__ == "__main__":
