@@ -10,19 +10,19 @@ TimeoutExpired so that a second communicate() goes on where the first stopped) w
   stdin_done / stdout_done / stderr_done: which file objects the caller may close.
 
 NativeExchange is pyproc.io's C pump (one poll loop over the three pipes with the GIL released, buffers that
-grow without copying), used when pyproc.io is there; Exchange is the fallback on selectors (poll) with the
-pipes switched to non-blocking mode, so that one write moves as much input as the pipe accepts and one read
-takes whatever is there.
+grow without copying), used when pyproc.io is there; Exchange is the fallback, a select.poll loop in Python
+with stdin non-blocking while it runs, so that one write moves as much input as the pipe accepts.
 """
 
 from __future__ import annotations
 
 import importlib
+import math
 import os
-import selectors
+import select
 import time
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from ._lib import lib
 
@@ -79,54 +79,43 @@ class Exchange:
         return out, err
 
 
-def _set_nonblocking(fd: int, changed: list[int]) -> None:
-    if os.get_blocking(fd):
-        os.set_blocking(fd, False)
-        changed.append(fd)
-
-
 def pump(ex: Exchange, deadline: float | None) -> bool:
     """Moves data until ex is finished (True) or time.monotonic() passes deadline (False).
 
     Input goes to the child as the pipe accepts it while stdout and stderr are read, so the child never blocks
     on a full pipe while the parent waits on another (the classic deadlock).  A child that closed its stdin
-    (EPIPE) ends the input quietly, as subprocess does.
+    (EPIPE) ends the input quietly, as subprocess does.  Only stdin is made non-blocking, for the time of the
+    call (a write must not wait for room for all of it); a read after POLLIN never blocks on a pipe.
     """
-    changed: list[int] = []
+    poller = select.poll()
+    in_fd = -1
+    if not ex.stdin_done:
+        assert ex.stdin_fd is not None
+        if ex.offset >= len(ex.input):
+            ex.stdin_done = True
+            ex.close_stdin()
+        else:
+            in_fd = ex.stdin_fd
+            poller.register(in_fd, select.POLLOUT)
+    out_fd = -1 if ex.stdout_done else cast(int, ex.stdout_fd)
+    err_fd = -1 if ex.stderr_done else cast(int, ex.stderr_fd)
+    for fd in (out_fd, err_fd):
+        if fd >= 0:
+            poller.register(fd, select.POLLIN)
+    left = (in_fd >= 0) + (out_fd >= 0) + (err_fd >= 0)
+    was_blocking = in_fd >= 0 and os.get_blocking(in_fd)
+    if was_blocking:
+        os.set_blocking(in_fd, False)
     try:
-        return _pump(ex, deadline, changed)
-    finally:
-        if not ex.finished:  # a timeout: the caller may go on using the file objects (blocking fds)
-            for fd, done in ((ex.stdin_fd, ex.stdin_done), (ex.stdout_fd, ex.stdout_done),
-                             (ex.stderr_fd, ex.stderr_done)):
-                if fd in changed and not done:
-                    os.set_blocking(fd, True)
-
-
-def _pump(ex: Exchange, deadline: float | None, changed: list[int]) -> bool:
-    with selectors.PollSelector() as selector:
-        if not ex.stdin_done:
-            assert ex.stdin_fd is not None
-            if ex.offset >= len(ex.input):
-                ex.stdin_done = True
-                ex.close_stdin()
-            else:
-                _set_nonblocking(ex.stdin_fd, changed)
-                selector.register(ex.stdin_fd, selectors.EVENT_WRITE)
-        for fd, done in ((ex.stdout_fd, ex.stdout_done), (ex.stderr_fd, ex.stderr_done)):
-            if not done:
-                assert fd is not None
-                _set_nonblocking(fd, changed)
-                selector.register(fd, selectors.EVENT_READ)
-        while selector.get_map():
-            timeout = None
+        while left:
+            timeout_ms = None
             if deadline is not None:
-                timeout = deadline - time.monotonic()
-                if timeout <= 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
                     return False
-            for key, _events in selector.select(timeout):
-                fd = key.fd
-                if fd == ex.stdin_fd and not ex.stdin_done:
+                timeout_ms = math.ceil(remaining * 1000)
+            for fd, _events in poller.poll(timeout_ms):
+                if fd == in_fd:
                     try:
                         ex.offset += os.write(fd, ex.input[ex.offset:])
                     except BlockingIOError:
@@ -134,27 +123,27 @@ def _pump(ex: Exchange, deadline: float | None, changed: list[int]) -> bool:
                     except BrokenPipeError:
                         ex.offset = len(ex.input)
                     if ex.offset >= len(ex.input):
-                        selector.unregister(fd)
+                        poller.unregister(fd)
+                        left -= 1
+                        in_fd = -1
+                        was_blocking = False  # closed now: nothing to restore
                         ex.stdin_done = True
                         ex.close_stdin()
                     continue
-                try:
-                    data = os.read(fd, _READ_SIZE)
-                except BlockingIOError:
+                data = os.read(fd, _READ_SIZE)
+                if data:
+                    (ex.out_chunks if fd == out_fd else ex.err_chunks).append(data)
                     continue
-                if fd == ex.stdout_fd:
-                    if data:
-                        ex.out_chunks.append(data)
-                    else:
-                        ex.stdout_done = True
-                        selector.unregister(fd)
+                poller.unregister(fd)
+                left -= 1
+                if fd == out_fd:
+                    ex.stdout_done = True
                 else:
-                    if data:
-                        ex.err_chunks.append(data)
-                    else:
-                        ex.stderr_done = True
-                        selector.unregister(fd)
-    return True
+                    ex.stderr_done = True
+        return True
+    finally:
+        if was_blocking:  # a timeout: the caller may go on writing through the blocking file object
+            os.set_blocking(in_fd, True)
 
 
 class NativeExchange:
