@@ -181,8 +181,11 @@ def case_str_input_in_binary_mode(sp: Any) -> Any:
 def case_bufsize_file_objects(sp: Any) -> Any:
     seen = []
     for bufsize, text in ((0, False), (-1, False), (1, False), (4096, False), (1, True), (-1, True)):
-        with sp.Popen(["cat"], stdin=sp.PIPE, stdout=sp.PIPE, stderr=sp.PIPE, bufsize=bufsize,
-                      text=text) as p:
+        with warnings.catch_warnings(record=True) as caught:  # bufsize=1 in binary mode warns
+            warnings.simplefilter("always")
+            p = sp.Popen(["cat"], stdin=sp.PIPE, stdout=sp.PIPE, stderr=sp.PIPE, bufsize=bufsize, text=text)
+        seen.append([(w.category.__name__, str(w.message)) for w in caught])
+        with p:
             streams = (p.stdin, p.stdout, p.stderr)
             seen.append((bufsize, text, [type(s).__name__ for s in streams],
                          [getattr(s, "line_buffering", None) for s in streams],
