@@ -22,6 +22,16 @@ Decisions where the standard library leaves room:
   before_exec hook.  user / group / extra_groups are applied with raw syscalls, so they keep the fast engine.
 - A Popen collected while its child runs emits the standard library's ResourceWarning; the child is reaped
   at a later spawn, as subprocess does.
+- Bad fds (stdin/stdout/stderr, pass_fds) are found in the parent, before any child exists, and reported with
+  the exception the standard library's child would have sent back.
+
+Known differences (edge cases):
+
+- After communicate() timed out with input still unsent, .stdin is already closed: the C pump owns the pipe
+  until communicate() finishes or the with block exits (which ends the input, as closing .stdin does).
+- preexec_fn: os.fork() warns (DeprecationWarning, Python 3.12+) when the process has other threads, where
+  _posixsubprocess's own fork does not; and the child's signal handlers are back to SIG_DFL while preexec_fn
+  runs (the standard library still has Python's there).
 """
 
 from __future__ import annotations
