@@ -897,6 +897,12 @@ def case_preexec_fn_opens_fd(sp: Any) -> Any:
 
 
 @case
+def case_preexec_fn_signal_disposition(sp: Any) -> Any:
+    sigign = ["sh", "-c", "grep SigIgn /proc/self/status"]
+    return sp.check_output(sigign, preexec_fn=lambda: signal.signal(signal.SIGUSR1, signal.SIG_IGN))
+
+
+@case
 def case_preexec_fn_setsid_umask(sp: Any) -> Any:
     return sp.check_output(PRINT_IDS, preexec_fn=os.setsid, umask=0o022)
 
