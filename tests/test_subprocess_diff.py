@@ -1249,3 +1249,22 @@ def test_path_search_follows_environ(sp: Any, tmp_path: pathlib.Path, monkeypatc
         sp.run([prog.name])
     monkeypatch.delenv("PATH")
     assert sp.check_output(["sh", "-c", "echo default"]) == b"default\n"  # os.defpath
+
+
+@pytest.mark.parametrize("sp", MODULES)
+def test_preexec_fn_from_a_thread(sp: Any) -> None:
+    import threading
+
+    got: list[Any] = []
+
+    def worker() -> None:
+        def setup() -> None:
+            os.environ["X"] = "t"
+
+        got.append(observe(lambda m: m.check_output(["sh", "-c", "echo $X"], preexec_fn=setup), sp))
+
+    with no_fd_leak():
+        t = threading.Thread(target=worker)
+        t.start()
+        t.join()
+    assert got == [("ok", b"t\n")]
