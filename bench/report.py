@@ -1,0 +1,379 @@
+"""report.md, results.json and the terminal summary, from the results of a run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .config import GiB, fmt_size
+from .harness import Series, fmt_ns, ratio
+
+
+def _series(d: dict[str, Any]) -> dict[str, Series]:
+    """The Series of a suite section (live objects during a run, rebuilt from JSON otherwise)."""
+    if "_series" in d:
+        live: dict[str, Series] = d["_series"]
+        return live
+    return {k: Series(k, v["rounds_ns"], v["skipped"]) for k, v in d["series"].items()}
+
+
+def _point_series(point: dict[str, Any], method: str, which: str) -> Series:
+    v = point["methods"][method][which]
+    return Series(v["name"], v["rounds_ns"], v["skipped"])
+
+
+def largest_points(results: dict[str, Any], state: str) -> dict[str, Any] | None:
+    """The sweep point of the largest size in `state`, or None."""
+    points = [p for p in results.get("sweep", {}).get("points", []) if p["state"] == state]
+    return max(points, key=lambda p: p["size"]) if points else None
+
+
+def _target(name: str, issue: int, r: dict[str, float] | None, op: str, bound: float, what: str,
+            skipped: str | None = None, note: str = "") -> dict[str, Any]:
+    held = None
+    if r is not None:
+        held = r["ratio"] <= bound if op == "<=" else r["ratio"] >= bound
+    return {"name": name, "issue": issue, "ratio": r, "op": op, "bound": bound, "what": what, "held": held,
+            "skipped": skipped if r is None else None, "note": note}
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issues' speed targets, each a ratio from side-by-side samples of this run, and whether it held."""
+    out = []
+    sp = _series(results["spawn"]["minimal"])
+
+    def why(*names: str) -> str | None:
+        for n in names:
+            if n in sp and sp[n].skipped:
+                return sp[n].skipped
+        return None
+
+    out.append(_target("spawn minimal exe: pyproc default vs C floor", 2,
+                       ratio(sp["pyproc default"], sp["C floor"]), "<=", 1.10,
+                       "median pyproc.spawn(argv).wait() / median C vfork+execve+waitpid", why("pyproc default")))
+    out.append(_target("spawn minimal exe: subprocess.run vs pyproc default", 2,
+                       ratio(sp["subprocess.run"], sp["pyproc default"]), ">=", 1.35,
+                       "median subprocess.run / median pyproc default", why("pyproc default")))
+    out.append(_target("spawn minimal exe: os.posix_spawn vs pyproc clone", 2,
+                       ratio(sp["os.posix_spawn"], sp["pyproc clone"]), ">=", 1.4,
+                       "median os.posix_spawn+os.waitpid / median pyproc engine='clone'", why("pyproc clone")))
+    big = largest_points(results, "dirty")
+    if big is None:
+        out.append(_target("4 GiB dirty parent: pyproc default vs small parent", 2, None, "<=", 1.2, "",
+                           "no dirty sweep point"))
+    else:
+        note = "" if big["size"] == 4 * GiB else f"measured at {fmt_size(big['size'])}, the largest size of this run"
+        m = big["methods"]
+        out.append(_target(f"{fmt_size(big['size'])} dirty parent: pyproc default vs small parent", 2,
+                           m["pyproc default"]["big_vs_small"], "<=", 1.2,
+                           "median from the big parent / median from the small parent, interleaved",
+                           m["pyproc default"]["skipped"], note))
+        out.append(_target(f"{fmt_size(big['size'])} dirty parent: os.fork+execv grows with the parent", 2,
+                           m["os.fork+execv"]["big_vs_small"], ">=", 1.5,
+                           "median from the big parent / median from the small parent (shown growing: >= 1.5x)",
+                           None, note))
+    io = results.get("io", {})
+    for kind, name, issue_bound in (("capture", "capture 1 GiB", 2.5), ("cat", "1 GiB through cat", 2.5),
+                                    ("minimal", "run(minimal exe, capture)", 1.7)):
+        if kind not in io:
+            continue
+        s = _series(io[kind])
+        size_note = "" if kind == "minimal" or io[kind]["size"] == GiB else \
+            f"measured with {fmt_size(io[kind]['size'])}"
+        label = name if not size_note else name.replace("1 GiB", fmt_size(io[kind]["size"]))
+        std = "Popen.communicate" if kind == "cat" else "subprocess.run(capture_output=True)"
+        out.append(_target(f"{label}: {std} vs pyproc", 3, ratio(s["subprocess"], s["pyproc"]), ">=", issue_bound,
+                           f"median {std} / median pyproc", s["pyproc"].skipped, size_note))
+        if kind == "capture":
+            out.append(_target(f"{label}: C read loop vs pyproc.run", 3, ratio(s["C floor"], s["pyproc"]), ">=", 1.3,
+                               "median C read() loop into malloc'd memory / median pyproc.run(capture=True)",
+                               s["pyproc"].skipped, size_note))
+        out.append(_target(f"{label}: pyproc.subprocess keeps pyproc's gain", 7,
+                           ratio(s["pyproc"], s["pyproc.subprocess"]), ">=", 0.90,
+                           "(stdlib/pyproc.subprocess) / (stdlib/pyproc) = median pyproc / median pyproc.subprocess; "
+                           "within 10%", s["pyproc.subprocess"].skipped or s["pyproc"].skipped, size_note))
+    return out
+
+
+def _fmt_ratio(r: dict[str, float] | None) -> str:
+    if r is None:
+        return "–"
+    return f"{r['ratio']:.2f}x ({r['min']:.2f}–{r['max']:.2f})"
+
+
+def _held(t: dict[str, Any]) -> str:
+    if t["held"] is None:
+        return "skipped"
+    return "**yes**" if t["held"] else "**NO**"
+
+
+def _stats_row(s: Series) -> list[str]:
+    st = s.stats()
+    if st is None:
+        return ["skipped", "", "", ""]
+    return [fmt_ns(st["median"]), fmt_ns(st["min"]), fmt_ns(st["max"]), str(st["n"])]
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return lines
+
+
+def _spawn_table(series: dict[str, Series]) -> list[str]:
+    rows = []
+    refs = [(n, series.get(n)) for n in ("C floor", "pyproc default", "pyproc fork")]
+    for name, s in series.items():
+        row = [name, *_stats_row(s)]
+        for _, ref in refs:
+            row.append("–" if ref is None or s.skipped else _fmt_ratio(ratio(s, ref)))
+        rows.append(row)
+    return _table(["way", "median", "min", "max", "n", "vs C floor", "vs pyproc default", "vs pyproc fork engine"],
+                  rows)
+
+
+def _machine_lines(m: dict[str, Any]) -> list[str]:
+    def gib(v: Any) -> str:
+        return f"{v / GiB:.1f} GiB" if isinstance(v, int) else "?"
+    hp = m.get("hugepages_total")
+    rows = [
+        ["CPU", f"{m['cpu_model']} ({m['arch']})"],
+        ["cores", f"{m['cores_online']} online, {m['cores_usable']} usable by this run"],
+        ["memory", f"{gib(m.get('mem_total'))} total, {gib(m.get('mem_available'))} available at start"],
+        ["kernel", f"Linux {m['kernel']}"],
+        ["C library", str(m.get("glibc"))],
+        ["Python", str(m["python"])],
+        ["pyproc", str(m.get("pyproc"))],
+        ["THP", f"enabled={m.get('thp_enabled')}, defrag={m.get('thp_defrag')}"],
+        ["overcommit_memory", str(m.get("overcommit_memory"))],
+        ["huge pages (hugetlb)", f"{hp} reserved ({m.get('hugepages_free')} free) of "
+         f"{(m.get('hugepage_size') or 0) // 1024} KiB" if hp is not None else "?"],
+        ["load average at start", str(m.get("loadavg"))],
+    ]
+    return _table(["", ""], rows)
+
+
+def _reading(results: dict[str, Any], tg: list[dict[str, Any]]) -> list[str]:
+    """A few plain sentences reading the figures of this run."""
+    out = []
+    sp = _series(results["spawn"]["minimal"])
+    floor, default, fork = sp["C floor"], sp["pyproc default"], sp.get("pyproc fork")
+    if default.samples and floor.samples:
+        out.append(f"From a small parent, starting and reaping the minimal static executable costs "
+                   f"{fmt_ns(floor.median)} in plain C (vfork+execve+waitpid) and {fmt_ns(default.median)} through "
+                   f"pyproc.spawn(argv).wait() from Python ({default.median / floor.median:.2f}x the C floor).")
+    sub, osfork = sp["subprocess.run"], sp["os.fork+execv"]
+    if sub.samples and default.samples and osfork.samples:
+        out.append(f"subprocess.run takes {fmt_ns(sub.median)} ({sub.median / default.median:.2f}x pyproc's "
+                   f"default) and os.fork+os.execv {fmt_ns(osfork.median)} "
+                   f"({osfork.median / default.median:.2f}x) even from this small parent.")
+    big = largest_points(results, "dirty")
+    if big is not None:
+        m = big["methods"]
+        f_small = _point_series(big, "os.fork+execv", "small")
+        f_big = _point_series(big, "os.fork+execv", "big")
+        d_big = _point_series(big, "pyproc default", "big")
+        d_small = _point_series(big, "pyproc default", "small")
+        if f_big.samples and d_big.samples:
+            out.append(f"From a parent holding {fmt_size(big['size'])} of dirty 4 KiB pages, os.fork+execv takes "
+                       f"{fmt_ns(f_big.median)} (it was {fmt_ns(f_small.median)} from the small parent): fork "
+                       f"copies the page tables of the whole parent, so its cost grows with the parent's memory. "
+                       f"pyproc's default (clone with CLONE_VM|CLONE_VFORK) takes {fmt_ns(d_big.median)} there "
+                       f"against {fmt_ns(d_small.median)} from the small parent "
+                       f"({_fmt_ratio(m['pyproc default']['big_vs_small'])}): it copies nothing.")
+        mpf = m.get("multiprocessing fork")
+        mps = m.get("multiprocessing spawn")
+        if mpf and mps and mpf["big"]["stats"] and mps["big"]["stats"]:
+            out.append(f"multiprocessing's 'fork' start method pays the same page-table copy "
+                       f"({fmt_ns(mpf['big']['stats']['median'])} at that size), while 'spawn' "
+                       f"({fmt_ns(mps['big']['stats']['median'])}) pays for a fresh interpreter whatever the size.")
+    io = results.get("io", {})
+    if "capture" in io:
+        s = _series(io["capture"])
+        size = io["capture"]["size"]
+        parts = [f"{n} {size / s[n].median * 1e9 / GiB:.2f} GiB/s" for n in s if s[n].samples]
+        out.append(f"Capturing {fmt_size(size)} of a child's stdout: " + ", ".join(parts) + ".")
+    held = [t for t in tg if t["held"] is True]
+    missed = [t for t in tg if t["held"] is False]
+    skipped = [t for t in tg if t["held"] is None]
+    out.append(f"Of the {len(tg)} targets, {len(held)} held, {len(missed)} did not"
+               + (f" ({'; '.join(t['name'] for t in missed)})" if missed else "")
+               + (f", and {len(skipped)} could not be measured in this run" if skipped else "") + ".")
+    out.append("These machines are shared and noisy: an absolute time is a fact about one run; the ratios, measured "
+               "side by side in one run, are the claim.")
+    return out
+
+
+def _gibps(size: int, s: Series) -> str:
+    if not s.samples or size == 0:
+        return "–"
+    return f"{size / s.median * 1e9 / GiB:.2f}"
+
+
+def render(results: dict[str, Any], tg: list[dict[str, Any]]) -> str:
+    """report.md's text."""
+    meta = results["meta"]
+    cfg = meta["config"]
+    lines = ["# pyproc: what starting a process costs on this machine", "",
+             f"Measured {meta['started_utc']} to {meta.get('finished_utc', '?')} (UTC), "
+             f"{meta.get('elapsed_s', 0):.0f} s, configuration `{cfg['name']}`.", "",
+             "Reproduce: `pip install -e '.[bench]'` then `" + " ".join(["python -m bench", *meta["command"]]).strip()
+             + "` (`--quick` for a one-minute run, `--sizes 64M,1G,4G` for other parent sizes). "
+             "Raw samples: results.json next to this file.", "",
+             "## Machine", "", *_machine_lines(meta["machine"]), "",
+             "## Method", "",
+             "Every Python figure is the wall time (time.perf_counter_ns) of the call as a user writes it, e.g. "
+             "`pyproc.spawn(argv).wait()` or `subprocess.run(argv)`, made in a worker process that holds the "
+             "parent memory being studied. The C floors are built by the benchmark with the system C compiler and "
+             "time themselves with CLOCK_MONOTONIC. After a warm-up batch, contenders run interleaved "
+             "(A B C ..., the order rotating every round), in one run; a table gives medians with min and max, and a "
+             "ratio is median/median with, in parentheses, the lowest and highest ratio of the rounds' medians.",
+             "", "## Targets", ""]
+    rows = []
+    for t in tg:
+        rows.append([t["name"], f"issue {t['issue']}", _fmt_ratio(t["ratio"]), f"{t['op']} {t['bound']}", _held(t),
+                     t["skipped"] or t["note"] or ""])
+    lines += _table(["claim", "from", "measured", "target", "held", "note"], rows)
+    lines += ["", "## Reading", "", *[f"- {s}" for s in _reading(results, tg)], ""]
+    for key, title in (("minimal", "the minimal static executable (_start calls exit)"), ("true", "/bin/true")):
+        sec = results["spawn"][key]
+        lines += [f"## spawn+wait of {title}, small parent", "",
+                  f"argv: `{' '.join(sec['argv'])}`; {cfg['spawn_rounds']} rounds of {cfg['spawn_batch']} calls.",
+                  "", *_spawn_table(_series(sec)), ""]
+    sweep = results.get("sweep", {})
+    io = results.get("io", {})
+    if sweep.get("points"):
+        lines += ["## spawn+wait of the minimal executable against parent size", "",
+                  "Median (and big-parent / small-parent ratio, interleaved) per way of spawning. Parent states: "
+                  "dirty = 4 KiB pages written (MADV_NOHUGEPAGE), clean = mapped never touched, thp = MADV_HUGEPAGE "
+                  "and written. The multiprocessing start methods run a no-op Python function, not the "
+                  "executable.", ""]
+        for state in dict.fromkeys(p["state"] for p in sweep["points"]):
+            pts = sorted((p for p in sweep["points"] if p["state"] == state), key=lambda p: p["size"])
+            head = ["way", "small parent", *[f"{fmt_size(p['size'])} {state}" for p in pts]]
+            rows = []
+            for m in pts[0]["methods"]:
+                first = pts[0]["methods"][m]
+                small = first["small"]["stats"]
+                row = [m, fmt_ns(small["median"]) if small else "skipped"]
+                for p in pts:
+                    e = p["methods"][m]
+                    st = e["big"]["stats"]
+                    bvs = e["big_vs_small"]
+                    row.append(f"{fmt_ns(st['median'])} ({bvs['ratio']:.2f}x)" if st and bvs else "skipped")
+                rows.append(row)
+            lines += [f"### {state}", "", *_table(head, rows), ""]
+            lines += ["Parents: " + "; ".join(
+                f"{fmt_size(p['size'])}: RSS {p['parent']['rss_kib'] / 1024:.0f} MiB, AnonHugePages "
+                f"{p['parent']['anon_huge_kib'] / 1024:.0f} MiB, built in {p['build_s']:.1f} s" for p in pts), ""]
+    if io:
+        lines += ["## I/O", ""]
+        names = {"capture": "capture `head -c N /dev/zero` (pyproc.run(capture=True) / subprocess.run("
+                            "capture_output=True) / C read loop into malloc'd memory)",
+                 "cat": "N bytes in and out through `cat` (pyproc.run(input=..., capture=True) / "
+                        "Popen.communicate / C poll loop)",
+                 "minimal": "run the minimal executable with output captured"}
+        for kind, sec in io.items():
+            s = _series(sec)
+            size = sec["size"]
+            moved = size * (2 if kind == "cat" else 1)
+            lines += [f"### {names[kind]}" + (f", N = {fmt_size(size)}" if size else ""), ""]
+            rows = []
+            for name, ser in s.items():
+                row = [name, *_stats_row(ser), _gibps(moved, ser),
+                       "–" if ser.skipped or s["pyproc"].skipped else _fmt_ratio(ratio(ser, s["pyproc"]))]
+                if ser.skipped:
+                    row[-1] = ser.skipped
+                rows.append(row)
+            lines += _table(["way", "median", "min", "max", "n", "GiB/s moved", "vs pyproc"], rows) + [""]
+    thr = results.get("throughput", {})
+    if thr:
+        lines += ["## Spawns per second (minimal executable, small parent)", "",
+                  "Each thread spawns and waits in a loop for "
+                  f"{cfg['throughput_seconds']} s; the C floor runs one C loop per 'thread' (separate processes).",
+                  ""]
+        rows = []
+        for m, v in thr.items():
+            if "skipped" in v:
+                rows.append([m, "skipped", "", v["skipped"]])
+            else:
+                one, two = v["1"]["per_second"], v["2"]["per_second"]
+                rows.append([m, f"{one:,.0f}", f"{two:,.0f}", f"{two / one:.2f}x"])
+        lines += _table(["way", "1 thread", "2 threads", "2 vs 1"], rows) + [""]
+    cow = results.get("cow", {})
+    lines += ["## Copy-on-write and fork cost (pyproc.cow, timed in C)", ""]
+    if "skipped" in cow:
+        lines += [f"Skipped: {cow['skipped']}.", ""]
+    else:
+        lines += _cow_lines(cow)
+    skipped = sorted({s.skipped for sec in (results["spawn"]["minimal"], *io.values())
+                      for s in _series(sec).values() if s.skipped})
+    if skipped or cfg.get("notes"):
+        lines += ["## Skipped and notes", "", *[f"- {x}" for x in [*skipped, *cfg.get("notes", [])]], ""]
+    return "\n".join(lines) + "\n"
+
+
+def _cow_lines(cow: dict[str, Any]) -> list[str]:
+    from .cowdata import cow_rows, fork_rows
+
+    lines = []
+    rows = cow_rows(cow)
+    if rows:
+        lines += ["### per 4 KiB page, after fork", "",
+                  *_table(["size", "pages", "phase", "ns per 4 KiB page (median)", "ms per GiB", "minor faults"],
+                          [[fmt_size(r["size"]), r["pages"], r["phase"], f"{r['ns_per_page']:.0f}",
+                            f"{r['ns_per_page'] * (GiB // 4096) / 1e6:.1f}",
+                            "–" if r["faults"] is None else f"{r['faults']:,}"] for r in rows]), ""]
+    frows = fork_rows(cow)
+    if frows:
+        lines += ["### fork and spawn cost by parent state", "",
+                  *_table(["size", "pages", "state", "what", "median"],
+                          [[fmt_size(r["size"]), r["pages"], r["state"], r["what"], fmt_ns(r["median_ns"])]
+                           for r in frows]), ""]
+    skipped = [e for e in cow.get("measure_cow", []) + cow.get("measure_fork", []) if "skipped" in e]
+    if skipped:
+        lines += ["Not measured: " + "; ".join(
+            f"{fmt_size(e['size'])} {e['pages']} {e.get('state', '')}: {e['skipped']}".replace("  ", " ")
+            for e in skipped), ""]
+    return lines
+
+
+def _strip(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip(v) for k, v in value.items() if not k.startswith("_")}
+    if isinstance(value, list):
+        return [_strip(v) for v in value]
+    return value
+
+
+def summary(results: dict[str, Any], tg: list[dict[str, Any]]) -> str:
+    """The short table printed on the terminal at the end."""
+    lines = []
+    sp = _series(results["spawn"]["minimal"])
+    lines.append("spawn+wait, minimal static executable, small parent (median):")
+    for name, s in sp.items():
+        if s.samples:
+            lines.append(f"  {name:<24} {fmt_ns(s.median):>10}")
+    lines.append("targets:")
+    for t in tg:
+        state = {None: "skipped", True: "held", False: "NOT held"}[t["held"]]
+        lines.append(f"  {t['name']:<64} {_fmt_ratio(t['ratio']):>24}  {t['op']} {t['bound']:<5} {state}")
+    return "\n".join(lines)
+
+
+def write(results: dict[str, Any], out: Path) -> list[dict[str, Any]]:
+    """Writes report.md and results.json into out; returns the targets."""
+    tg = targets(results)
+    results["targets"] = tg
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(_strip(results), indent=1))
+    (out / "report.md").write_text(render(results, tg))
+    return tg
+
+
+def load(path: Path) -> dict[str, Any]:
+    """results.json back (for re-rendering the report and plots without measuring again)."""
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
