@@ -534,8 +534,11 @@ static int spawn_fork(struct child_ctx *c, pid_t *pid)
         *pid = got;
         int have_record = 0;
         err = pyproc_read_child_error(pipefd[0], &have_record, c->shared);
-        if (err) /* the child's state is unknown: stop it, and say the parent failed */
-            c->shared->fail_stage = PYPROC_STAGE_PARENT, kill(got, SIGKILL);
+        if (err) {
+            /* The child's state is unknown: stop it (the caller reaps it) and report the parent's failure. */
+            c->shared->fail_stage = PYPROC_STAGE_PARENT;
+            kill(got, SIGKILL);
+        }
     }
     close(pipefd[0]);
     return err;

@@ -5,7 +5,6 @@ The public names live here; each comes from the module of its concern (see DESIG
 
 from ._version import __version__
 from .errors import CalledProcessError, OutputLimitExceeded, TimeoutExpired
-
 from .process import Process, Rusage, Status, wait_any
 from .spawn import DEVNULL, ENGINES, PIPE, STDOUT, spawn
 
@@ -13,14 +12,14 @@ from .spawn import DEVNULL, ENGINES, PIPE, STDOUT, spawn
 # signals (issue 6)
 
 __all__ = [
-    "CalledProcessError",
     "DEVNULL",
     "ENGINES",
-    "OutputLimitExceeded",
     "PIPE",
+    "STDOUT",
+    "CalledProcessError",
+    "OutputLimitExceeded",
     "Process",
     "Rusage",
-    "STDOUT",
     "Status",
     "TimeoutExpired",
     "__version__",

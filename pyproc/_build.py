@@ -14,7 +14,7 @@ import os
 import re
 from pathlib import Path
 
-from cffi import FFI
+from cffi import FFI  # type: ignore[import-untyped]
 
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"

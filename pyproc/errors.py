@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from typing import NoReturn
+from typing import Any, NoReturn
 
 
 class TimeoutExpired(subprocess.TimeoutExpired, TimeoutError):
@@ -19,7 +19,7 @@ class TimeoutExpired(subprocess.TimeoutExpired, TimeoutError):
     """
 
     def __init__(
-        self, cmd: object, timeout: float, output: bytes | str | None = None, stderr: bytes | str | None = None
+        self, cmd: Any, timeout: float, output: bytes | str | None = None, stderr: bytes | str | None = None
     ) -> None:
         subprocess.TimeoutExpired.__init__(self, cmd, timeout, output, stderr)
 

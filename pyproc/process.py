@@ -119,9 +119,25 @@ class Process:
         self.stdout = stdout
         self.stderr = stderr
         self.returncode: int | None = None
-        self.status: Status | None = None
-        self.rusage: Rusage | None = None
+        self._wait_status: int | None = None
+        self._rusage_c: Any = None
+        self._status: Status | None = None
+        self._rusage: Rusage | None = None
         self._reap_lock = threading.Lock()
+
+    @property
+    def status(self) -> Status | None:
+        """How the child ended (None until it is reaped, or when another waiter took its status)."""
+        if self._status is None and self._wait_status is not None:
+            self._status = Status.from_wait_status(self._wait_status)
+        return self._status
+
+    @property
+    def rusage(self) -> Rusage | None:
+        """The resources the child used, from wait4 (None until it is reaped)."""
+        if self._rusage is None and self._rusage_c is not None:
+            self._rusage = Rusage.from_c(self._rusage_c)
+        return self._rusage
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} pid={self.pid} returncode={self.returncode} args={self.args!r}>"
@@ -147,15 +163,15 @@ class Process:
             check(err)
             if not out[0]:
                 return False
-            status = Status.from_wait_status(out[1])
-            self._finish(status.returncode, status, Rusage.from_c(ru))
+            # Status and Rusage objects are built when asked for: this is the hot path of every spawn.
+            self._finish(os.waitstatus_to_exitcode(out[1]), out[1], ru)
             return True
         finally:
             self._reap_lock.release()
 
-    def _finish(self, returncode: int, status: Status | None, rusage: Rusage | None) -> None:
-        self.status = status
-        self.rusage = rusage
+    def _finish(self, returncode: int, wait_status: int | None, rusage_c: Any) -> None:
+        self._wait_status = wait_status
+        self._rusage_c = rusage_c
         self.returncode = returncode
         if self.pidfd is not None:
             os.close(self.pidfd)
@@ -284,7 +300,7 @@ def wait_any(processes: Iterable[Process], timeout: float | None = None) -> Proc
     check(err)
     if index[0] < 0:
         raise TimeoutExpired([proc.args for proc in procs], timeout or 0.0)
-    proc = procs[index[0]]
+    proc = procs[int(index[0])]
     proc.wait()
     return proc
 

@@ -62,7 +62,7 @@ class HasFileno(Protocol):
 
 
 StrOrBytesPath = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
-FileSpec = Union[int, HasFileno, None]
+FileSpec = Union[int, HasFileno, None]  # noqa: UP007 (a runtime alias on Python 3.10)
 
 
 def _encode_arg(value: object, what: str) -> bytes:
@@ -152,9 +152,8 @@ class _Stdio:
         self.child_ends: list[int] = []
         self.devnull: int | None = None
 
-    def source_for(self, child_fd: int, spec: object, name: str) -> int | None:
-        if spec is None:
-            return None
+    def source_for(self, child_fd: int, spec: object, name: str) -> int:
+        """The parent fd that becomes the child's child_fd for a stdin/stdout/stderr argument (not None)."""
         if spec is PIPE or (isinstance(spec, int) and not isinstance(spec, bool) and spec == PIPE):
             read_end, write_end = os.pipe()
             child, parent = (read_end, write_end) if child_fd == 0 else (write_end, read_end)
@@ -201,49 +200,56 @@ class Request:
 
 
 _KEEP_STDIO = ffi.new("int[]", [0, 1, 2])
+_DEFAULT_REQUEST = ffi.new("struct pyproc_spawn_request *")
+_DEFAULT_REQUEST.close_fds = 1
+_DEFAULT_REQUEST.restore_signals = 1
+_DEFAULT_REQUEST.process_group = -1
+_DEFAULT_REQUEST.umask = -1
 
 
-def prepare(
+def _prepare(
     argv: Sequence[StrOrBytesPath],
-    *,
-    engine: str = "auto",
-    executable: StrOrBytesPath | None = None,
-    stdin: FileSpec = None,
-    stdout: FileSpec = None,
-    stderr: FileSpec = None,
-    fds: Mapping[int, int | HasFileno] | None = None,
-    pass_fds: Iterable[int] = (),
-    close_fds: bool = True,
-    cwd: StrOrBytesPath | None = None,
-    env: Mapping[Any, Any] | None = None,
-    new_session: bool = False,
-    process_group: int | None = None,
-    umask: int | None = None,
-    rlimits: Mapping[int, int | tuple[int, int]] | None = None,
-    pdeathsig: int | None = None,
-    no_new_privs: bool = False,
-    restore_signals: bool = True,
-    sigmask: Iterable[int] | None = None,
+    engine: str,
+    executable: StrOrBytesPath | None,
+    stdin: FileSpec,
+    stdout: FileSpec,
+    stderr: FileSpec,
+    fds: Mapping[int, int | HasFileno] | None,
+    pass_fds: Iterable[int],
+    close_fds: bool,
+    cwd: StrOrBytesPath | None,
+    env: Mapping[Any, Any] | None,
+    new_session: bool,
+    process_group: int | None,
+    umask: int | None,
+    rlimits: Mapping[int, int | tuple[int, int]] | None,
+    pdeathsig: int | None,
+    no_new_privs: bool,
+    restore_signals: bool,
+    sigmask: Iterable[int] | None,
 ) -> Request:
-    """Checks and converts spawn()'s arguments; see spawn().  Opens the pipes it asks for (closed on error)."""
+    # Positional on purpose: forwarding 19 keyword arguments costs more than a microsecond, on every spawn.
     if engine not in _ENGINE_CODES:
         if not isinstance(engine, str):
             raise TypeError(f"engine must be a str, not {type(engine).__name__}")
         raise ValueError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINES)}")
-    if isinstance(argv, (str, bytes, os.PathLike)) or not isinstance(argv, Sequence):
+    if type(argv) not in (list, tuple) and (isinstance(argv, (str, bytes, os.PathLike)) or
+                                            not isinstance(argv, Sequence)):
         raise TypeError(f"argv must be a sequence (list or tuple) of arguments, not {type(argv).__name__}")
     if not argv:
         raise ValueError("argv is empty: it needs at least the program")
     bargs = [_encode_arg(arg, f"argv[{i}]") for i, arg in enumerate(argv)]
     program = bargs[0] if executable is None else _encode_arg(executable, "executable")
     keepalive: list[Any] = []
-    req = ffi.new("struct pyproc_spawn_request *")
+    req = ffi.new("struct pyproc_spawn_request *", _DEFAULT_REQUEST[0])
     c_args = [ffi.new("char[]", arg) for arg in bargs]
     keepalive.append(c_args)
     req.argv = keepalive_new(keepalive, "char *[]", [*c_args, ffi.NULL])
+    if env is not None and not isinstance(env, Mapping):
+        raise TypeError(f"env must be a mapping, not {type(env).__name__}")
     candidates = _exec_candidates(program, env)
     if executable is None and len(candidates) == 1 and candidates[0] == bargs[0]:
-        req.exec_paths = keepalive_new(keepalive, "char *[]", [c_args[0]])
+        req.exec_paths = req.argv  # argv[0] is the one file to run: no second array
     else:
         c_paths = [ffi.new("char[]", path) for path in candidates]
         keepalive.append(c_paths)
@@ -255,11 +261,15 @@ def prepare(
         req.envp = keepalive_new(keepalive, "char *[]", [*c_env, ffi.NULL])
     if cwd is not None:
         req.cwd = keepalive_new(keepalive, "char[]", _encode_arg(cwd, "cwd"))
-    req.close_fds = _check_bool(close_fds, "close_fds")
-    req.new_session = _check_bool(new_session, "new_session")
-    req.no_new_privs = _check_bool(no_new_privs, "no_new_privs")
-    req.restore_signals = _check_bool(restore_signals, "restore_signals")
-    req.process_group = -1
+    # The template holds the defaults; only what differs is checked and set (this is every spawn's path).
+    if close_fds is not True:
+        req.close_fds = _check_bool(close_fds, "close_fds")
+    if new_session is not False:
+        req.new_session = _check_bool(new_session, "new_session")
+    if no_new_privs is not False:
+        req.no_new_privs = _check_bool(no_new_privs, "no_new_privs")
+    if restore_signals is not True:
+        req.restore_signals = _check_bool(restore_signals, "restore_signals")
     if process_group is not None:
         if isinstance(process_group, bool) or not isinstance(process_group, int):
             raise TypeError(f"process_group must be an int, not {type(process_group).__name__}")
@@ -268,7 +278,6 @@ def prepare(
         if new_session:
             raise ValueError("new_session and process_group conflict: a session leader cannot change its group")
         req.process_group = process_group
-    req.umask = -1
     if umask is not None:
         if isinstance(umask, bool) or not isinstance(umask, int):
             raise TypeError(f"umask must be an int, not {type(umask).__name__}")
@@ -287,16 +296,21 @@ def prepare(
         req.sigmask_signals = keepalive_new(keepalive, "int[]", signals)
         req.n_sigmask_signals = len(signals)
     if engine == "posix_spawn":
-        refused = [name for name, value in (("umask", umask), ("rlimits", rlimits), ("pdeathsig", pdeathsig),
-                                            ("no_new_privs", no_new_privs)) if value]
+        refused = [name for name, given in (("umask", umask is not None), ("rlimits", bool(rlimits)),
+                                            ("pdeathsig", bool(pdeathsig)), ("no_new_privs", bool(no_new_privs)))
+                   if given]
         if refused:
             raise ValueError(f"engine='posix_spawn' cannot express {', '.join(refused)}: use engine='auto'")
     stdio = _Stdio()
-    try:
-        _set_fd_plan(req, stdio, stdin, stdout, stderr, fds, pass_fds, keepalive)
-    except BaseException:
-        stdio.close_all()
-        raise
+    if stdin is None and stdout is None and stderr is None and not fds and not pass_fds:
+        req.keep_fds = _KEEP_STDIO
+        req.n_keep_fds = 3
+    else:
+        try:
+            _set_fd_plan(req, stdio, stdin, stdout, stderr, fds, pass_fds, keepalive)
+        except BaseException:
+            stdio.close_all()
+            raise
     return Request(req, argv, program, engine, stdio, keepalive)
 
 
@@ -338,28 +352,24 @@ def _set_fd_plan(
     if fds:
         if not isinstance(fds, Mapping):
             raise TypeError(f"fds must be a mapping {{child_fd: parent_fd}}, not {type(fds).__name__}")
-        for target, source in fds.items():
+        for target, given in fds.items():
             if isinstance(target, bool) or not isinstance(target, int):
                 raise TypeError(f"fds: child fd {target!r} is not an int")
             if target < 0:
                 raise ValueError(f"fds: child fd {target} is negative")
-            plan[target] = _fd_of(source, f"fds[{target}]")
+            plan[target] = _fd_of(given, f"fds[{target}]")
     for target, spec, name in ((0, stdin, "stdin"), (1, stdout, "stdout")):
         if spec is not None:
             if target in plan:
                 raise ValueError(f"{name} and fds[{target}] both say what the child's fd {target} is")
-            source = stdio.source_for(target, spec, name)
-            assert source is not None
-            plan[target] = source
+            plan[target] = stdio.source_for(target, spec, name)
     if stderr is not None:
         if 2 in plan:
             raise ValueError("stderr and fds[2] both say what the child's fd 2 is")
         if isinstance(stderr, int) and not isinstance(stderr, bool) and stderr == STDOUT:
             plan[2] = plan.get(1, 1)
         else:
-            source = stdio.source_for(2, stderr, "stderr")
-            assert source is not None
-            plan[2] = source
+            plan[2] = stdio.source_for(2, stderr, "stderr")
     if pass_fds:
         for fd in pass_fds:
             fd = _fd_of(fd, "pass_fds")
@@ -394,6 +404,11 @@ def failure_message(request: Request, stage: int, index: int) -> tuple[str, obje
         return f"in the child, setrlimit {req.rlimits[index].resource}", None
     if stage == lib.PYPROC_STAGE_CHDIR:
         return "in the child, chdir", os.fsdecode(ffi.string(req.cwd))
+    if stage == lib.PYPROC_STAGE_POSIX_SPAWN and req.cwd != ffi.NULL:
+        # glibc does not say which step failed; a cwd that is not a directory is the likely one, so name it.
+        cwd = os.fsdecode(ffi.string(req.cwd))
+        if not os.path.isdir(cwd):
+            return "in the child, posix_spawn: chdir", cwd
     if stage in (lib.PYPROC_STAGE_EXEC, lib.PYPROC_STAGE_POSIX_SPAWN):
         program = request.program
         if b"/" in program and 0 <= index < req.n_exec_paths:
@@ -415,6 +430,8 @@ def start(request: Request) -> Process:
     except BaseException:
         stdio.close_all()
         raise
+    if not stdio.child_ends:
+        return Process(res.pid, res.pidfd if res.pidfd >= 0 else None, request.args)
     for fd in stdio.child_ends:
         os.close(fd)
     stdio.child_ends = []
@@ -426,6 +443,38 @@ def start(request: Request) -> Process:
         None if ends[0] is None else open(ends[0], "wb"),
         None if ends[1] is None else open(ends[1], "rb"),
         None if ends[2] is None else open(ends[2], "rb"),
+    )
+
+
+def prepare(
+    argv: Sequence[StrOrBytesPath],
+    *,
+    engine: str = "auto",
+    executable: StrOrBytesPath | None = None,
+    stdin: FileSpec = None,
+    stdout: FileSpec = None,
+    stderr: FileSpec = None,
+    fds: Mapping[int, int | HasFileno] | None = None,
+    pass_fds: Iterable[int] = (),
+    close_fds: bool = True,
+    cwd: StrOrBytesPath | None = None,
+    env: Mapping[Any, Any] | None = None,
+    new_session: bool = False,
+    process_group: int | None = None,
+    umask: int | None = None,
+    rlimits: Mapping[int, int | tuple[int, int]] | None = None,
+    pdeathsig: int | None = None,
+    no_new_privs: bool = False,
+    restore_signals: bool = True,
+    sigmask: Iterable[int] | None = None,
+) -> Request:
+    """Checks and converts spawn()'s arguments (see spawn()) into a Request to start(); opens the pipes it asks for.
+
+    For callers that add to the C request before starting it (pyproc.subprocess); others call spawn().
+    """
+    return _prepare(
+        argv, engine, executable, stdin, stdout, stderr, fds, pass_fds, close_fds, cwd, env, new_session,
+        process_group, umask, rlimits, pdeathsig, no_new_privs, restore_signals, sigmask,
     )
 
 
@@ -469,17 +518,16 @@ def spawn(
     child; None: the parent's mask).  Handlers the parent installed are always reset to SIG_DFL in the child.
 
     engine: "auto" (default, the fastest able to express the request), "clone", "vfork", "posix_spawn" (raises
-    ValueError for umask, rlimits, pdeathsig, no_new_privs) or "fork".
+    ValueError for umask, rlimits, pdeathsig, no_new_privs; glibc leaves its two internal signals, 32 and 33,
+    ignored in the new program and does not say which step failed) or "fork".
 
     Raises TypeError / ValueError for bad arguments before any child exists, and OSError subclasses
     (FileNotFoundError, PermissionError, ...) with errno, filename and the failing step when the child cannot
     start; a child that failed has already been reaped.
     """
-    return start(prepare(
-        argv, engine=engine, executable=executable, stdin=stdin, stdout=stdout, stderr=stderr, fds=fds,
-        pass_fds=pass_fds, close_fds=close_fds, cwd=cwd, env=env, new_session=new_session,
-        process_group=process_group, umask=umask, rlimits=rlimits, pdeathsig=pdeathsig,
-        no_new_privs=no_new_privs, restore_signals=restore_signals, sigmask=sigmask,
+    return start(_prepare(
+        argv, engine, executable, stdin, stdout, stderr, fds, pass_fds, close_fds, cwd, env, new_session,
+        process_group, umask, rlimits, pdeathsig, no_new_privs, restore_signals, sigmask,
     ))
 
 
