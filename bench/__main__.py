@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.sizes = sizes
     cfg = config.fit(cfg, available)
 
-    from tqdm import tqdm
+    from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
 
     from .run import run_all, total_ticks
 

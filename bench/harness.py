@@ -115,7 +115,8 @@ def ratio(a: Series, b: Series) -> dict[str, float] | None:
     """median(a) / median(b), with min and max of the same-round ratios; None if either has no samples."""
     if not a.samples or not b.samples:
         return None
-    per_round = [statistics.median(ra) / statistics.median(rb) for ra, rb in zip(a.rounds, b.rounds) if ra and rb]
+    per_round = [statistics.median(ra) / statistics.median(rb)
+                 for ra, rb in zip(a.rounds, b.rounds, strict=False) if ra and rb]
     value = a.median / b.median
     return {"ratio": value, "min": min(per_round, default=value), "max": max(per_round, default=value)}
 
@@ -128,7 +129,7 @@ def interleave(contenders: Sequence[tuple[str, Runner]], rounds: int, batch: int
                tick: Callable[[], None] | None = None) -> dict[str, Series]:
     """Runs every contender `warmup` batches (dropped), then `rounds` rounds of one batch each, order rotating."""
     series = {name: Series(name) for name, _ in contenders}
-    for name, run in contenders:
+    for _, run in contenders:
         for _ in range(warmup):
             run(batch)
     for r in range(rounds):

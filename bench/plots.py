@@ -3,6 +3,7 @@ throughput, spawns per second."""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ def _message(ax: Any, text: str) -> None:
 def spawn_vs_size(results: dict[str, Any], path: Path) -> None:
     """(1) spawn+wait time against parent size, log-log, one line per way of spawning and memory state."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(10, 6.5))
+    fig, ax = plt.subplots(figsize=(13, 6.5))
     points = results.get("sweep", {}).get("points", [])
     states = list(dict.fromkeys(p["state"] for p in points))
     for state in states:
@@ -70,7 +71,7 @@ def spawn_vs_size(results: dict[str, Any], path: Path) -> None:
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("parent's extra memory (MiB, log scale)")
-    ax.set_ylabel("spawn + wait time, median (µs, log scale); bars: min–max")
+    ax.set_ylabel("spawn + wait time, median (µs, log scale); bars: min to max")
     ax.set_title("Starting a process against the size of the parent (minimal static executable)\n"
                  "4 KiB pages: dirty (solid), clean/untouched (dashed); THP dirty (dotted)", fontsize=11)
     if points:
@@ -81,7 +82,7 @@ def spawn_vs_size(results: dict[str, Any], path: Path) -> None:
     else:
         _message(ax, "no parent-size sweep in this run")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     _stamp(fig, results)
     fig.tight_layout(rect=(0, 0.02, 1, 1))
     fig.savefig(path, dpi=110)
@@ -108,7 +109,7 @@ def cow_per_page(results: dict[str, Any], path: Path) -> None:
             xs = [j + i * width - 0.4 + width / 2 for j in range(len(phases))]
             ys = [vals.get(ph, 0.0) for ph in phases]
             bars = ax.bar(xs, ys, width, label=f"{kind} pages")
-            for bar, y in zip(bars, ys):
+            for bar, y in zip(bars, ys, strict=False):
                 if y:
                     ax.annotate(f"{y:.0f}", (bar.get_x() + bar.get_width() / 2, y), ha="center", va="bottom",
                                 fontsize=7)
@@ -146,7 +147,7 @@ def pipe_throughput(results: dict[str, Any], path: Path) -> None:
             st = sec["series"][m]["stats"]
             moved = sec["size"] * (2 if kind == "cat" else 1) / GiB
             if st is None:
-                skipped.append(f"{m} ({kind}): {sec['series'][m]['skipped']}")
+                skipped.append(f"{labels[m].split(' (')[0]}: {sec['series'][m]['skipped']}")
                 continue
             med = moved / (st["median"] / 1e9)
             xs.append(j + i * width - 0.4 + width / 2)
@@ -154,24 +155,28 @@ def pipe_throughput(results: dict[str, Any], path: Path) -> None:
             lo.append(med - moved / (st["max"] / 1e9))
             hi.append(moved / (st["min"] / 1e9) - med)
         if xs:
-            bars = ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, color=_COLORS[m], label=labels[m])
-            for bar, y in zip(bars, ys):
-                ax.annotate(f"{y:.2f}", (bar.get_x() + bar.get_width() / 2, y), ha="center", va="bottom",
-                            fontsize=7, xytext=(0, 2), textcoords="offset points")
+            bars = ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, color=_COLORS[m], label=labels[m],
+                          error_kw={"elinewidth": 0.8, "ecolor": "#999999"})
+            for bar, y in zip(bars, ys, strict=False):
+                ax.annotate(f"{y:.2f}", (bar.get_x() + bar.get_width() / 2, 0), ha="center", va="bottom",
+                            fontsize=8, xytext=(0, 3), textcoords="offset points", color="white",
+                            fontweight="bold")
     ax.set_xticks(range(len(groups)))
     size = io.get("capture", io.get("cat", {})).get("size", 0)
     ax.set_xticklabels([g[1].replace("N", fmt_size(size)) for g in groups])
-    ax.set_ylabel("GiB/s of bytes moved (median; bars: min–max)")
+    ax.set_ylabel("GiB/s of bytes moved (median; bars: min to max)")
     ax.set_title("Pipe throughput to and from a child")
     if groups:
         ax.legend(fontsize=8)
     else:
         _message(ax, "no I/O measurements in this run")
+    note = ""
     if skipped:
-        fig.text(0.01, 0.03, "not measured: " + "; ".join(sorted(set(skipped)))[:300], fontsize=6, color="#aa0000")
+        note = textwrap.fill("not measured: " + "; ".join(sorted(set(skipped))), 170)
+        fig.text(0.01, 0.03, note, fontsize=6, color="#aa0000", va="bottom")
     ax.grid(True, axis="y", alpha=0.3)
     _stamp(fig, results)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.tight_layout(rect=(0, 0.04 + 0.02 * note.count("\n"), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -187,7 +192,7 @@ def spawns_per_second(results: dict[str, Any], path: Path) -> None:
         bars = ax.bar([j + (i - 0.5) * 0.38 for j in range(len(methods))], ys, 0.38,
                       label=f"{threads} thread{'s' if threads != '1' else ''}",
                       color="#1f77b4" if threads == "1" else "#ff7f0e")
-        for bar, y in zip(bars, ys):
+        for bar, y in zip(bars, ys, strict=False):
             ax.annotate(f"{y:,.0f}", (bar.get_x() + bar.get_width() / 2, y), ha="center", va="bottom", fontsize=7,
                         xytext=(0, 2), textcoords="offset points")
     ax.set_xticks(range(len(methods)))
@@ -208,7 +213,8 @@ def spawns_per_second(results: dict[str, Any], path: Path) -> None:
 def write(results: dict[str, Any], out: Path) -> list[Path]:
     """Writes the four PNGs into out and returns their paths."""
     paths = []
-    for name, func in zip(PLOTS, (spawn_vs_size, cow_per_page, pipe_throughput, spawns_per_second)):
+    funcs = (spawn_vs_size, cow_per_page, pipe_throughput, spawns_per_second)
+    for name, func in zip(PLOTS, funcs, strict=True):
         path = out / name
         func(results, path)
         paths.append(path)

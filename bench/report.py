@@ -98,8 +98,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _fmt_ratio(r: dict[str, float] | None) -> str:
     if r is None:
-        return "–"
-    return f"{r['ratio']:.2f}x ({r['min']:.2f}–{r['max']:.2f})"
+        return "n/a"
+    return f"{r['ratio']:.2f}x [{r['min']:.2f}, {r['max']:.2f}]"
 
 
 def _held(t: dict[str, Any]) -> str:
@@ -127,7 +127,7 @@ def _spawn_table(series: dict[str, Series]) -> list[str]:
     for name, s in series.items():
         row = [name, *_stats_row(s)]
         for _, ref in refs:
-            row.append("–" if ref is None or s.skipped else _fmt_ratio(ratio(s, ref)))
+            row.append("n/a" if ref is None or s.skipped else _fmt_ratio(ratio(s, ref)))
         rows.append(row)
     return _table(["way", "median", "min", "max", "n", "vs C floor", "vs pyproc default", "vs pyproc fork engine"],
                   rows)
@@ -158,7 +158,7 @@ def _reading(results: dict[str, Any], tg: list[dict[str, Any]]) -> list[str]:
     """A few plain sentences reading the figures of this run."""
     out = []
     sp = _series(results["spawn"]["minimal"])
-    floor, default, fork = sp["C floor"], sp["pyproc default"], sp.get("pyproc fork")
+    floor, default = sp["C floor"], sp["pyproc default"]
     if default.samples and floor.samples:
         out.append(f"From a small parent, starting and reaping the minimal static executable costs "
                    f"{fmt_ns(floor.median)} in plain C (vfork+execve+waitpid) and {fmt_ns(default.median)} through "
@@ -207,7 +207,7 @@ def _reading(results: dict[str, Any], tg: list[dict[str, Any]]) -> list[str]:
 
 def _gibps(size: int, s: Series) -> str:
     if not s.samples or size == 0:
-        return "–"
+        return "n/a"
     return f"{size / s.median * 1e9 / GiB:.2f}"
 
 
@@ -228,7 +228,7 @@ def render(results: dict[str, Any], tg: list[dict[str, Any]]) -> str:
              "parent memory being studied. The C floors are built by the benchmark with the system C compiler and "
              "time themselves with CLOCK_MONOTONIC. After a warm-up batch, contenders run interleaved "
              "(A B C ..., the order rotating every round), in one run; a table gives medians with min and max, and a "
-             "ratio is median/median with, in parentheses, the lowest and highest ratio of the rounds' medians.",
+             "ratio is median/median with, in brackets, the lowest and highest ratio of the rounds' medians.",
              "", "## Targets", ""]
     rows = []
     for t in tg:
@@ -282,11 +282,11 @@ def render(results: dict[str, Any], tg: list[dict[str, Any]]) -> str:
             rows = []
             for name, ser in s.items():
                 row = [name, *_stats_row(ser), _gibps(moved, ser),
-                       "–" if ser.skipped or s["pyproc"].skipped else _fmt_ratio(ratio(ser, s["pyproc"]))]
+                       "n/a" if ser.skipped or s["pyproc"].skipped else _fmt_ratio(ratio(ser, s["pyproc"]))]
                 if ser.skipped:
                     row[-1] = ser.skipped
                 rows.append(row)
-            lines += _table(["way", "median", "min", "max", "n", "GiB/s moved", "vs pyproc"], rows) + [""]
+            lines += [*_table(["way", "median", "min", "max", "n", "GiB/s moved", "vs pyproc"], rows), ""]
     thr = results.get("throughput", {})
     if thr:
         lines += ["## Spawns per second (minimal executable, small parent)", "",
@@ -300,7 +300,7 @@ def render(results: dict[str, Any], tg: list[dict[str, Any]]) -> str:
             else:
                 one, two = v["1"]["per_second"], v["2"]["per_second"]
                 rows.append([m, f"{one:,.0f}", f"{two:,.0f}", f"{two / one:.2f}x"])
-        lines += _table(["way", "1 thread", "2 threads", "2 vs 1"], rows) + [""]
+        lines += [*_table(["way", "1 thread", "2 threads", "2 vs 1"], rows), ""]
     cow = results.get("cow", {})
     lines += ["## Copy-on-write and fork cost (pyproc.cow, timed in C)", ""]
     if "skipped" in cow:
@@ -324,7 +324,7 @@ def _cow_lines(cow: dict[str, Any]) -> list[str]:
                   *_table(["size", "pages", "phase", "ns per 4 KiB page (median)", "ms per GiB", "minor faults"],
                           [[fmt_size(r["size"]), r["pages"], r["phase"], f"{r['ns_per_page']:.0f}",
                             f"{r['ns_per_page'] * (GiB // 4096) / 1e6:.1f}",
-                            "–" if r["faults"] is None else f"{r['faults']:,}"] for r in rows]), ""]
+                            "n/a" if r["faults"] is None else f"{r['faults']:,}"] for r in rows]), ""]
     frows = fork_rows(cow)
     if frows:
         lines += ["### fork and spawn cost by parent state", "",

@@ -6,7 +6,7 @@ import datetime
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import cfloor, machine
@@ -67,7 +67,7 @@ def _spawn_runner(worker: Worker, method: str, argv: list[str], floors: cfloor.F
     return run
 
 
-def _interleave_available(methods: list[tuple[str, Runner | None, str | None]], rounds: int, batch: int,
+def _interleave_available(methods: Sequence[tuple[str, Runner | None, str | None]], rounds: int, batch: int,
                           tick: Tick, label: str) -> dict[str, Series]:
     live = [(name, run) for name, run, why in methods if why is None and run is not None]
     series = interleave(live, rounds, batch, tick=lambda: tick(label))
