@@ -21,6 +21,16 @@ SWEEP_METHODS = ("pyproc default", "pyproc vfork", "pyproc posix_spawn", "pyproc
 SWEEP_METHODS_OTHER_STATES = ("pyproc default", "pyproc fork", "os.fork+execv", "multiprocessing fork")
 """The subset measured for the other memory states (clean, THP), to keep the run short."""
 
+FORK_STATES = (("4k", "dirty"), ("4k", "clean"), ("4k", "fragmented"), ("thp", "dirty"), ("hugetlb", "dirty"))
+"""The parent states pyproc.cow.measure_fork sweeps (timed in C)."""
+
+FORK_METHODS = ("fork_exit", "fork_exec", "clone", "vfork", "posix_spawn", "fork")
+"""What measure_fork times: plain C fork+_exit / fork+execve, and pyproc's engines (the C call, no Python)."""
+
+FRAGMENTED_MAX = 128 * MiB
+"""'fragmented' makes one VMA per 4 KiB page, bounded by vm.max_map_count (65530 by default): sizes above this
+are measured at this size instead."""
+
 THROUGHPUT_METHODS = ("pyproc default", "pyproc fork", "subprocess.run", "os.posix_spawn", "C floor")
 
 # A big-parent worker needs its region plus the interpreter plus room for everyone else on the machine.
@@ -44,6 +54,7 @@ class Config:
     minimal_io_batch: int
     throughput_seconds: float
     cow_sizes: list[int]
+    """measure_cow's region sizes (it needs twice the size); measure_fork sweeps `sizes`."""
     cow_repeat: int
     notes: list[str] = field(default_factory=list)
 
@@ -53,17 +64,17 @@ class Config:
 
 def default() -> Config:
     """This machine's run: about five minutes."""
-    return Config(name="default", spawn_rounds=25, spawn_batch=20, sizes=[64 * MiB, 256 * MiB, 1 * GiB, 4 * GiB],
-                  states=["dirty", "clean", "thp"], sweep_rounds=5, sweep_batch=3, io_size=1 * GiB, io_rounds=3,
-                  minimal_io_rounds=15, minimal_io_batch=20, throughput_seconds=1.0,
-                  cow_sizes=[256 * MiB, 1 * GiB], cow_repeat=3)
+    return Config(name="default", spawn_rounds=25, spawn_batch=20,
+                  sizes=[16 * MiB, 64 * MiB, 256 * MiB, 1 * GiB, 4 * GiB], states=["dirty", "clean", "thp"],
+                  sweep_rounds=5, sweep_batch=3, io_size=1 * GiB, io_rounds=3, minimal_io_rounds=15,
+                  minimal_io_batch=20, throughput_seconds=1.0, cow_sizes=[256 * MiB], cow_repeat=3)
 
 
 def quick() -> Config:
     """CI: the same shape, small sizes and few samples (under a minute)."""
     return Config(name="quick", spawn_rounds=5, spawn_batch=5, sizes=[16 * MiB, 256 * MiB],
                   states=["dirty", "clean"], sweep_rounds=3, sweep_batch=2, io_size=32 * MiB, io_rounds=3,
-                  minimal_io_rounds=4, minimal_io_batch=5, throughput_seconds=0.3, cow_sizes=[64 * MiB],
+                  minimal_io_rounds=4, minimal_io_batch=5, throughput_seconds=0.3, cow_sizes=[32 * MiB],
                   cow_repeat=2)
 
 
@@ -116,5 +127,5 @@ def fit(cfg: Config, available: int) -> Config:
     while cfg.io_size > MiB and 3 * cfg.io_size > room:
         cfg.io_size //= 2
         cfg.notes.append(f"I/O size lowered to {fmt_size(cfg.io_size)} to fit MemAvailable")
-    cfg.cow_sizes = [s for s in cfg.cow_sizes if s <= room] or [min(64 * MiB, max(room, MiB))]
+    cfg.cow_sizes = [s for s in cfg.cow_sizes if 2 * s <= room] or [min(32 * MiB, max(room // 2, MiB))]
     return cfg

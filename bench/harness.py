@@ -20,7 +20,11 @@ from typing import Any
 
 
 class WorkerError(RuntimeError):
-    """A worker failed to start or a request failed inside it."""
+    """A worker failed to start or a request failed inside it; reason: the error as the worker said it."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class Worker:
@@ -57,7 +61,7 @@ class Worker:
         answer = self._read()
         if "error" in answer:
             raise WorkerError(f"{req.get('op')} {req.get('method', '')}: {answer['error']}\n"
-                              f"{answer.get('traceback', '')}")
+                              f"{answer.get('traceback', '')}", answer["error"])
         return answer
 
     def close(self) -> None:

@@ -43,10 +43,25 @@ def _message(ax: Any, text: str) -> None:
     ax.set_yticks([])
 
 
+def _size_axis(ax: Any, sizes: list[int]) -> None:
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    if sizes:
+        ax.set_xticks([s / MiB for s in sizes])
+        ax.set_xticklabels([fmt_size(s) for s in sizes], fontsize=8)
+        ax.minorticks_off()
+    ax.grid(True, which="both", alpha=0.3)
+
+
 def spawn_vs_size(results: dict[str, Any], path: Path) -> None:
-    """(1) spawn+wait time against parent size, log-log, one line per way of spawning and memory state."""
+    """(1) spawn+wait time against parent size, log-log, one line per way of spawning and memory state: left, from
+    Python as a user calls it (the sweep); right, timed in C by pyproc.cow.measure_fork (the paper's Figure 1)."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(13, 6.5))
+    from .cowdata import fork_rows
+
+    frows = [] if "skipped" in results.get("cow", {"skipped": ""}) else fork_rows(results["cow"])
+    fig, axes = plt.subplots(1, 2, figsize=(16, 7), sharey=True, squeeze=False)
+    ax, cax = axes[0]
     points = results.get("sweep", {}).get("points", [])
     states = list(dict.fromkeys(p["state"] for p in points))
     for state in states:
@@ -62,37 +77,56 @@ def spawn_vs_size(results: dict[str, Any], path: Path) -> None:
                     hi.append((st["max"] - st["median"]) / 1e3)
             if xs:
                 ax.errorbar(xs, ys, yerr=[lo, hi], linestyle=_STYLE.get(state, "-"), marker="o", markersize=3,
-                            capsize=2, linewidth=1.4 if state == "dirty" else 1.0, elinewidth=0.6,
+                            capsize=2, linewidth=1.4 if state == "dirty" else 1.0, elinewidth=0.5,
                             color=_COLORS.get(method), label=f"{method} ({state})")
     floor = results["spawn"]["minimal"]["series"].get("C floor", {}).get("stats")
-    if floor:
-        ax.axhline(floor["median"] / 1e3, color="black", linewidth=0.8, linestyle="-.",
-                   label="C vfork+execve+waitpid floor (small C parent)")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("parent's extra memory (MiB, log scale)")
-    ax.set_ylabel("spawn + wait time, median (µs, log scale); bars: min to max")
-    ax.set_title("Starting a process against the size of the parent (minimal static executable)\n"
-                 "4 KiB pages: dirty (solid), clean/untouched (dashed); THP dirty (dotted)", fontsize=11)
-    if points:
-        sizes = sorted({p["size"] for p in points})
-        ax.set_xticks([s / MiB for s in sizes])
-        ax.set_xticklabels([fmt_size(s) for s in sizes])
-        ax.minorticks_off()
-    else:
+    for a in (ax, cax):
+        if floor:
+            a.axhline(floor["median"] / 1e3, color="black", linewidth=0.8, linestyle="-.",
+                      label="C vfork+execve+waitpid floor (small parent)" if a is ax else None)
+    _size_axis(ax, sorted({p["size"] for p in points}))
+    ax.set_xlabel("parent's extra memory (log scale)")
+    ax.set_ylabel("spawn + wait, median (µs, log scale); bars: min to max")
+    ax.set_title("From Python, as a user calls it (minimal static executable)\n"
+                 "4 KiB pages dirty (solid) / clean (dashed); THP dirty (dotted)", fontsize=10)
+    if not points:
         _message(ax, "no parent-size sweep in this run")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    ax.legend(fontsize=6.5, loc="upper left")
+
+    shown = ("fork_exit", "fork_exec", "clone", "posix_spawn")
+    colors = {"fork_exit": "#8c564b", "fork_exec": "#ff7f0e", "clone": "#1f77b4", "posix_spawn": "#9467bd"}
+    styles = {("4k", "dirty"): "-", ("4k", "clean"): "--", ("4k", "fragmented"): (0, (5, 1, 1, 1)),
+              ("thp", "dirty"): ":", ("hugetlb", "dirty"): (0, (1, 3))}
+    for key in dict.fromkeys((r["pages"], r["state"]) for r in frows):
+        for method in shown:
+            rs = sorted((r for r in frows if (r["pages"], r["state"]) == key and r["method"] == method),
+                        key=lambda r: r["size"])
+            if rs:
+                cax.errorbar([r["size"] / MiB for r in rs], [r["median_ns"] / 1e3 for r in rs],
+                             yerr=[[(r["median_ns"] - r["min_ns"]) / 1e3 for r in rs],
+                                   [(r["max_ns"] - r["median_ns"]) / 1e3 for r in rs]],
+                             linestyle=styles.get(key, "-"), marker="o", markersize=3, capsize=2, elinewidth=0.5,
+                             linewidth=1.2, color=colors[method], label=f"{method} ({key[0]} {key[1]})")
+    _size_axis(cax, sorted({r["size"] for r in frows}))
+    cax.set_xlabel("parent's extra memory (log scale)")
+    cax.set_title("Timed in C by pyproc.cow.measure_fork (no Python in the loop)\n"
+                  "fork_exit = fork+_exit+wait; fork_exec = fork+execve+wait; clone / posix_spawn = pyproc engines",
+                  fontsize=10)
+    if frows:
+        cax.legend(fontsize=6.5, loc="upper left")
+    else:
+        _message(cax, "not measured: " + str(results.get("cow", {}).get("skipped", "no data")))
+    fig.suptitle("Starting a process against the size of the parent", fontsize=12)
     _stamp(fig, results)
     fig.tight_layout(rect=(0, 0.02, 1, 1))
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
 def cow_per_page(results: dict[str, Any], path: Path) -> None:
-    """(2) copy-on-write per-page costs by phase and page kind (pyproc.cow)."""
+    """(2) copy-on-write per-page costs by phase and page kind (pyproc.cow.measure_cow)."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(9, 5.5))
+    fig, ax = plt.subplots(figsize=(10, 5.8))
     cow = results.get("cow", {})
     rows = [] if "skipped" in cow else cow_rows(cow)
     if not rows:
@@ -104,22 +138,32 @@ def cow_per_page(results: dict[str, Any], path: Path) -> None:
         phases = list(dict.fromkeys(r["phase"] for r in rows))
         kinds = list(dict.fromkeys(r["pages"] for r in rows))
         width = 0.8 / len(kinds)
+        names = {"first_touch": "parent: first touch\nof fresh memory", "read": "child: read\n(still shared)",
+                 "write": "child: write\n(the COW copy)", "rewrite": "child: rewrite\n(already copied)"}
         for i, kind in enumerate(kinds):
-            vals = {r["phase"]: r["ns_per_page"] for r in rows if r["pages"] == kind}
-            xs = [j + i * width - 0.4 + width / 2 for j in range(len(phases))]
-            ys = [vals.get(ph, 0.0) for ph in phases]
-            bars = ax.bar(xs, ys, width, label=f"{kind} pages")
-            for bar, y in zip(bars, ys, strict=False):
-                if y:
-                    ax.annotate(f"{y:.0f}", (bar.get_x() + bar.get_width() / 2, y), ha="center", va="bottom",
-                                fontsize=7)
+            by = {r["phase"]: r for r in rows if r["pages"] == kind}
+            xs = [j + i * width - 0.4 + width / 2 for j in range(len(phases)) if phases[j] in by]
+            sel = [by[ph] for ph in phases if ph in by]
+            ys = [r["ns_per_page"] for r in sel]
+            err = [[r["ns_per_page"] - r["ns_per_page_min"] for r in sel],
+                   [r["ns_per_page_max"] - r["ns_per_page"] for r in sel]]
+            huge = sel[0]["anon_huge_kib"] if sel else None
+            label = f"{kind} pages" + (f" (AnonHugePages {huge / 1024:.0f} MiB)" if kind == "thp" and huge is not None
+                                       else "")
+            bars = ax.bar(xs, ys, width, yerr=err, capsize=3, label=label,
+                          error_kw={"elinewidth": 0.8, "ecolor": "#555555"})
+            for bar, r in zip(bars, sel, strict=True):
+                ax.annotate(f"{r['ns_per_page']:.0f} ns\n{r['faults_per_page']:.3g} flt/pg",
+                            (bar.get_x() + bar.get_width() / 2, r["ns_per_page_max"]), ha="center", va="bottom",
+                            fontsize=7, xytext=(0, 2), textcoords="offset points")
         ax.set_xticks(range(len(phases)))
-        ax.set_xticklabels(phases, fontsize=8)
+        ax.set_xticklabels([names.get(ph, ph) for ph in phases], fontsize=8)
         ax.set_yscale("log")
-        ax.set_ylabel("ns per 4 KiB page touched (median, log scale)")
-        ax.set_title(f"Copy-on-write cost per 4 KiB page by phase and page kind ({fmt_size(size)} region, "
-                     f"timed in C)")
-        ax.legend(fontsize=8)
+        ax.set_ylabel("ns per 4 KiB page touched (median, log scale; bars: min to max)")
+        ax.set_title(f"Copy-on-write cost per 4 KiB page, by phase and page kind\n({fmt_size(size)} region, timed "
+                     f"in C by pyproc.cow.measure_cow; flt/pg = minor faults per 4 KiB page)", fontsize=10)
+        ax.margins(y=0.25)
+        ax.legend(fontsize=8, loc="upper right")
         ax.grid(True, axis="y", which="both", alpha=0.3)
     _stamp(fig, results)
     fig.tight_layout(rect=(0, 0.02, 1, 1))

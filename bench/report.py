@@ -320,21 +320,38 @@ def _cow_lines(cow: dict[str, Any]) -> list[str]:
     lines = []
     rows = cow_rows(cow)
     if rows:
-        lines += ["### per 4 KiB page, after fork", "",
-                  *_table(["size", "pages", "phase", "ns per 4 KiB page (median)", "ms per GiB", "minor faults"],
-                          [[fmt_size(r["size"]), r["pages"], r["phase"], f"{r['ns_per_page']:.0f}",
-                            f"{r['ns_per_page'] * (GiB // 4096) / 1e6:.1f}",
-                            "n/a" if r["faults"] is None else f"{r['faults']:,}"] for r in rows]), ""]
+        lines += ["### Copy-on-write per 4 KiB page (measure_cow)", "",
+                  "A dirty region is made in the parent (its timed dirtying is *first_touch*), then the parent forks "
+                  "and the child, in C, reads one byte per 4 KiB page (*read*: pages still shared), writes one "
+                  "(*write*: the copies), writes again (*rewrite*: already copied). Minor faults from getrusage.", "",
+                  *_table(["region", "pages", "phase", "ns per 4 KiB page: median [min, max]", "ms per GiB",
+                           "minor faults", "faults per 4 KiB page", "AnonHugePages"],
+                          [[fmt_size(r["size"]), r["pages"], r["phase"],
+                            f"{r['ns_per_page']:.0f} [{r['ns_per_page_min']:.0f}, {r['ns_per_page_max']:.0f}]",
+                            f"{r['ms_per_gib']:.1f}", f"{r['faults']:,.0f}", f"{r['faults_per_page']:.3f}",
+                            "n/a" if r["anon_huge_kib"] is None else f"{r['anon_huge_kib'] / 1024:.0f} MiB"]
+                           for r in rows]), ""]
     frows = fork_rows(cow)
     if frows:
-        lines += ["### fork and spawn cost by parent state", "",
-                  *_table(["size", "pages", "state", "what", "median"],
-                          [[fmt_size(r["size"]), r["pages"], r["state"], r["what"], fmt_ns(r["median_ns"])]
-                           for r in frows]), ""]
+        sizes = sorted({r["size"] for r in frows})
+        keys = list(dict.fromkeys((r["pages"], r["state"], r["method"]) for r in frows))
+        by = {(r["pages"], r["state"], r["method"], r["size"]): r for r in frows}
+        table = []
+        for pages, state, method in keys:
+            row = [f"{pages} {state}", method]
+            for size in sizes:
+                r = by.get((pages, state, method, size))
+                row.append(fmt_ns(r["median_ns"]) if r else "")
+            table.append(row)
+        lines += ["### Fork and spawn against parent size and state, timed in C (measure_fork)", "",
+                  "fork_exit = fork + _exit(0) + wait; fork_exec = fork + execve + wait (plain C); clone, vfork, "
+                  "posix_spawn, fork = pyproc's engines called from C, no Python in the loop. Child: the minimal "
+                  "executable. Medians.", "",
+                  *_table(["parent", "what", *[fmt_size(s) for s in sizes]], table), ""]
     skipped = [e for e in cow.get("measure_cow", []) + cow.get("measure_fork", []) if "skipped" in e]
     if skipped:
         lines += ["Not measured: " + "; ".join(
-            f"{fmt_size(e['size'])} {e['pages']} {e.get('state', '')}: {e['skipped']}".replace("  ", " ")
+            f"{fmt_size(e['size'])} {e['pages']} {e.get('state', '')}".rstrip() + f": {e['skipped']}"
             for e in skipped), ""]
     return lines
 

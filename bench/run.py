@@ -11,6 +11,9 @@ from typing import Any
 
 from . import cfloor, machine
 from .config import (
+    FORK_METHODS,
+    FORK_STATES,
+    FRAGMENTED_MAX,
     SPAWN_METHODS,
     SWEEP_METHODS,
     SWEEP_METHODS_OTHER_STATES,
@@ -160,8 +163,18 @@ def throughput_suite(cfg: Config, small: Worker, floors: cfloor.Floors, apis: di
     return out
 
 
-def cow_suite(cfg: Config, apis: dict[str, str | None], tick: Tick) -> dict[str, Any]:
-    """pyproc.cow (issue 4): per-page copy-on-write costs, and fork cost from parents in every state, timed in C."""
+def fork_sizes(cfg: Config) -> list[tuple[str, str, int]]:
+    """The (pages, state, size) points measure_fork sweeps: every size, fragmented capped at FRAGMENTED_MAX."""
+    points = []
+    for pages, state in FORK_STATES:
+        sizes = cfg.sizes if state != "fragmented" else sorted({min(s, FRAGMENTED_MAX) for s in cfg.sizes})
+        points += [(pages, state, size) for size in sizes]
+    return points
+
+
+def cow_suite(cfg: Config, floors: cfloor.Floors, apis: dict[str, str | None], tick: Tick) -> dict[str, Any]:
+    """pyproc.cow (issue 4), timed in C: copy-on-write per 4 KiB page by phase and page kind (measure_cow), and
+    fork / spawn cost against parent size for every page kind and state (measure_fork)."""
     if apis["cow"]:
         return {"skipped": apis["cow"]}
     out: dict[str, Any] = {"measure_cow": [], "measure_fork": []}
@@ -172,22 +185,20 @@ def cow_suite(cfg: Config, apis: dict[str, str | None], tick: Tick) -> dict[str,
                 entry: dict[str, Any] = {"size": size, "pages": pages}
                 try:
                     entry["result"] = w.request(op="cow", func="measure_cow", args=[size],
-                                                kwargs={"pages": pages})["result"]
+                                                kwargs={"pages": pages, "repeat": cfg.cow_repeat})["result"]
                 except WorkerError as exc:
-                    entry["skipped"] = str(exc).splitlines()[0]
+                    entry["skipped"] = exc.reason
                 out["measure_cow"].append(entry)
-        for size in cfg.cow_sizes:
-            for pages, state in (("4k", "clean"), ("4k", "dirty"), ("4k", "fragmented"), ("thp", "dirty"),
-                                 ("hugetlb", "dirty")):
-                tick(f"fork cost {fmt_size(size)} {pages} {state}")
-                entry = {"size": size, "pages": pages, "state": state}
-                try:
-                    entry["result"] = w.request(op="cow", func="measure_fork", args=[size],
-                                                kwargs={"pages": pages, "state": state,
-                                                        "repeat": cfg.cow_repeat})["result"]
-                except WorkerError as exc:
-                    entry["skipped"] = str(exc).splitlines()[0]
-                out["measure_fork"].append(entry)
+        for pages, state, size in fork_sizes(cfg):
+            tick(f"fork cost {fmt_size(size)} {pages} {state}")
+            entry = {"size": size, "pages": pages, "state": state}
+            try:
+                entry["result"] = w.request(op="cow", func="measure_fork", args=[size], kwargs={
+                    "pages": pages, "state": state, "engines": list(FORK_METHODS), "repeat": cfg.cow_repeat,
+                    "program": str(floors.minimal)})["result"]
+            except WorkerError as exc:
+                entry["skipped"] = exc.reason
+            out["measure_fork"].append(entry)
     return out
 
 
@@ -197,7 +208,7 @@ def total_ticks(cfg: Config) -> int:
     sweep = sum(len(cfg.sizes) * (cfg.sweep_rounds + 1) for _ in cfg.states)
     io = 2 * cfg.io_rounds + cfg.minimal_io_rounds
     thr = 2 * len(THROUGHPUT_METHODS)
-    cow = len(cfg.cow_sizes) * 8
+    cow = len(cfg.cow_sizes) * 3 + len(fork_sizes(cfg))
     return spawn + sweep + io + thr + cow
 
 
@@ -216,7 +227,7 @@ def run_all(cfg: Config, tick: Tick, argv: list[str]) -> dict[str, Any]:
         results["sweep"] = sweep_suite(cfg, small, floors, apis, tick)
         results["io"] = io_suite(cfg, small, floors, apis, tick)
         results["throughput"] = throughput_suite(cfg, small, floors, apis, tick)
-    results["cow"] = cow_suite(cfg, apis, tick)
+    results["cow"] = cow_suite(cfg, floors, apis, tick)
     results["meta"]["finished_utc"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     results["meta"]["elapsed_s"] = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()
     return results
