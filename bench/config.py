@@ -64,7 +64,7 @@ class Config:
 
 def default() -> Config:
     """This machine's run: about five minutes."""
-    return Config(name="default", spawn_rounds=25, spawn_batch=20,
+    return Config(name="default", spawn_rounds=60, spawn_batch=10,
                   sizes=[16 * MiB, 64 * MiB, 256 * MiB, 1 * GiB, 4 * GiB], states=["dirty", "clean", "thp"],
                   sweep_rounds=5, sweep_batch=3, io_size=1 * GiB, io_rounds=3, minimal_io_rounds=15,
                   minimal_io_batch=20, throughput_seconds=1.0, cow_sizes=[256 * MiB], cow_repeat=3)

@@ -60,7 +60,7 @@ def spawn_vs_size(results: dict[str, Any], path: Path) -> None:
     from .cowdata import fork_rows
 
     frows = [] if "skipped" in results.get("cow", {"skipped": ""}) else fork_rows(results["cow"])
-    fig, axes = plt.subplots(1, 2, figsize=(16, 7), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, 2, figsize=(16, 9.5), sharey=True, squeeze=False)
     ax, cax = axes[0]
     points = results.get("sweep", {}).get("points", [])
     states = list(dict.fromkeys(p["state"] for p in points))
@@ -91,7 +91,7 @@ def spawn_vs_size(results: dict[str, Any], path: Path) -> None:
                  "4 KiB pages dirty (solid) / clean (dashed); THP dirty (dotted)", fontsize=10)
     if not points:
         _message(ax, "no parent-size sweep in this run")
-    ax.legend(fontsize=6.5, loc="upper left")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=3, frameon=False)
 
     shown = ("fork_exit", "fork_exec", "clone", "posix_spawn")
     colors = {"fork_exit": "#8c564b", "fork_exec": "#ff7f0e", "clone": "#1f77b4", "posix_spawn": "#9467bd"}
@@ -113,7 +113,7 @@ def spawn_vs_size(results: dict[str, Any], path: Path) -> None:
                   "fork_exit = fork+_exit+wait; fork_exec = fork+execve+wait; clone / posix_spawn = pyproc engines",
                   fontsize=10)
     if frows:
-        cax.legend(fontsize=6.5, loc="upper left")
+        cax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=3, frameon=False)
     else:
         _message(cax, "not measured: " + str(results.get("cow", {}).get("skipped", "no data")))
     fig.suptitle("Starting a process against the size of the parent", fontsize=12)

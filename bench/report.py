@@ -189,11 +189,14 @@ def _reading(results: dict[str, Any], tg: list[dict[str, Any]]) -> list[str]:
                        f"({fmt_ns(mpf['big']['stats']['median'])} at that size), while 'spawn' "
                        f"({fmt_ns(mps['big']['stats']['median'])}) pays for a fresh interpreter whatever the size.")
     io = results.get("io", {})
-    if "capture" in io:
-        s = _series(io["capture"])
-        size = io["capture"]["size"]
-        parts = [f"{n} {size / s[n].median * 1e9 / GiB:.2f} GiB/s" for n in s if s[n].samples]
-        out.append(f"Capturing {fmt_size(size)} of a child's stdout: " + ", ".join(parts) + ".")
+    for kind, what, factor in (("capture", "Capturing {} of a child's stdout", 1),
+                               ("cat", "Sending {} through cat and reading it back", 2)):
+        if kind in io:
+            s = _series(io[kind])
+            size = io[kind]["size"]
+            parts = [f"{n} {factor * size / s[n].median * 1e9 / GiB:.2f} GiB/s" for n in s if s[n].samples]
+            out.append(what.format(fmt_size(size)) + " (bytes moved per second): " + ", ".join(parts) + ".")
+    out += _cow_reading(results.get("cow", {}))
     held = [t for t in tg if t["held"] is True]
     missed = [t for t in tg if t["held"] is False]
     skipped = [t for t in tg if t["held"] is None]
@@ -202,6 +205,38 @@ def _reading(results: dict[str, Any], tg: list[dict[str, Any]]) -> list[str]:
                + (f", and {len(skipped)} could not be measured in this run" if skipped else "") + ".")
     out.append("These machines are shared and noisy: an absolute time is a fact about one run; the ratios, measured "
                "side by side in one run, are the claim.")
+    return out
+
+
+def _cow_reading(cow: dict[str, Any]) -> list[str]:
+    from .cowdata import cow_rows, fork_rows
+
+    out = []
+    rows = {(r["pages"], r["phase"]): r for r in cow_rows(cow) if "skipped" not in cow}
+    if ("4k", "write") in rows and ("4k", "rewrite") in rows:
+        w, rw = rows[("4k", "write")], rows[("4k", "rewrite")]
+        out.append(f"After fork, the first write to each 4 KiB page costs the child {w['ns_per_page']:.0f} ns "
+                   f"({w['ms_per_gib']:.0f} ms per GiB, {w['faults_per_page']:.2f} minor faults per page), a write "
+                   f"to a page already copied {rw['ns_per_page']:.0f} ns: this is the bill fork defers.")
+    if ("thp", "write") in rows:
+        t = rows[("thp", "write")]
+        huge = t["anon_huge_kib"] or 0
+        out.append(f"With transparent huge pages ({huge / 1024:.0f} MiB of the region really huge), a copy-on-write "
+                   f"write costs {t['ns_per_page']:.0f} ns per 4 KiB page with {t['faults_per_page']:.3g} faults per "
+                   f"4 KiB page: " + ("the kernel copies 4 KiB at a time, not 2 MiB." if t["faults_per_page"] > 0.5
+                                      else "the kernel copies whole huge pages."))
+    frows = [r for r in fork_rows(cow) if r["pages"] == "4k" and r["method"] in ("fork_exec", "clone")]
+    frag = [r for r in frows if r["state"] == "fragmented"]
+    dirty = {(r["method"], r["size"]): r for r in frows if r["state"] == "dirty"}
+    common = {r["size"] for r in frag} & {size for _, size in dirty}
+    if common:
+        size = max(common)
+        fe = next((r for r in frag if r["size"] == size and r["method"] == "fork_exec"), None)
+        d = dirty.get(("fork_exec", size))
+        if fe and d:
+            out.append(f"Timed in C, fork+exec from a {fmt_size(size)} parent takes {fmt_ns(fe['median_ns'])} when "
+                       f"the region is fragmented into one mapping per page, against {fmt_ns(d['median_ns'])} when "
+                       f"it is one mapping: fork copies per VMA as well as per page.")
     return out
 
 
@@ -368,14 +403,28 @@ def summary(results: dict[str, Any], tg: list[dict[str, Any]]) -> str:
     """The short table printed on the terminal at the end."""
     lines = []
     sp = _series(results["spawn"]["minimal"])
-    lines.append("spawn+wait, minimal static executable, small parent (median):")
+    big = largest_points(results, "dirty")
+    head = f"  {'way':<24} {'small parent':>13}"
+    if big:
+        head += f" {fmt_size(big['size']) + ' dirty parent':>22}"
+    lines += ["spawn+wait of the minimal static executable (medians):", head]
     for name, s in sp.items():
         if s.samples:
-            lines.append(f"  {name:<24} {fmt_ns(s.median):>10}")
+            row = f"  {name:<24} {fmt_ns(s.median):>13}"
+            if big and name in big["methods"] and big["methods"][name]["big"]["stats"]:
+                row += f" {fmt_ns(big['methods'][name]['big']['stats']['median']):>22}"
+            lines.append(row)
+    io = results.get("io", {})
+    for kind in ("capture", "cat"):
+        if kind in io:
+            io_series = _series(io[kind])
+            moved = io[kind]["size"] * (2 if kind == "cat" else 1)
+            parts = [f"{n} {moved / v.median * 1e9 / GiB:.2f}" for n, v in io_series.items() if v.samples]
+            lines.append(f"{kind} {fmt_size(io[kind]['size'])}, GiB/s: " + ", ".join(parts))
     lines.append("targets:")
     for t in tg:
         state = {None: "skipped", True: "held", False: "NOT held"}[t["held"]]
-        lines.append(f"  {t['name']:<64} {_fmt_ratio(t['ratio']):>24}  {t['op']} {t['bound']:<5} {state}")
+        lines.append(f"  {t['name']:<72} {_fmt_ratio(t['ratio']):>24}  {t['op']} {t['bound']:<5} {state}")
     return "\n".join(lines)
 
 
