@@ -53,6 +53,7 @@ class Config:
     minimal_io_rounds: int
     minimal_io_batch: int
     throughput_seconds: float
+    throughput_rounds: int
     cow_sizes: list[int]
     """measure_cow's region sizes (it needs twice the size); measure_fork sweeps `sizes`."""
     cow_repeat: int
@@ -66,16 +67,17 @@ def default() -> Config:
     """This machine's run: about five minutes."""
     return Config(name="default", spawn_rounds=60, spawn_batch=10,
                   sizes=[16 * MiB, 64 * MiB, 256 * MiB, 1 * GiB, 4 * GiB], states=["dirty", "clean", "thp"],
-                  sweep_rounds=5, sweep_batch=3, io_size=1 * GiB, io_rounds=3, minimal_io_rounds=15,
-                  minimal_io_batch=20, throughput_seconds=1.0, cow_sizes=[256 * MiB], cow_repeat=3)
+                  sweep_rounds=8, sweep_batch=3, io_size=1 * GiB, io_rounds=5, minimal_io_rounds=30,
+                  minimal_io_batch=20, throughput_seconds=1.0, throughput_rounds=3, cow_sizes=[256 * MiB],
+                  cow_repeat=7)
 
 
 def quick() -> Config:
     """CI: the same shape, small sizes and few samples (under a minute)."""
     return Config(name="quick", spawn_rounds=5, spawn_batch=5, sizes=[16 * MiB, 256 * MiB],
                   states=["dirty", "clean"], sweep_rounds=3, sweep_batch=2, io_size=32 * MiB, io_rounds=3,
-                  minimal_io_rounds=4, minimal_io_batch=5, throughput_seconds=0.3, cow_sizes=[32 * MiB],
-                  cow_repeat=2)
+                  minimal_io_rounds=4, minimal_io_batch=5, throughput_seconds=0.3, throughput_rounds=1,
+                  cow_sizes=[32 * MiB], cow_repeat=2)
 
 
 _UNITS = {"": 1, "b": 1, "k": KiB, "kb": KiB, "kib": KiB, "m": MiB, "mb": MiB, "mib": MiB, "g": GiB, "gb": GiB,

@@ -233,15 +233,18 @@ def spawns_per_second(results: dict[str, Any], path: Path) -> None:
     methods = list(thr)
     for i, threads in enumerate(("1", "2")):
         ys = [thr[m][threads]["per_second"] for m in methods]
-        bars = ax.bar([j + (i - 0.5) * 0.38 for j in range(len(methods))], ys, 0.38,
+        err = [[y - thr[m][threads].get("min", y) for m, y in zip(methods, ys, strict=True)],
+               [thr[m][threads].get("max", y) - y for m, y in zip(methods, ys, strict=True)]]
+        bars = ax.bar([j + (i - 0.5) * 0.38 for j in range(len(methods))], ys, 0.38, yerr=err, capsize=3,
+                      error_kw={"elinewidth": 0.8, "ecolor": "#555555"},
                       label=f"{threads} thread{'s' if threads != '1' else ''}",
                       color="#1f77b4" if threads == "1" else "#ff7f0e")
         for bar, y in zip(bars, ys, strict=False):
-            ax.annotate(f"{y:,.0f}", (bar.get_x() + bar.get_width() / 2, y), ha="center", va="bottom", fontsize=7,
-                        xytext=(0, 2), textcoords="offset points")
+            ax.annotate(f"{y:,.0f}", (bar.get_x() + bar.get_width() / 2, 0), ha="center", va="bottom", fontsize=7,
+                        xytext=(0, 3), textcoords="offset points", color="white", fontweight="bold")
     ax.set_xticks(range(len(methods)))
     ax.set_xticklabels([m.replace("C floor", "C floor\n(1 or 2 C processes)") for m in methods], fontsize=8)
-    ax.set_ylabel("spawn+wait of the minimal executable per second")
+    ax.set_ylabel("spawn+wait of the minimal executable per second\n(median of rounds; bars: min to max)")
     ax.set_title("Spawns per second from one parent, 1 and 2 threads")
     if methods:
         ax.legend(fontsize=8)

@@ -252,8 +252,11 @@ def render(results: dict[str, Any], tg: list[dict[str, Any]]) -> str:
     cfg = meta["config"]
     lines = ["# pyproc: what starting a process costs on this machine", "",
              f"Measured {meta['started_utc']} to {meta.get('finished_utc', '?')} (UTC), "
-             f"{meta.get('elapsed_s', 0):.0f} s, configuration `{cfg['name']}`.", "",
-             "Reproduce: `pip install -e '.[bench]'` then `" + " ".join(["python -m bench", *meta["command"]]).strip()
+             f"{meta.get('elapsed_s', 0):.0f} s, configuration `{cfg['name']}`"
+             + (f" (seconds per suite: {', '.join(f'{k} {v}' for k, v in meta['suite_seconds'].items())})"
+                if meta.get("suite_seconds") else "") + ".", "",
+             "Reproduce, from the repository's root: `pip install -e '.[bench]'` then `"
+             + " ".join(["python -m bench", *meta["command"]]).strip()
              + "` (`--quick` for a one-minute run, `--sizes 64M,1G,4G` for other parent sizes). "
              "Raw samples: results.json next to this file.", "",
              "## Machine", "", *_machine_lines(meta["machine"]), "",
@@ -280,7 +283,9 @@ def render(results: dict[str, Any], tg: list[dict[str, Any]]) -> str:
     io = results.get("io", {})
     if sweep.get("points"):
         lines += ["## spawn+wait of the minimal executable against parent size", "",
-                  "Median (and big-parent / small-parent ratio, interleaved) per way of spawning. Parent states: "
+                  "Median per way of spawning, and in parentheses its ratio to the same call from the small "
+                  "parent measured interleaved with it (the 'small parent' column shows the first such series). "
+                  "Parent states: "
                   "dirty = 4 KiB pages written (MADV_NOHUGEPAGE), clean = mapped never touched, thp = MADV_HUGEPAGE "
                   "and written. The multiprocessing start methods run a no-op Python function, not the "
                   "executable.", ""]
@@ -326,16 +331,21 @@ def render(results: dict[str, Any], tg: list[dict[str, Any]]) -> str:
     if thr:
         lines += ["## Spawns per second (minimal executable, small parent)", "",
                   "Each thread spawns and waits in a loop for "
-                  f"{cfg['throughput_seconds']} s; the C floor runs one C loop per 'thread' (separate processes).",
+                  f"{cfg['throughput_seconds']} s (rate = spawns / wall time); the C floor runs one C loop per "
+                  f"'thread' (separate processes; rate = spawns / time in the loop). {cfg.get('throughput_rounds', 1)} "
+                  "round(s), interleaved over the ways.",
                   ""]
         rows = []
         for m, v in thr.items():
             if "skipped" in v:
                 rows.append([m, "skipped", "", v["skipped"]])
             else:
-                one, two = v["1"]["per_second"], v["2"]["per_second"]
-                rows.append([m, f"{one:,.0f}", f"{two:,.0f}", f"{two / one:.2f}x"])
-        lines += [*_table(["way", "1 thread", "2 threads", "2 vs 1"], rows), ""]
+                one, two = v["1"], v["2"]
+                rows.append([m, f"{one['per_second']:,.0f} [{one['min']:,.0f}, {one['max']:,.0f}]",
+                             f"{two['per_second']:,.0f} [{two['min']:,.0f}, {two['max']:,.0f}]",
+                             f"{two['per_second'] / one['per_second']:.2f}x"])
+        lines += [*_table(["way", "1 thread: median [min, max]", "2 threads: median [min, max]", "2 vs 1"],
+                            rows), ""]
     cow = results.get("cow", {})
     lines += ["## Copy-on-write and fork cost (pyproc.cow, timed in C)", ""]
     if "skipped" in cow:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import shutil
+import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -123,7 +124,7 @@ def sweep_suite(cfg: Config, small: Worker, floors: cfloor.Floors, apis: dict[st
     return {"argv": argv, "small_parent": small.info, "points": points}
 
 
-def io_suite(cfg: Config, small: Worker, floors: cfloor.Floors, apis: dict[str, str | None],
+def io_suite(cfg: Config, worker: Worker, floors: cfloor.Floors, apis: dict[str, str | None],
              tick: Tick) -> dict[str, Any]:
     """capture, round trip through cat, and run() of the minimal executable: pyproc vs subprocess vs C (issue 3,
     and issue 7's pyproc.subprocess)."""
@@ -137,7 +138,7 @@ def io_suite(cfg: Config, small: Worker, floors: cfloor.Floors, apis: dict[str, 
             why = apis["run"] if m == "pyproc" else _skip_reason(m, apis)
 
             def run(n: int, m: str = m, kind: str = kind, size: int = size) -> list[int]:
-                ns: list[int] = small.request(op="io", kind=kind, method=m, size=size, n=n, **common)["ns"]
+                ns: list[int] = worker.request(op="io", kind=kind, method=m, size=size, n=n, **common)["ns"]
                 return ns
             methods.append((m, run, why))
         series = _interleave_available(methods, rounds, batch, tick, f"I/O {kind}")
@@ -147,19 +148,29 @@ def io_suite(cfg: Config, small: Worker, floors: cfloor.Floors, apis: dict[str, 
 
 def throughput_suite(cfg: Config, small: Worker, floors: cfloor.Floors, apis: dict[str, str | None],
                      tick: Tick) -> dict[str, Any]:
-    """Spawns (minimal executable) per second from 1 and 2 threads of the small parent."""
+    """Spawns (minimal executable) per second from 1 and 2 threads of the small parent: rounds interleaved over
+    the ways and thread counts; each figure the median rate of the rounds, with min and max."""
     argv = [str(floors.minimal)]
     out: dict[str, Any] = {}
+    live = []
     for m in THROUGHPUT_METHODS:
         why = _skip_reason(m, apis)
         if why:
             out[m] = {"skipped": why}
-            continue
-        out[m] = {}
-        for threads in (1, 2):
-            tick(f"spawns/s {m} x{threads}")
-            out[m][str(threads)] = small.request(op="throughput", method=m, argv=argv, threads=threads,
-                                                 seconds=cfg.throughput_seconds, floor=str(floors.spawnloop))
+        else:
+            out[m] = {"1": {"rounds": []}, "2": {"rounds": []}}
+            live.append(m)
+    for r in range(cfg.throughput_rounds):
+        for m in live[r % len(live):] + live[:r % len(live)]:
+            for threads in (1, 2):
+                tick(f"spawns/s {m} x{threads}")
+                answer = small.request(op="throughput", method=m, argv=argv, threads=threads,
+                                       seconds=cfg.throughput_seconds, floor=str(floors.spawnloop))
+                out[m][str(threads)]["rounds"].append(answer)
+    for m in live:
+        for key in ("1", "2"):
+            rates = [a["per_second"] for a in out[m][key]["rounds"]]
+            out[m][key].update(per_second=statistics.median(rates), min=min(rates), max=max(rates))
     return out
 
 
@@ -207,7 +218,7 @@ def total_ticks(cfg: Config) -> int:
     spawn = 2 * cfg.spawn_rounds
     sweep = sum(len(cfg.sizes) * (cfg.sweep_rounds + 1) for _ in cfg.states)
     io = 2 * cfg.io_rounds + cfg.minimal_io_rounds
-    thr = 2 * len(THROUGHPUT_METHODS)
+    thr = 2 * len(THROUGHPUT_METHODS) * cfg.throughput_rounds
     cow = len(cfg.cow_sizes) * 3 + len(fork_sizes(cfg))
     return spawn + sweep + io + thr + cow
 
@@ -222,12 +233,21 @@ def run_all(cfg: Config, tick: Tick, argv: list[str]) -> dict[str, Any]:
                  "python_executable": sys.executable, "config": cfg.to_json(), "machine": machine.describe(),
                  "floors": floors.as_dict(), "apis": apis},
     }
+    timings: dict[str, float] = {}
+
+    def timed(name: str, func: Callable[[], dict[str, Any]]) -> None:
+        t0 = time.perf_counter()
+        results[name] = func()
+        timings[name] = round(time.perf_counter() - t0, 1)
+
     with Worker(0, "clean") as small:
-        results["spawn"] = spawn_suite(cfg, small, floors, apis, tick)
-        results["sweep"] = sweep_suite(cfg, small, floors, apis, tick)
-        results["io"] = io_suite(cfg, small, floors, apis, tick)
-        results["throughput"] = throughput_suite(cfg, small, floors, apis, tick)
-    results["cow"] = cow_suite(cfg, floors, apis, tick)
+        timed("spawn", lambda: spawn_suite(cfg, small, floors, apis, tick))
+        timed("sweep", lambda: sweep_suite(cfg, small, floors, apis, tick))
+        timed("throughput", lambda: throughput_suite(cfg, small, floors, apis, tick))
+    with Worker(0, "clean") as io_worker:  # its own: the I/O buffers must not make the small parent big
+        timed("io", lambda: io_suite(cfg, io_worker, floors, apis, tick))
+    timed("cow", lambda: cow_suite(cfg, floors, apis, tick))
+    results["meta"]["suite_seconds"] = timings
     results["meta"]["finished_utc"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     results["meta"]["elapsed_s"] = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()
     return results
