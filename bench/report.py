@@ -291,8 +291,11 @@ def render(results: dict[str, Any], tg: list[dict[str, Any]]) -> str:
                   "executable.", ""]
         for state in dict.fromkeys(p["state"] for p in sweep["points"]):
             pts = sorted((p for p in sweep["points"] if p["state"] == state), key=lambda p: p["size"])
-            head = ["way", "small parent", *[f"{fmt_size(p['size'])} {state}" for p in pts]]
+            last = pts[-1]
+            head = ["way", "small parent", *[f"{fmt_size(p['size'])} {state}" for p in pts],
+                    f"{fmt_size(last['size'])}: pyproc fork engine's time / this way's"]
             rows = []
+            fork_ref = _point_series(last, "pyproc fork", "big") if "pyproc fork" in last["methods"] else None
             for m in pts[0]["methods"]:
                 first = pts[0]["methods"][m]
                 small = first["small"]["stats"]
@@ -302,6 +305,8 @@ def render(results: dict[str, Any], tg: list[dict[str, Any]]) -> str:
                     st = e["big"]["stats"]
                     bvs = e["big_vs_small"]
                     row.append(f"{fmt_ns(st['median'])} ({bvs['ratio']:.2f}x)" if st and bvs else "skipped")
+                mine = _point_series(last, m, "big")
+                row.append(_fmt_ratio(ratio(fork_ref, mine)) if fork_ref is not None else "n/a")
                 rows.append(row)
             lines += [f"### {state}", "", *_table(head, rows), ""]
             lines += ["Parents: " + "; ".join(
@@ -341,8 +346,8 @@ def render(results: dict[str, Any], tg: list[dict[str, Any]]) -> str:
                 rows.append([m, "skipped", "", v["skipped"]])
             else:
                 one, two = v["1"], v["2"]
-                rows.append([m, f"{one['per_second']:,.0f} [{one['min']:,.0f}, {one['max']:,.0f}]",
-                             f"{two['per_second']:,.0f} [{two['min']:,.0f}, {two['max']:,.0f}]",
+                rows.append([m, f"{one['per_second']:,.0f} [{one.get('min', 0):,.0f}, {one.get('max', 0):,.0f}]",
+                             f"{two['per_second']:,.0f} [{two.get('min', 0):,.0f}, {two.get('max', 0):,.0f}]",
                              f"{two['per_second'] / one['per_second']:.2f}x"])
         lines += [*_table(["way", "1 thread: median [min, max]", "2 threads: median [min, max]", "2 vs 1"],
                             rows), ""]
