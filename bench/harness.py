@@ -49,15 +49,21 @@ class Worker:
         line = self.proc.stdout.readline()
         if not line:
             code = self.proc.wait()
-            raise WorkerError(f"worker ({self.size} bytes, {self.state}) died (exit status {code})")
+            raise WorkerError(f"worker ({self.size} bytes, {self.state}) died (exit status {code})",
+                              f"the worker process died (exit status {code})")
         answer: dict[str, Any] = json.loads(line)
         return answer
 
     def request(self, **req: Any) -> dict[str, Any]:
         """Sends one request and returns the answer; WorkerError if it failed in the worker."""
         assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(req) + "\n")
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write(json.dumps(req) + "\n")
+            self.proc.stdin.flush()
+        except OSError as exc:  # BrokenPipeError: it died
+            code = self.proc.poll()
+            raise WorkerError(f"worker ({self.size} bytes, {self.state}) is gone (exit status {code}): {exc}",
+                              f"the worker process died (exit status {code})") from None
         answer = self._read()
         if "error" in answer:
             raise WorkerError(f"{req.get('op')} {req.get('method', '')}: {answer['error']}\n"
@@ -133,13 +139,27 @@ def interleave(contenders: Sequence[tuple[str, Runner]], rounds: int, batch: int
                tick: Callable[[], None] | None = None) -> dict[str, Series]:
     """Runs every contender `warmup` batches (dropped), then `rounds` rounds of one batch each, order rotating."""
     series = {name: Series(name) for name, _ in contenders}
-    for _, run in contenders:
+
+    def attempt(name: str, run: Runner) -> list[int] | None:
+        """run(batch); a contender whose call fails is dropped (its Series says why), the others go on."""
+        if series[name].skipped:
+            return None
+        try:
+            return run(batch)
+        except WorkerError as exc:
+            series[name].skipped = f"failed: {exc.reason}"
+            series[name].rounds = []
+            return None
+
+    for name, run in contenders:
         for _ in range(warmup):
-            run(batch)
+            attempt(name, run)
     for r in range(rounds):
         k = r % len(contenders)
         for name, run in [*contenders[k:], *contenders[:k]]:
-            series[name].rounds.append(run(batch))
+            got = attempt(name, run)
+            if got is not None:
+                series[name].rounds.append(got)
         if tick:
             tick()
     return series

@@ -359,6 +359,10 @@ def render(results: dict[str, Any], tg: list[dict[str, Any]]) -> str:
         lines += _cow_lines(cow)
     skipped = sorted({s.skipped for sec in (results["spawn"]["minimal"], *io.values())
                       for s in _series(sec).values() if s.skipped})
+    skipped += [f"parent {fmt_size(p['size'])} {p['state']} not built: {p['skipped']}"
+                for p in sweep.get("not_built", [])]
+    skipped += [f"spawns per second, {m}: {v['skipped']}" for m, v in results.get("throughput", {}).items()
+                if "skipped" in v and v["skipped"].startswith("failed")]
     if skipped or cfg.get("notes"):
         lines += ["## Skipped and notes", "", *[f"- {x}" for x in [*skipped, *cfg.get("notes", [])]], ""]
     return "\n".join(lines) + "\n"

@@ -98,13 +98,19 @@ def sweep_suite(cfg: Config, small: Worker, floors: cfloor.Floors, apis: dict[st
     """spawn+wait of the minimal executable from parents of every size and state, each point interleaved with
     the same call from the small parent (issue 2's 4 GiB target, the Figure 1 plot)."""
     argv = [str(floors.minimal)]
-    points = []
+    points: list[dict[str, Any]] = []
+    not_built: list[dict[str, Any]] = []
     for state in cfg.states:
         names = SWEEP_METHODS if state == "dirty" else SWEEP_METHODS_OTHER_STATES
         for size in cfg.sizes:
             tick(f"sweep: building a {fmt_size(size)} {state} parent")
             t0 = time.perf_counter()
-            with Worker(size, state) as big:
+            try:
+                big = Worker(size, state)
+            except WorkerError as exc:
+                not_built.append({"size": size, "state": state, "skipped": exc.reason})
+                continue
+            with big:
                 build_s = time.perf_counter() - t0
                 methods: list[tuple[str, Runner | None, str | None]] = []
                 for m in names:
@@ -121,7 +127,7 @@ def sweep_suite(cfg: Config, small: Worker, floors: cfloor.Floors, apis: dict[st
                                  "big_vs_small": ratio(s_big, s_small), "skipped": s_big.skipped}
             points.append({"size": size, "state": state, "parent": info, "build_s": build_s,
                            "methods": per_method})
-    return {"argv": argv, "small_parent": small.info, "points": points}
+    return {"argv": argv, "small_parent": small.info, "points": points, "not_built": not_built}
 
 
 def io_suite(cfg: Config, worker: Worker, floors: cfloor.Floors, apis: dict[str, str | None],
@@ -164,9 +170,16 @@ def throughput_suite(cfg: Config, small: Worker, floors: cfloor.Floors, apis: di
         for m in live[r % len(live):] + live[:r % len(live)]:
             for threads in (1, 2):
                 tick(f"spawns/s {m} x{threads}")
-                answer = small.request(op="throughput", method=m, argv=argv, threads=threads,
-                                       seconds=cfg.throughput_seconds, floor=str(floors.spawnloop))
+                if "skipped" in out[m]:
+                    continue
+                try:
+                    answer = small.request(op="throughput", method=m, argv=argv, threads=threads,
+                                           seconds=cfg.throughput_seconds, floor=str(floors.spawnloop))
+                except WorkerError as exc:
+                    out[m] = {"skipped": f"failed: {exc.reason}"}
+                    continue
                 out[m][str(threads)]["rounds"].append(answer)
+    live = [m for m in live if "skipped" not in out[m]]
     for m in live:
         for key in ("1", "2"):
             rates = [a["per_second"] for a in out[m][key]["rounds"]]

@@ -41,3 +41,24 @@ def test_interleave_rotates_drops_warmup_and_ratios_pair_rounds() -> None:
     r = harness.ratio(skewed, flat)
     assert r is not None and r["min"] == 1.0 and r["max"] == 2.0 and r["ratio"] == 1.5
     assert harness.ratio(harness.Series("Z", skipped="why"), flat) is None
+
+
+def test_a_failing_contender_is_dropped_with_its_reason() -> None:
+    calls: list[str] = []
+
+    def good(n: int) -> list[int]:
+        calls.append("good")
+        return [10] * n
+
+    def bad(n: int) -> list[int]:
+        calls.append("bad")
+        if calls.count("bad") == 2:
+            raise harness.WorkerError("spawn x: boom\ntraceback", "RuntimeError: boom")
+        return [20] * n
+
+    series = harness.interleave([("good", good), ("bad", bad)], rounds=3, batch=2, warmup=1)
+    assert series["bad"].skipped == "failed: RuntimeError: boom"
+    assert series["bad"].rounds == [] and series["bad"].stats() is None
+    assert len(series["good"].rounds) == 3 and calls.count("bad") == 2
+    assert harness.ratio(series["good"], series["bad"]) is None
+
