@@ -170,6 +170,69 @@ int pyproc_pidfd_open(int pid, int *pidfd);
 
 /* ---- cow.c: copy-on-write and fork-cost measurement (issue 4) --------------------------------------------------- */
 
+/* Page kinds and states of a measured parent region. */
+#define PYPROC_COW_PAGES_4K 1
+#define PYPROC_COW_PAGES_THP 2
+#define PYPROC_COW_PAGES_HUGETLB 3
+#define PYPROC_COW_CLEAN 1        /* mapped, never touched: no page tables */
+#define PYPROC_COW_DIRTY 2        /* one byte written in every 4 KiB page */
+#define PYPROC_COW_FRAGMENTED 3   /* dirty, then every other page made read-only: one VMA per page */
+
+/* What one fork sample does, timed from before the fork to after the wait. */
+#define PYPROC_COW_FORK_EXIT 1    /* fork(); the child _exit(0)s at once; wait */
+#define PYPROC_COW_FORK_EXEC 2    /* fork(); the child execve()s req's first exec path with its argv; wait */
+#define PYPROC_COW_SPAWN 3        /* pyproc_spawn(req, engine); wait; close the pidfd */
+
+/* A region made by pyproc_cow_region_create; release it with pyproc_cow_region_destroy. */
+struct pyproc_cow_region {
+    char *addr;               /* the measured bytes: addr .. addr + size */
+    uint64_t size;
+    char *map_addr;           /* the whole mapping (THP: with its alignment slack), for munmap */
+    uint64_t map_size;
+    int pages;                /* PYPROC_COW_PAGES_* */
+    int state;                /* PYPROC_COW_* state */
+    int64_t touch_ns;         /* the first-touch (dirtying) loop, CLOCK_MONOTONIC; 0 when clean */
+    int64_t touch_minflt;     /* minor faults of that loop (getrusage RUSAGE_SELF delta) */
+    int64_t protect_ns;       /* the mprotect loop of FRAGMENTED */
+    int64_t n_protected;      /* (system) pages made read-only */
+};
+
+/* Maps size bytes (a multiple of 4 KiB and of the system page size; of the huge page size for HUGETLB) of private
+   anonymous memory in the given kind and state.  thp_size: the PMD size THP uses (hpage_pmd_size in sysfs), the
+   alignment of a THP region; ignored for the other kinds.  FRAGMENTED protects every other system page.  Failure
+   (ENOMEM from mmap or from mprotect at vm.max_map_count, EINVAL) leaves nothing mapped.  Memory the region holds
+   is the caller's to release. */
+int pyproc_cow_region_create(uint64_t size, int pages, int state, uint64_t thp_size, struct pyproc_cow_region *out);
+int pyproc_cow_region_destroy(struct pyproc_cow_region *region);
+
+/* One timed sample of `method` (PYPROC_COW_FORK_EXIT / FORK_EXEC / SPAWN) from this process as it is:
+   *ns is the CLOCK_MONOTONIC time from before the fork/spawn to after the child was reaped, *wait_status its
+   status.  req (FORK_EXEC, SPAWN) is a prepared request; engine a PYPROC_ENGINE_* for SPAWN.  A spawn failure
+   returns its errno with res's fail_stage / fail_index set (res->pid = 0 and nothing left to reap). */
+int pyproc_cow_fork_sample(int method, const struct pyproc_spawn_request *req, int engine, int64_t *ns,
+                           int *wait_status, struct pyproc_spawn_result *res);
+
+/* What the child of pyproc_cow_touch_sample measured, one fixed-size record through a pipe.  Each phase touches
+   one byte in every 4 KiB page of the region; minflt / majflt are getrusage(RUSAGE_SELF) deltas in the child. */
+struct pyproc_cow_child_record {
+    int64_t read_ns;          /* read-touch after fork: pages shared with the parent */
+    int64_t read_minflt;
+    int64_t write_ns;         /* first write: the copy-on-write faults */
+    int64_t write_minflt;
+    int64_t rewrite_ns;       /* second write: pages already copied */
+    int64_t rewrite_minflt;
+    int64_t majflt;           /* major faults over the three phases */
+    int64_t pages;            /* 4 KiB pages touched per phase */
+    uint64_t checksum;        /* of the read phase, so that it cannot be optimised away */
+};
+
+/* Forks; the child (C only) read-touches, write-touches and rewrites every 4 KiB page of a DIRTY region, sends
+   its record through a CLOEXEC pipe and _exit(0)s; the parent reads the record and reaps the child.  EBADMSG: the
+   child died before its record was complete (*wait_status says how). */
+int pyproc_cow_touch_sample(const struct pyproc_cow_region *region, struct pyproc_cow_child_record *out,
+                            int *wait_status);
+
+
 /* cdef-end */
 
 #endif /* PYPROC_H */

@@ -423,7 +423,10 @@ static int child_stack(char **top)
     return 0;
 }
 
-#if defined(__x86_64__)
+#define STRINGIFY_VALUE(x) #x
+#define STRINGIFY(x) STRINGIFY_VALUE(x)
+
+#if defined(__x86_64__) && defined(__NR_clone3)
 /* clone3 with a function to run on the new stack: glibc has no public wrapper.  Returns the pid or -errno.
    The child starts on args->stack with every register as the parent had it, so fn and arg ride in r8/r9
    (preserved across syscall), and it never returns: fn ends in exec or _exit, and exit(fn()) is the backstop. */
@@ -435,7 +438,7 @@ __asm__(".text\n"
         "pyproc__clone3_run:\n"
         "    mov %rdx, %r8\n"
         "    mov %rcx, %r9\n"
-        "    mov $435, %eax\n" /* __NR_clone3 */
+        "    mov $" STRINGIFY(__NR_clone3) ", %eax\n"
         "    syscall\n"
         "    test %rax, %rax\n"
         "    jnz 1f\n"
@@ -443,7 +446,7 @@ __asm__(".text\n"
         "    mov %r9, %rdi\n"
         "    call *%r8\n"
         "    mov %eax, %edi\n"
-        "    mov $60, %eax\n" /* __NR_exit */
+        "    mov $" STRINGIFY(__NR_exit) ", %eax\n"
         "    syscall\n"
         "    hlt\n"
         "1:  ret\n"

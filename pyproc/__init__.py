@@ -23,6 +23,11 @@ __all__ = [
     "Status",
     "TimeoutExpired",
     "__version__",
+    "cow",
     "spawn",
     "wait_any",
 ]
+
+# cow (issue 4): the submodule, used as pyproc.cow.measure_fork / pyproc.cow.measure_cow (imported here, after
+# __all__, so that the sorted import block above stays as it is)
+from . import cow

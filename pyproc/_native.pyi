@@ -63,6 +63,21 @@ class _Lib:
     # io.c (issue 3)
     # sigpipe.c (issue 6)
     # cow.c (issue 4)
+    PYPROC_COW_PAGES_4K: int
+    PYPROC_COW_PAGES_THP: int
+    PYPROC_COW_PAGES_HUGETLB: int
+    PYPROC_COW_CLEAN: int
+    PYPROC_COW_DIRTY: int
+    PYPROC_COW_FRAGMENTED: int
+    PYPROC_COW_FORK_EXIT: int
+    PYPROC_COW_FORK_EXEC: int
+    PYPROC_COW_SPAWN: int
+    def pyproc_cow_region_create(self, size: int, pages: int, state: int, thp_size: int, out: CData) -> int: ...
+    def pyproc_cow_region_destroy(self, region: CData) -> int: ...
+    def pyproc_cow_fork_sample(
+        self, method: int, req: CData, engine: int, ns: CData, wait_status: CData, res: CData
+    ) -> int: ...
+    def pyproc_cow_touch_sample(self, region: CData, out: CData, wait_status: CData) -> int: ...
 
 ffi: _FFI
 lib: _Lib

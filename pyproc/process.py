@@ -6,6 +6,7 @@ signals go through the pidfd, so a recycled pid is never hit.  Nothing here ever
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import threading
@@ -18,8 +19,6 @@ from typing import IO, Any
 
 from ._lib import ffi, lib
 from .errors import TimeoutExpired, check
-
-_EINTR = 4
 
 
 @dataclass(frozen=True)
@@ -70,17 +69,16 @@ def _timeout_ns(timeout: float) -> int:
 
 # Children whose Process was collected while they still ran: reaped (without blocking) at the next spawn, as
 # subprocess does, so that they never stay zombies.
-_abandoned: list[tuple[int, int | None]] = []
-_abandoned_lock = threading.Lock()
+abandoned: list[tuple[int, int | None]] = []
+"""(pid, pidfd) of children whose Process was collected while they ran; reaped by reap_abandoned()."""
+abandoned_lock = threading.Lock()
 
 
 def reap_abandoned() -> None:
     """Reaps, without blocking, the children of collected Process objects that have finished since."""
-    if not _abandoned:
-        return
-    with _abandoned_lock:
+    with abandoned_lock:
         still_running = []
-        for pid, pidfd in _abandoned:
+        for pid, pidfd in abandoned:
             out = ffi.new("int[2]")
             ru = ffi.new("struct pyproc_rusage *")
             err = lib.pyproc_wait(pid, 1, out, out + 1, ru)
@@ -88,7 +86,7 @@ def reap_abandoned() -> None:
                 still_running.append((pid, pidfd))
             elif pidfd is not None:
                 os.close(pidfd)
-        _abandoned[:] = still_running
+        abandoned[:] = still_running
 
 
 class Process:
@@ -103,6 +101,17 @@ class Process:
     leaves the child running and emits a ResourceWarning (as subprocess does); a finished child is reaped.
     """
 
+    # Class-level defaults: a spawn sets only what differs (every attribute set is paid on every spawn).
+    stdin: IO[bytes] | None = None
+    stdout: IO[bytes] | None = None
+    stderr: IO[bytes] | None = None
+    returncode: int | None = None
+    _wait_status: int | None = None
+    _rusage_c: Any = None
+    _status: Status | None = None
+    _rusage: Rusage | None = None
+    _reap_lock: threading.Lock | None = None
+
     def __init__(
         self,
         pid: int,
@@ -115,14 +124,12 @@ class Process:
         self.pid = pid
         self.pidfd = pidfd
         self.args = args
-        self.stdin = stdin
-        self.stdout = stdout
-        self.stderr = stderr
-        self.returncode: int | None = None
-        self._wait_status: int | None = None
-        self._rusage_c: Any = None
-        self._status: Status | None = None
-        self._rusage: Rusage | None = None
+        if stdin is not None:
+            self.stdin = stdin
+        if stdout is not None:
+            self.stdout = stdout
+        if stderr is not None:
+            self.stderr = stderr
         self._reap_lock = threading.Lock()
 
     @property
@@ -146,7 +153,9 @@ class Process:
         """wait4 the child; True once it has been reaped (by this call or an earlier one)."""
         if self.returncode is not None:
             return True
-        if not self._reap_lock.acquire(blocking=not nohang):
+        lock = self._reap_lock
+        assert lock is not None
+        if not lock.acquire(blocking=not nohang):
             return False
         try:
             if self.returncode is not None:
@@ -155,9 +164,9 @@ class Process:
             ru = ffi.new("struct pyproc_rusage *")
             while True:
                 err = lib.pyproc_wait(self.pid, int(nohang), out, out + 1, ru)
-                if err != _EINTR:  # EINTR: go round, so that Python's signal handlers run (and may raise)
+                if err != errno.EINTR:  # EINTR: go round, so that Python's signal handlers run (and may raise)
                     break
-            if err == 10:  # ECHILD: reaped behind our back (SIGCHLD ignored, someone's waitpid(-1))
+            if err == errno.ECHILD:  # reaped behind our back (SIGCHLD ignored, someone's waitpid(-1))
                 self._finish(0, None, None)
                 return True
             check(err)
@@ -167,7 +176,7 @@ class Process:
             self._finish(os.waitstatus_to_exitcode(out[1]), out[1], ru)
             return True
         finally:
-            self._reap_lock.release()
+            lock.release()
 
     def _finish(self, returncode: int, wait_status: int | None, rusage_c: Any) -> None:
         self._wait_status = wait_status
@@ -207,7 +216,7 @@ class Process:
         left = _timeout_ns(timeout)
         while True:
             err = lib.pyproc_wait_pidfd(pidfd, left, exited, remaining)
-            if err != _EINTR:
+            if err != errno.EINTR:
                 break
             left = remaining[0]
         check(err)
@@ -231,7 +240,7 @@ class Process:
             return
         pidfd = -1 if self.pidfd is None else self.pidfd
         err = lib.pyproc_send_signal(self.pid, pidfd, int(sig))
-        if err == 3 and self.poll() is not None:  # ESRCH: it ended meanwhile
+        if err == errno.ESRCH and self.poll() is not None:  # it ended meanwhile
             return
         check(err)
 
@@ -261,13 +270,13 @@ class Process:
             self.wait()
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
-        if not hasattr(self, "_reap_lock") or self.returncode is not None:
+        if self.returncode is not None or self._reap_lock is None:  # done, or __init__ never ran
             return
         if self._reap(nohang=True):
             return
         _warn(f"pyproc: child {self.pid} is still running", ResourceWarning, source=self)
-        with _abandoned_lock:
-            _abandoned.append((self.pid, self.pidfd))
+        with abandoned_lock:
+            abandoned.append((self.pid, self.pidfd))
         self.pidfd = None
 
 
@@ -294,7 +303,7 @@ def wait_any(processes: Iterable[Process], timeout: float | None = None) -> Proc
     left = -1 if timeout is None else _timeout_ns(timeout)
     while True:
         err = lib.pyproc_wait_any(c_fds, len(procs), left, index, remaining)
-        if err != _EINTR:
+        if err != errno.EINTR:
             break
         left = remaining[0]
     check(err)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, Union
 
 from ._lib import ffi, lib
 from .errors import os_error
-from .process import Process, reap_abandoned
+from .process import Process, abandoned, reap_abandoned
 
 PIPE = -1
 """Connect this stream of the child to a new pipe; the Process gets the parent's end as .stdin/.stdout/.stderr."""
@@ -75,6 +76,27 @@ def _encode_arg(value: object, what: str) -> bytes:
     if b"\0" in data:
         raise ValueError(f"{what} contains a NUL byte: {value!r}")
     return data
+
+
+_FS_ENCODING = sys.getfilesystemencoding()
+_FS_ERRORS = sys.getfilesystemencodeerrors()
+
+
+def _encode_argv(argv: Sequence[object]) -> list[bytes]:
+    """argv as bytes; str and bytes take a fast path (this runs on every spawn), the rest _encode_arg's checks."""
+    encoded: list[bytes] = []
+    for arg in argv:
+        kind = type(arg)
+        if kind is str:
+            data = arg.encode(_FS_ENCODING, _FS_ERRORS)  # type: ignore[attr-defined]
+        elif kind is bytes:
+            data = arg
+        else:
+            data = _encode_arg(arg, f"argv[{len(encoded)}]")
+        if b"\0" in data:
+            raise ValueError(f"argv[{len(encoded)}] contains a NUL byte: {arg!r}")
+        encoded.append(data)
+    return encoded
 
 
 def _check_bool(value: object, name: str) -> bool:
@@ -200,6 +222,7 @@ class Request:
 
 
 _KEEP_STDIO = ffi.new("int[]", [0, 1, 2])
+_NO_STDIO = _Stdio()  # shared by requests that open nothing: its lists stay empty
 _DEFAULT_REQUEST = ffi.new("struct pyproc_spawn_request *")
 _DEFAULT_REQUEST.close_fds = 1
 _DEFAULT_REQUEST.restore_signals = 1
@@ -238,7 +261,7 @@ def _prepare(
         raise TypeError(f"argv must be a sequence (list or tuple) of arguments, not {type(argv).__name__}")
     if not argv:
         raise ValueError("argv is empty: it needs at least the program")
-    bargs = [_encode_arg(arg, f"argv[{i}]") for i, arg in enumerate(argv)]
+    bargs = _encode_argv(argv)
     program = bargs[0] if executable is None else _encode_arg(executable, "executable")
     keepalive: list[Any] = []
     req = ffi.new("struct pyproc_spawn_request *", _DEFAULT_REQUEST[0])
@@ -247,14 +270,15 @@ def _prepare(
     req.argv = keepalive_new(keepalive, "char *[]", [*c_args, ffi.NULL])
     if env is not None and not isinstance(env, Mapping):
         raise TypeError(f"env must be a mapping, not {type(env).__name__}")
-    candidates = _exec_candidates(program, env)
-    if executable is None and len(candidates) == 1 and candidates[0] == bargs[0]:
+    if executable is None and b"/" in program:
         req.exec_paths = req.argv  # argv[0] is the one file to run: no second array
+        req.n_exec_paths = 1
     else:
+        candidates = _exec_candidates(program, env)
         c_paths = [ffi.new("char[]", path) for path in candidates]
         keepalive.append(c_paths)
         req.exec_paths = keepalive_new(keepalive, "char *[]", c_paths)
-    req.n_exec_paths = len(candidates)
+        req.n_exec_paths = len(candidates)
     if env is not None:
         c_env = [ffi.new("char[]", entry) for entry in _encode_env(env)]
         keepalive.append(c_env)
@@ -301,11 +325,12 @@ def _prepare(
                    if given]
         if refused:
             raise ValueError(f"engine='posix_spawn' cannot express {', '.join(refused)}: use engine='auto'")
-    stdio = _Stdio()
     if stdin is None and stdout is None and stderr is None and not fds and not pass_fds:
         req.keep_fds = _KEEP_STDIO
         req.n_keep_fds = 3
+        stdio = _NO_STDIO
     else:
+        stdio = _Stdio()
         try:
             _set_fd_plan(req, stdio, stdin, stdout, stderr, fds, pass_fds, keepalive)
         except BaseException:
@@ -419,7 +444,8 @@ def failure_message(request: Request, stage: int, index: int) -> tuple[str, obje
 
 def start(request: Request) -> Process:
     """Starts a prepared request (the GIL is released during the spawn) and returns its Process."""
-    reap_abandoned()
+    if abandoned:
+        reap_abandoned()
     res = ffi.new("struct pyproc_spawn_result *")
     stdio = request.stdio
     try:
