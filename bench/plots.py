@@ -18,7 +18,7 @@ _COLORS = {
     "pyproc fork": "#d62728", "subprocess.run": "#2ca02c", "os.posix_spawn": "#bcbd22",
     "os.fork+execv": "#ff7f0e", "multiprocessing fork": "#8c564b", "multiprocessing spawn": "#e377c2",
     "multiprocessing forkserver": "#7f7f7f", "pyproc.subprocess.run": "#aec7e8",
-    "pyproc": "#1f77b4", "subprocess": "#2ca02c", "pyproc.subprocess": "#aec7e8", "C floor": "#444444",
+    "pyproc": "#1f77b4", "subprocess": "#2ca02c", "pyproc.subprocess": "#9467bd", "C floor": "#444444",
 }
 
 

@@ -56,7 +56,6 @@ class Region:
         self.state = state
         self.touch_ns = 0
         self.map: mmap.mmap | None = None
-        self._view: Any = None
         if size <= 0:
             return
         self.map = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
@@ -64,11 +63,10 @@ class Region:
         self.map.madvise(mmap.MADV_HUGEPAGE if state == "thp" else mmap.MADV_NOHUGEPAGE)
         if state == "clean":
             return
-        import numpy as np
-
         t0 = time.perf_counter_ns()
-        self._view = np.frombuffer(self.map, dtype=np.uint8)
-        self._view[::PAGE] = 1  # one write per 4 KiB page: every page is now private and dirty
+        region = self.map
+        for offset in range(0, size, PAGE):  # one write per 4 KiB page: every page is now private and dirty
+            region[offset] = 1
         self.touch_ns = time.perf_counter_ns() - t0
 
     def describe(self) -> dict[str, Any]:
