@@ -154,6 +154,14 @@ def _machine_lines(m: dict[str, Any]) -> list[str]:
     return _table(["", ""], rows)
 
 
+def _load(m: dict[str, Any]) -> tuple[float, int] | None:
+    """(1-minute load average, usable cores), when known."""
+    try:
+        return float(str(m.get("loadavg", "")).split()[0]), int(m.get("cores_usable") or 1)
+    except (ValueError, IndexError):
+        return None
+
+
 def _reading(results: dict[str, Any], tg: list[dict[str, Any]]) -> list[str]:
     """A few plain sentences reading the figures of this run."""
     out = []
@@ -267,7 +275,18 @@ def render(results: dict[str, Any], tg: list[dict[str, Any]]) -> str:
              "time themselves with CLOCK_MONOTONIC. After a warm-up batch, contenders run interleaved "
              "(A B C ..., the order rotating every round), in one run; a table gives medians with min and max, and a "
              "ratio is median/median with, in brackets, the lowest and highest ratio of the rounds' medians.",
-             "", "## Targets", ""]
+             "", "## Targets", "",
+             "Each claim \"A vs B\" is median(A) / median(B) from samples taken interleaved in this run; in "
+             "brackets the lowest and highest ratio of single rounds.", ""]
+    if cfg["name"] == "quick":
+        lines += ["**This is a --quick run** (small sizes, few samples): it shows the machinery works; the targets "
+                  "are stated for the default run.", ""]
+    load = _load(meta["machine"])
+    end = _load({**meta["machine"], "loadavg": meta.get("loadavg_end", "")})
+    if load is not None and max(load[0], end[0] if end else 0.0) > 0.5 * load[1]:
+        lines += [f"**The machine was busy** (load average {load[0]:.1f} at the start"
+                  + (f", {end[0]:.1f} at the end" if end else "") + f", on {load[1]} cores): other work competes for "
+                  "the CPUs, so expect noise, mostly in the short spawn times.", ""]
     rows = []
     for t in tg:
         rows.append([t["name"], f"issue {t['issue']}", _fmt_ratio(t["ratio"]), f"{t['op']} {t['bound']}", _held(t),

@@ -261,6 +261,7 @@ def run_all(cfg: Config, tick: Tick, argv: list[str]) -> dict[str, Any]:
         timed("io", lambda: io_suite(cfg, io_worker, floors, apis, tick))
     timed("cow", lambda: cow_suite(cfg, floors, apis, tick))
     results["meta"]["suite_seconds"] = timings
+    results["meta"]["loadavg_end"] = machine.describe()["loadavg"]
     results["meta"]["finished_utc"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     results["meta"]["elapsed_s"] = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()
     return results
