@@ -101,29 +101,46 @@ int floor_spawn_once(char *const argv[])
 }
 
 #ifndef FLOOR_LIB
-int main(int argc, char **argv)
+/* Runs n iterations; prints their times (ns) on one line. */
+static int batch(long n, char *const argv[])
 {
-    if (argc < 3) {
-        fprintf(stderr, "usage: spawnloop N PROGRAM [ARGS...]\n");
-        return 2;
-    }
-    long n = strtol(argv[1], NULL, 10);
     long long *t = malloc((size_t)(n > 0 ? n : 1) * sizeof *t);
     if (n <= 0 || !t) {
         fprintf(stderr, "spawnloop: bad count or out of memory\n");
+        free(t);
         return 2;
     }
     for (long i = 0; i < n; i++) {
         long long t0 = now_ns();
-        int rc = floor_spawn_once(argv + 2);
+        int rc = floor_spawn_once(argv);
         t[i] = now_ns() - t0;
         if (rc != 0) {
-            fprintf(stderr, "spawnloop: %s failed (%s, status %d)\n", argv[2], strerror(errno), rc);
+            fprintf(stderr, "spawnloop: %s failed (%s, status %d)\n", argv[0], strerror(errno), rc);
+            free(t);
             return 1;
         }
     }
     for (long i = 0; i < n; i++)
-        printf("%lld\n", t[i]);
+        printf(i + 1 < n ? "%lld " : "%lld\n", t[i]);
+    fflush(stdout);
+    free(t);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 3) {
+        fprintf(stderr, "usage: spawnloop N PROGRAM [ARGS...]   (N = -: read counts from stdin, one per line)\n");
+        return 2;
+    }
+    if (strcmp(argv[1], "-") != 0)
+        return batch(strtol(argv[1], NULL, 10), argv + 2);
+    char line[64];
+    while (fgets(line, sizeof line, stdin)) {
+        int rc = batch(strtol(line, NULL, 10), argv + 2);
+        if (rc)
+            return rc;
+    }
     return 0;
 }
 #endif
@@ -174,22 +191,37 @@ long long floor_read_all(char *const argv[])
 }
 
 #ifndef FLOOR_LIB
-int main(int argc, char **argv)
+/* n iterations, one "ns bytes" line each. */
+static int batch(long n, char *const argv[])
 {
-    if (argc < 3) {
-        fprintf(stderr, "usage: readloop N PROGRAM [ARGS...]\n");
-        return 2;
-    }
-    long n = strtol(argv[1], NULL, 10);
     for (long i = 0; i < n; i++) {
         long long t0 = now_ns();
-        long long got = floor_read_all(argv + 2);
+        long long got = floor_read_all(argv);
         long long dt = now_ns() - t0;
         if (got < 0) {
-            fprintf(stderr, "readloop: %s failed: %s\n", argv[2], strerror(errno));
+            fprintf(stderr, "readloop: %s failed: %s\n", argv[0], strerror(errno));
             return 1;
         }
         printf("%lld %lld\n", dt, got);
+    }
+    fflush(stdout);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 3) {
+        fprintf(stderr, "usage: readloop N PROGRAM [ARGS...]   (N = -: counts from stdin; '.' ends each batch)\n");
+        return 2;
+    }
+    if (strcmp(argv[1], "-") != 0)
+        return batch(strtol(argv[1], NULL, 10), argv + 2);
+    char line[64];
+    while (fgets(line, sizeof line, stdin)) {
+        int rc = batch(strtol(line, NULL, 10), argv + 2);
+        if (rc)
+            return rc;
+        printf(".\n");
         fflush(stdout);
     }
     return 0;
@@ -282,13 +314,30 @@ long long floor_pipe(char *const argv[], const char *in, size_t size)
 }
 
 #ifndef FLOOR_LIB
+/* n iterations, one "ns bytes" line each. */
+static int batch(long n, char *const argv[], const char *in, size_t size)
+{
+    for (long i = 0; i < n; i++) {
+        long long t0 = now_ns();
+        long long got = floor_pipe(argv, in, size);
+        long long dt = now_ns() - t0;
+        if (got < 0) {
+            fprintf(stderr, "pipeloop: %s failed: %s\n", argv[0], strerror(errno));
+            return 1;
+        }
+        printf("%lld %lld\n", dt, got);
+    }
+    fflush(stdout);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 4) {
-        fprintf(stderr, "usage: pipeloop N SIZE PROGRAM [ARGS...]\n");
+        fprintf(stderr, "usage: pipeloop N SIZE PROGRAM [ARGS...]   (N = -: counts from stdin; '.' ends each "
+                        "batch)\n");
         return 2;
     }
-    long n = strtol(argv[1], NULL, 10);
     size_t size = (size_t)strtoull(argv[2], NULL, 10);
     char *in = malloc(size ? size : 1);
     if (!in) {
@@ -296,18 +345,19 @@ int main(int argc, char **argv)
         return 2;
     }
     memset(in, 'x', size);
-    for (long i = 0; i < n; i++) {
-        long long t0 = now_ns();
-        long long got = floor_pipe(argv + 3, in, size);
-        long long dt = now_ns() - t0;
-        if (got < 0) {
-            fprintf(stderr, "pipeloop: %s failed: %s\n", argv[3], strerror(errno));
-            return 1;
+    int rc = 0;
+    if (strcmp(argv[1], "-") != 0) {
+        rc = batch(strtol(argv[1], NULL, 10), argv + 3, in, size);
+    } else {
+        char line[64];
+        while (!rc && fgets(line, sizeof line, stdin)) {
+            rc = batch(strtol(line, NULL, 10), argv + 3, in, size);
+            printf(".\n");
+            fflush(stdout);
         }
-        printf("%lld %lld\n", dt, got);
-        fflush(stdout);
     }
-    return 0;
+    free(in);
+    return rc;
 }
 #endif
 """

@@ -10,8 +10,10 @@ from typing import Any
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
 SPAWN_METHODS = ("pyproc default", "pyproc clone", "pyproc vfork", "pyproc posix_spawn", "pyproc fork",
-                 "subprocess.run", "pyproc.subprocess.run", "os.posix_spawn", "os.fork+execv", "C floor")
-"""The spawn+wait head-to-head, from a small parent."""
+                 "subprocess.run", "pyproc.subprocess.run", "os.posix_spawn", "os.fork+execv", "C floor",
+                 "pyproc clone, C only")
+"""The spawn+wait head-to-head, from a small parent.  "pyproc clone, C only" is pyproc's clone engine timed in C
+(pyproc.cow.ForkTimer) from the same parent: what pyproc's call costs without its Python layer."""
 
 SWEEP_METHODS = ("pyproc default", "pyproc vfork", "pyproc posix_spawn", "pyproc fork", "subprocess.run",
                  "os.posix_spawn", "os.fork+execv", "multiprocessing fork", "multiprocessing spawn",

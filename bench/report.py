@@ -171,6 +171,13 @@ def _reading(results: dict[str, Any], tg: list[dict[str, Any]]) -> list[str]:
         out.append(f"From a small parent, starting and reaping the minimal static executable costs "
                    f"{fmt_ns(floor.median)} in plain C (vfork+execve+waitpid) and {fmt_ns(default.median)} through "
                    f"pyproc.spawn(argv).wait() from Python ({default.median / floor.median:.2f}x the C floor).")
+    conly = sp.get("pyproc clone, C only")
+    clone = sp.get("pyproc clone")
+    if conly is not None and clone is not None and conly.samples and clone.samples and floor.samples:
+        out.append(f"pyproc's clone engine timed in C around the same spawn and reap, from the same parent, takes "
+                   f"{fmt_ns(conly.median)} ({conly.median / floor.median:.2f}x the C floor): of the "
+                   f"{fmt_ns(clone.median)} the Python call takes, about {fmt_ns(max(clone.median - conly.median, 0))}"
+                   f" is pyproc's Python layer (argument checks, the Process object, the wait).")
     sub, osfork = sp["subprocess.run"], sp["os.fork+execv"]
     if sub.samples and default.samples and osfork.samples:
         out.append(f"subprocess.run takes {fmt_ns(sub.median)} ({sub.median / default.median:.2f}x pyproc's "

@@ -50,6 +50,7 @@ def probe() -> dict[str, str | None]:
 
         missing = [n for n in ("measure_fork", "measure_cow") if not callable(getattr(cow, n, None))]
         out["cow"] = f"pyproc.cow lacks {', '.join(missing)}" if missing else None
+        out["fork_timer"] = None if hasattr(cow, "ForkTimer") else "pyproc.cow has no ForkTimer"
     except ImportError as exc:
         out["cow"] = f"pyproc.cow is not importable yet (issue 4, branch cow): {exc}"
     return out
@@ -58,6 +59,8 @@ def probe() -> dict[str, str | None]:
 def _skip_reason(method: str, apis: dict[str, str | None]) -> str | None:
     if method == "pyproc.subprocess.run" or method == "pyproc.subprocess":
         return apis["subprocess"]
+    if method == "pyproc clone, C only":
+        return apis["cow"] or apis.get("fork_timer")
     if method.startswith("pyproc"):
         return apis["spawn"]
     return None

@@ -22,7 +22,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 PAGE = 4096
 STATES = ("clean", "dirty", "thp")
@@ -132,19 +132,80 @@ def spawner(method: str, argv: list[str]) -> Callable[[], None]:
     raise ValueError(f"unknown spawn method {method!r}")
 
 
+class FloorServer:
+    """A C floor kept running between batches (`spawnloop - ARGV`, `readloop - ARGV`, `pipeloop - SIZE ARGV`), so
+    that it is as warm as this worker: a freshly started process runs its first iterations slowly (page faults,
+    caches, the scheduler's view of a new task), which would bias a floor started per batch."""
+
+    _servers: ClassVar[dict[tuple[str, ...], FloorServer]] = {}
+
+    def __init__(self, cmd: list[str]) -> None:
+        self.cmd = cmd
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+
+    @classmethod
+    def get(cls, cmd: list[str]) -> FloorServer:
+        key = tuple(cmd)
+        server = cls._servers.get(key)
+        if server is None or server.proc.poll() is not None:
+            server = cls._servers[key] = cls(cmd)
+        return server
+
+    def _fail(self) -> RuntimeError:
+        self.proc.kill()
+        _, err = self.proc.communicate()
+        self._servers.pop(tuple(self.cmd), None)
+        return RuntimeError(f"C floor {os.path.basename(self.cmd[0])} failed: {err.strip() or 'no output'}")
+
+    def send(self, n: int) -> None:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(f"{n}\n")
+            self.proc.stdin.flush()
+        except OSError:
+            raise self._fail() from None
+
+    def spawn_times(self) -> list[int]:
+        """The answer of spawnloop: one line of ns."""
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise self._fail()
+        return [int(x) for x in line.split()]
+
+    def pairs(self) -> list[tuple[int, int]]:
+        """The answer of readloop / pipeloop: "ns bytes" lines up to "."."""
+        assert self.proc.stdout is not None
+        out: list[tuple[int, int]] = []
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise self._fail()
+            if line.strip() == ".":
+                return out
+            ns, got = line.split()
+            out.append((int(ns), int(got)))
+
+
 def c_floor_spawn(floor: str, argv: list[str], n: int) -> list[int]:
-    """n spawn+wait times from the C loop; its first iteration (a cold process: page faults, cache) is dropped,
-    as the Python contenders' warm-up is."""
-    out = subprocess.run([floor, str(n + 1), *argv], capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"C floor failed: {out.stderr.strip()}")
-    return [int(line) for line in out.stdout.split()][1:]
+    """n spawn+wait times (ns) from the C loop, kept warm between batches."""
+    server = FloorServer.get([floor, "-", *argv])
+    server.send(n)
+    return server.spawn_times()
 
 
 def op_spawn(req: dict[str, Any]) -> dict[str, Any]:
     method, argv, n = req["method"], req["argv"], int(req["n"])
     if method == "C floor":
         return {"ns": c_floor_spawn(req["floor"], argv, n)}
+    if method == "pyproc clone, C only":
+        # pyproc's clone engine timed in C around the spawn and the reap (pyproc.cow.ForkTimer): the same call
+        # with no Python in the timed part, from this same parent.
+        from pyproc.cow import ForkTimer  # type: ignore[import-not-found,unused-ignore]
+
+        timer = ForkTimer(argv[0])
+        return {"ns": [timer.sample("clone") for _ in range(n)]}
     call = spawner(method, argv)
     samples = []
     clock = time.perf_counter_ns
@@ -159,16 +220,23 @@ def op_throughput(req: dict[str, Any]) -> dict[str, Any]:
     """Spawns per second from `threads` threads, each spawning in a loop for `seconds`."""
     method, argv, threads, seconds = req["method"], req["argv"], int(req["threads"]), float(req["seconds"])
     if method == "C floor":
-        # `threads` concurrent C loops; each reports its own per-spawn times.
-        n = max(20, int(seconds / 60e-6))
-        procs = [subprocess.Popen([req["floor"], str(n), *argv], stdout=subprocess.PIPE, text=True)
-                 for _ in range(threads)]
-        rate = 0.0
-        for proc in procs:
-            out, _ = proc.communicate()
-            times = [int(x) for x in out.split()]
-            _check(proc.returncode, "C floor")
-            rate += len(times) / (sum(times) / 1e9)
+        # `threads` concurrent C loops (warmed up first); each reports its own per-spawn times.
+        servers = [FloorServer([req["floor"], "-", *argv]) for _ in range(threads)]
+        try:
+            for server in servers:
+                server.send(50)
+                server.spawn_times()
+            n = max(20, int(seconds / 60e-6))
+            for server in servers:
+                server.send(n)
+            rate = 0.0
+            for server in servers:
+                times = server.spawn_times()
+                rate += len(times) / (sum(times) / 1e9)
+        finally:
+            for server in servers:
+                server.proc.kill()
+                server.proc.communicate()
         return {"per_second": rate}
     call = spawner(method, argv)
     call()  # warm-up
@@ -251,18 +319,17 @@ def op_io(req: dict[str, Any]) -> dict[str, Any]:
         from shutil import which
 
         if kind == "cat":
-            cmd = [req["pipeloop"], str(n), str(size), which("cat") or "/bin/cat"]
+            cmd = [req["pipeloop"], "-", str(size), which("cat") or "/bin/cat"]
         elif kind == "capture":
-            cmd = [req["readloop"], str(n), which("head") or "/usr/bin/head", "-c", str(size), "/dev/zero"]
-        else:  # per-call costs: one extra, cold, first iteration, dropped
-            cmd = [req["readloop"], str(n + 1), req["minimal"]]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if out.returncode != 0:
-            raise RuntimeError(f"C floor failed: {out.stderr.strip()}")
-        pairs = [line.split() for line in out.stdout.splitlines()][-n:]
-        if any(int(got) != expected for _, got in pairs):
+            cmd = [req["readloop"], "-", which("head") or "/usr/bin/head", "-c", str(size), "/dev/zero"]
+        else:
+            cmd = [req["readloop"], "-", req["minimal"]]
+        server = FloorServer.get(cmd)
+        server.send(n)
+        pairs = server.pairs()
+        if any(got != expected for _, got in pairs):
             raise RuntimeError(f"C floor moved the wrong number of bytes: {pairs}")
-        return {"ns": [int(ns) for ns, _ in pairs]}
+        return {"ns": [ns for ns, _ in pairs]}
     call = io_call(kind, method, size, req["minimal"])
     samples = []
     for _ in range(n):
