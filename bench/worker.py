@@ -33,6 +33,18 @@ def mp_target() -> None:
     """What the multiprocessing start methods run in the child: nothing."""
 
 
+MARGIN = 1 << 30
+"""Memory left free when a parent region is dirtied (the machine is shared; never wake the OOM killer)."""
+
+
+def _mem_available() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def _smaps_rollup() -> dict[str, int]:
     out: dict[str, int] = {}
     try:
@@ -58,6 +70,10 @@ class Region:
         self.map: mmap.mmap | None = None
         if size <= 0:
             return
+        available = _mem_available()
+        if state != "clean" and size + MARGIN > available:
+            raise MemoryError(f"a {size >> 20} MiB {state} parent does not fit now: MemAvailable is "
+                              f"{available >> 20} MiB and {MARGIN >> 20} MiB are kept free")
         self.map = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
                              prot=mmap.PROT_READ | mmap.PROT_WRITE)
         self.map.madvise(mmap.MADV_HUGEPAGE if state == "thp" else mmap.MADV_NOHUGEPAGE)
