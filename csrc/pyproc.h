@@ -168,6 +168,37 @@ int pyproc_pidfd_open(int pid, int *pidfd);
 
 /* ---- sigpipe.c: the async-signal-safe self-pipe (issue 6) ------------------------------------------------------- */
 
+/* One record per caught signal, written by the handler with a single write() (smaller than PIPE_BUF, so a
+   non-blocking pipe takes all of it or none).  pid / uid: the sender (SI_USER, SI_TKILL, SI_QUEUE, SI_MESGQ) or
+   the child (SIGCHLD), else 0.  status: si_status for SIGCHLD, the sigval's int for SI_QUEUE / SI_TIMER /
+   SI_MESGQ, else 0. */
+struct pyproc_sigrecord {
+    int32_t signo;
+    int32_t code;
+    int32_t pid;
+    uint32_t uid;
+    int32_t status;
+};
+
+/* Installs the self-pipe handler for sig: every delivery writes one record to write_fd (which must be a
+   non-blocking pipe; pyproc never closes it).  restart: SA_RESTART.  The previous disposition is saved, to be put
+   back by pyproc_sigpipe_uninstall.  EBUSY: sig already has a pyproc handler; EINVAL: not a catchable signal. */
+int pyproc_sigpipe_install(int sig, int write_fd, int restart);
+
+/* Puts back exactly the disposition saved by pyproc_sigpipe_install, then waits until no handler for sig is
+   still running on another thread (after it returns the handler never touches write_fd again).  *replaced = 1
+   when someone else changed the disposition meanwhile: theirs is left in place.  ENOENT: not installed. */
+int pyproc_sigpipe_uninstall(int sig, int *replaced);
+
+/* Since sig was installed: how many times the handler ran for it (delivered), and how many of those records did
+   not fit in the pipe (dropped).  Atomic counters, kept after uninstalling until the next install. */
+int pyproc_sigpipe_counts(int sig, uint64_t *delivered, uint64_t *dropped);
+
+/* Only in the child of a fork, before anything else here: forgets the handlers that were running on the
+   parent's other threads at the moment of the fork (they do not exist in the child), so that uninstalling does
+   not wait for them forever. */
+void pyproc_sigpipe_after_fork_child(void);
+
 /* ---- cow.c: copy-on-write and fork-cost measurement (issue 4) --------------------------------------------------- */
 
 /* Page kinds and states of a measured parent region. */

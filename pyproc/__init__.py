@@ -6,10 +6,11 @@ The public names live here; each comes from the module of its concern (see DESIG
 from ._version import __version__
 from .errors import CalledProcessError, OutputLimitExceeded, TimeoutExpired
 from .process import Process, Rusage, Status, wait_any
-from .spawn import DEVNULL, ENGINES, PIPE, STDOUT, spawn
 
 # io (issue 3)
 # signals (issue 6)
+from .signals import SignalEvent, SignalPipe
+from .spawn import DEVNULL, ENGINES, PIPE, STDOUT, spawn
 
 __all__ = [
     "DEVNULL",
@@ -20,6 +21,8 @@ __all__ = [
     "OutputLimitExceeded",
     "Process",
     "Rusage",
+    "SignalEvent",
+    "SignalPipe",
     "Status",
     "TimeoutExpired",
     "__version__",

@@ -39,7 +39,7 @@ from typing import Any
 
 from ._lib import ffi, lib
 from .errors import CalledProcessError, os_error
-from .spawn import Request, failure_message, prepare
+from .spawn import ENGINE_CODES, Request, failure_message, prepare
 
 PAGE_SIZE = 4096
 """Every per-page figure is per 4 KiB page touched, whatever the page kind."""
@@ -69,13 +69,6 @@ _PAGES_CODES = {
     "hugetlb": lib.PYPROC_COW_PAGES_HUGETLB,
 }
 _STATE_CODES = {"clean": lib.PYPROC_COW_CLEAN, "dirty": lib.PYPROC_COW_DIRTY, "fragmented": lib.PYPROC_COW_FRAGMENTED}
-_ENGINE_CODES = {
-    "auto": lib.PYPROC_ENGINE_CLONE,
-    "clone": lib.PYPROC_ENGINE_CLONE,
-    "vfork": lib.PYPROC_ENGINE_VFORK,
-    "posix_spawn": lib.PYPROC_ENGINE_POSIX_SPAWN,
-    "fork": lib.PYPROC_ENGINE_FORK,
-}
 
 _MAPS_MARGIN = 1024  # VMAs left free for the process's own needs when fragmenting
 
@@ -536,7 +529,7 @@ class ForkTimer:
         elif method == "fork_exec":
             code, engine = lib.PYPROC_COW_FORK_EXEC, 0
         else:
-            code, engine = lib.PYPROC_COW_SPAWN, _ENGINE_CODES[method]
+            code, engine = lib.PYPROC_COW_SPAWN, ENGINE_CODES[method]
         err = lib.pyproc_cow_fork_sample(code, self.request.c, engine, self._ns, self._status, self._res)
         if err:
             if code == lib.PYPROC_COW_SPAWN and self._res.fail_stage:

@@ -27,7 +27,8 @@ DEVNULL = -3
 ENGINES = ("auto", "clone", "vfork", "posix_spawn", "fork")
 """The ways to start a child.  "auto" (the default) picks the fastest that can express the request: "clone"."""
 
-_ENGINE_CODES = {
+ENGINE_CODES = {
+    # engine name -> the PYPROC_ENGINE_* code the C core takes
     "auto": lib.PYPROC_ENGINE_CLONE,
     "clone": lib.PYPROC_ENGINE_CLONE,
     "vfork": lib.PYPROC_ENGINE_VFORK,
@@ -252,7 +253,7 @@ def _prepare(
     sigmask: Iterable[int] | None,
 ) -> Request:
     # Positional on purpose: forwarding 19 keyword arguments costs more than a microsecond, on every spawn.
-    if engine not in _ENGINE_CODES:
+    if engine not in ENGINE_CODES:
         if not isinstance(engine, str):
             raise TypeError(f"engine must be a str, not {type(engine).__name__}")
         raise ValueError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINES)}")
@@ -449,7 +450,7 @@ def start(request: Request) -> Process:
     res = ffi.new("struct pyproc_spawn_result *")
     stdio = request.stdio
     try:
-        err = lib.pyproc_spawn(request.c, _ENGINE_CODES[request.engine], res)
+        err = lib.pyproc_spawn(request.c, ENGINE_CODES[request.engine], res)
         if err:
             where, filename = failure_message(request, res.fail_stage, res.fail_index)
             raise os_error(err, filename, where)
