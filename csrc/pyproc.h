@@ -147,9 +147,16 @@ struct pyproc_rusage {
     int64_t nivcsw;
 };
 
-/* Reaps pid with wait4 (rusage with the status).  nohang: *reaped = 0 while it runs.  EINTR is returned, not
+/* What reaping a child gave: its wait status and the resources it used. */
+struct pyproc_exit {
+    int reaped;          /* 0: still running (nohang) */
+    int wait_status;     /* wait4's status word */
+    struct pyproc_rusage rusage;
+};
+
+/* Reaps pid with wait4 (rusage with the status).  nohang: out->reaped = 0 while it runs.  EINTR is returned, not
    retried, so that the caller can run its signal handlers. */
-int pyproc_wait(int pid, int nohang, int *reaped, int *wait_status, struct pyproc_rusage *ru);
+int pyproc_wait(int pid, int nohang, struct pyproc_exit *out);
 
 /* Waits until the child behind pidfd has exited, at most timeout_ns (< 0: no limit); *exited = 0 on timeout.
    EINTR is returned with *remaining_ns set so that the caller can retry after its handlers ran. */
@@ -165,6 +172,73 @@ int pyproc_send_signal(int pid, int pidfd, int sig);
 int pyproc_pidfd_open(int pid, int *pidfd);
 
 /* ---- io.c: full-buffer loops, the poll pump, pipelines (issue 3) ------------------------------------------------ */
+
+/* Reads until n bytes are in buf or end of file; *done counts what arrived (also when an error is returned).
+   Partial reads are continued and EAGAIN (a non-blocking fd) is waited out with poll.  EINTR is returned with
+   *done kept, so that the caller can run its signal handlers and call again for the rest. */
+int pyproc_read_full(int fd, char *buf, size_t n, size_t *done);
+
+/* Writes all n bytes of buf the same way; EPIPE is returned and never raises SIGPIPE in the calling thread. */
+int pyproc_write_full(int fd, const char *buf, size_t n, size_t *done);
+
+/* How a pump ended (pyproc_pump.outcome). */
+#define PYPROC_PUMP_RUNNING 0
+#define PYPROC_PUMP_DONE 1
+#define PYPROC_PUMP_TIMEOUT 2
+#define PYPROC_PUMP_LIMIT 3
+
+/* One output stream: a buffer that grows by mremap (no copy of what was read) once it is large. */
+struct pyproc_outbuf {
+    char *base;       /* the allocation: malloc'd while small, an anonymous mapping once large */
+    char *data;       /* where the output starts: base, or base + lead in a mapping */
+    size_t len;
+    size_t cap;       /* bytes available from data */
+    size_t map_size;  /* size of the mapping; 0 while malloc'd */
+    int boosted;      /* the pipe's capacity was raised */
+    size_t populated; /* bytes from data already faulted in (MADV_POPULATE_WRITE) */
+    void *helper;     /* the thread that faults pages in ahead of the reads, while pyproc_pump_run runs */
+};
+
+/* The state of run()/communicate()'s pump; it survives an EINTR return, so the caller can resume.
+   DONE: every output reached EOF and the input was written (or the child stopped reading: in_broken);
+   TIMEOUT: the deadline passed first; LIMIT: output limit_stream went past max_output. */
+struct pyproc_pump {
+    int in_fd;              /* write end of the child's stdin, owned by the pump (closed when done); -1: none */
+    const char *in_data;
+    size_t in_len;
+    size_t in_pos;
+    int in_broken;          /* the child closed its stdin before taking everything: the rest was dropped */
+    int out_fd[2];          /* read ends of the child's stdout and stderr (never closed by the pump); -1: none */
+    int out_eof[2];
+    struct pyproc_outbuf out[2];
+    uint64_t max_output;    /* per stream; 0xffffffffffffffff: no limit */
+    int64_t deadline_ns;    /* CLOCK_MONOTONIC; < 0: none */
+    size_t lead;            /* offset in a page at which large buffers start their data (see pyproc_pump_take) */
+    int outcome;            /* PYPROC_PUMP_* */
+    int limit_stream;       /* 0 or 1 when outcome is LIMIT */
+    int started;
+    int sigpipe_default;    /* SIGPIPE is not ignored in this process: block it around writes */
+};
+
+/* Prepares a pump with nothing in it (fds -1, no limit, no deadline). */
+void pyproc_pump_init(struct pyproc_pump *p);
+
+/* Moves data until the outcome is decided: input written as the pipe accepts it, outputs read as they come, all
+   polled together (never blocked on one while another fills).  Returns 0 with p->outcome set, EINTR to be called
+   again once the caller's signal handlers ran (the state is kept), or the errno of a failure.
+   drain: never wait; read only what the pipes already hold (after the child was killed), then return. */
+int pyproc_pump_run(struct pyproc_pump *p, int drain);
+
+/* Copies the first n bytes (n <= len) of output `stream` into dest, then frees that buffer.  When dest and the
+   buffer have the same offset in a page, whole pages are moved by mremap instead of copied: dest must be
+   writable anonymous memory of this process that nothing uses yet (a freshly allocated object). */
+int pyproc_pump_take(struct pyproc_pump *p, int stream, char *dest, size_t n);
+
+/* Frees the buffers and closes the input fd if still open; safe to call twice. */
+void pyproc_pump_release(struct pyproc_pump *p);
+
+/* CLOCK_MONOTONIC now, in ns (the clock of deadline_ns). */
+int64_t pyproc_monotonic_ns(void);
 
 /* ---- sigpipe.c: the async-signal-safe self-pipe (issue 6) ------------------------------------------------------- */
 

@@ -14,18 +14,19 @@
 
 static int64_t timeval_ns(struct timeval tv) { return (int64_t)tv.tv_sec * 1000000000 + (int64_t)tv.tv_usec * 1000; }
 
-int pyproc_wait(int pid, int nohang, int *reaped, int *wait_status, struct pyproc_rusage *ru)
+int pyproc_wait(int pid, int nohang, struct pyproc_exit *out)
 {
     struct rusage usage;
     int status = 0;
-    *reaped = 0;
+    out->reaped = 0;
     pid_t got = wait4(pid, &status, nohang ? WNOHANG : 0, &usage);
     if (got < 0)
         return errno;
     if (got == 0)
         return 0;
-    *reaped = 1;
-    *wait_status = status;
+    out->reaped = 1;
+    out->wait_status = status;
+    struct pyproc_rusage *ru = &out->rusage;
     ru->utime_ns = timeval_ns(usage.ru_utime);
     ru->stime_ns = timeval_ns(usage.ru_stime);
     ru->maxrss_kib = usage.ru_maxrss;

@@ -5,9 +5,11 @@ The public names live here; each comes from the module of its concern (see DESIG
 
 from ._version import __version__
 from .errors import CalledProcessError, OutputLimitExceeded, TimeoutExpired
-from .process import Process, Rusage, Status, wait_any
 
 # io (issue 3)
+from .io import Pipeline, Result, pipeline, read_full, run, write_full
+from .process import Process, Rusage, Status, wait_any
+
 # signals (issue 6)
 from .signals import SignalEvent, SignalPipe
 from .spawn import DEVNULL, ENGINES, PIPE, STDOUT, spawn
@@ -19,7 +21,9 @@ __all__ = [
     "STDOUT",
     "CalledProcessError",
     "OutputLimitExceeded",
+    "Pipeline",
     "Process",
+    "Result",
     "Rusage",
     "SignalEvent",
     "SignalPipe",
@@ -27,8 +31,12 @@ __all__ = [
     "TimeoutExpired",
     "__version__",
     "cow",
+    "pipeline",
+    "read_full",
+    "run",
     "spawn",
     "wait_any",
+    "write_full",
 ]
 
 # cow (issue 4): the submodule, used as pyproc.cow.measure_fork / pyproc.cow.measure_cow (imported here, after

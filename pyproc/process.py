@@ -79,10 +79,9 @@ def reap_abandoned() -> None:
     with abandoned_lock:
         still_running = []
         for pid, pidfd in abandoned:
-            out = ffi.new("int[2]")
-            ru = ffi.new("struct pyproc_rusage *")
-            err = lib.pyproc_wait(pid, 1, out, out + 1, ru)
-            if err == 0 and not out[0]:
+            out = ffi.new("struct pyproc_exit *")
+            err = lib.pyproc_wait(pid, 1, out)
+            if err == 0 and not out.reaped:
                 still_running.append((pid, pidfd))
             elif pidfd is not None:
                 os.close(pidfd)
@@ -107,10 +106,11 @@ class Process:
     stderr: IO[bytes] | None = None
     returncode: int | None = None
     _wait_status: int | None = None
-    _rusage_c: Any = None
+    _exit_c: Any = None
     _status: Status | None = None
     _rusage: Rusage | None = None
     _reap_lock: threading.Lock | None = None
+    _pump: Any = None  # communicate()'s state (pyproc.io), kept across a timeout
 
     def __init__(
         self,
@@ -142,8 +142,8 @@ class Process:
     @property
     def rusage(self) -> Rusage | None:
         """The resources the child used, from wait4 (None until it is reaped)."""
-        if self._rusage is None and self._rusage_c is not None:
-            self._rusage = Rusage.from_c(self._rusage_c)
+        if self._rusage is None and self._exit_c is not None:
+            self._rusage = Rusage.from_c(self._exit_c.rusage)
         return self._rusage
 
     def __repr__(self) -> str:
@@ -160,27 +160,26 @@ class Process:
         try:
             if self.returncode is not None:
                 return True
-            out = ffi.new("int[2]")
-            ru = ffi.new("struct pyproc_rusage *")
+            out = ffi.new("struct pyproc_exit *")
             while True:
-                err = lib.pyproc_wait(self.pid, int(nohang), out, out + 1, ru)
+                err = lib.pyproc_wait(self.pid, nohang, out)
                 if err != errno.EINTR:  # EINTR: go round, so that Python's signal handlers run (and may raise)
                     break
             if err == errno.ECHILD:  # reaped behind our back (SIGCHLD ignored, someone's waitpid(-1))
                 self._finish(0, None, None)
                 return True
             check(err)
-            if not out[0]:
+            if not out.reaped:
                 return False
             # Status and Rusage objects are built when asked for: this is the hot path of every spawn.
-            self._finish(os.waitstatus_to_exitcode(out[1]), out[1], ru)
+            self._finish(os.waitstatus_to_exitcode(out.wait_status), out.wait_status, out)
             return True
         finally:
             lock.release()
 
-    def _finish(self, returncode: int, wait_status: int | None, rusage_c: Any) -> None:
+    def _finish(self, returncode: int, wait_status: int | None, exit_c: Any) -> None:
         self._wait_status = wait_status
-        self._rusage_c = rusage_c
+        self._exit_c = exit_c  # the struct pyproc_exit itself: a field's cdata would not keep it alive
         self.returncode = returncode
         if self.pidfd is not None:
             os.close(self.pidfd)
@@ -233,6 +232,20 @@ class Process:
                 raise TimeoutExpired(self.args, timeout)
             time.sleep(min(delay, left))
             delay = min(delay * 2, 0.05)
+
+    def communicate(self, input: bytes | bytearray | memoryview | None = None,
+                    timeout: float | None = None) -> tuple[bytes | None, bytes | None]:
+        """Sends input to the child's stdin, reads its stdout and stderr to end of file, waits for it.
+
+        Returns (stdout, stderr): bytes for the streams that are pipes, None for the others.  One C call does
+        the work with the GIL released, polling all pipes together: no size in either direction deadlocks.  A
+        child that closes its stdin early gets the rest of input dropped, without error.  With a timeout it
+        raises pyproc.TimeoutExpired carrying the output read so far and leaves the child running; calling
+        communicate() again (without input) continues where it stopped.  See pyproc.io.communicate.
+        """
+        from .io import communicate
+
+        return communicate(self, input, timeout)
 
     def send_signal(self, sig: int) -> None:
         """Sends sig to the child (through its pidfd); does nothing once the child has been reaped."""

@@ -229,6 +229,9 @@ _DEFAULT_REQUEST.close_fds = 1
 _DEFAULT_REQUEST.restore_signals = 1
 _DEFAULT_REQUEST.process_group = -1
 _DEFAULT_REQUEST.umask = -1
+_DEFAULT_REQUEST.n_exec_paths = 1
+_DEFAULT_REQUEST.keep_fds = _KEEP_STDIO
+_DEFAULT_REQUEST.n_keep_fds = 3
 
 
 def _prepare(
@@ -269,12 +272,49 @@ def _prepare(
     c_args = [ffi.new("char[]", arg) for arg in bargs]
     keepalive.append(c_args)
     req.argv = keepalive_new(keepalive, "char *[]", [*c_args, ffi.NULL])
+    direct = executable is None and b"/" in program
+    if direct:
+        req.exec_paths = req.argv  # argv[0] is the one file to run: no second array (n_exec_paths is 1)
+    # A direct path with every option at its default is the common case: one test skips all their checks.
+    if not (direct and env is None and cwd is None and close_fds is True and new_session is False
+            and process_group is None and umask is None and not rlimits and not pdeathsig and no_new_privs is False
+            and restore_signals is True and sigmask is None and engine != "posix_spawn"):
+        _set_options(req, keepalive, engine, executable, program, close_fds, cwd, env, new_session, process_group,
+                     umask, rlimits, pdeathsig, no_new_privs, restore_signals, sigmask)
+    if stdin is None and stdout is None and stderr is None and not fds and not pass_fds:
+        stdio = _NO_STDIO  # keep_fds: the template's 0, 1, 2
+    else:
+        stdio = _Stdio()
+        try:
+            _set_fd_plan(req, stdio, stdin, stdout, stderr, fds, pass_fds, keepalive)
+        except BaseException:
+            stdio.close_all()
+            raise
+    return Request(req, argv, program, engine, stdio, keepalive)
+
+
+def _set_options(
+    req: Any,
+    keepalive: list[Any],
+    engine: str,
+    executable: StrOrBytesPath | None,
+    program: bytes,
+    close_fds: bool,
+    cwd: StrOrBytesPath | None,
+    env: Mapping[Any, Any] | None,
+    new_session: bool,
+    process_group: int | None,
+    umask: int | None,
+    rlimits: Mapping[int, int | tuple[int, int]] | None,
+    pdeathsig: int | None,
+    no_new_privs: bool,
+    restore_signals: bool,
+    sigmask: Iterable[int] | None,
+) -> None:
+    """Checks the options that differ from the request template's defaults and sets them (and the PATH search)."""
     if env is not None and not isinstance(env, Mapping):
         raise TypeError(f"env must be a mapping, not {type(env).__name__}")
-    if executable is None and b"/" in program:
-        req.exec_paths = req.argv  # argv[0] is the one file to run: no second array
-        req.n_exec_paths = 1
-    else:
+    if executable is not None or b"/" not in program:
         candidates = _exec_candidates(program, env)
         c_paths = [ffi.new("char[]", path) for path in candidates]
         keepalive.append(c_paths)
@@ -286,7 +326,6 @@ def _prepare(
         req.envp = keepalive_new(keepalive, "char *[]", [*c_env, ffi.NULL])
     if cwd is not None:
         req.cwd = keepalive_new(keepalive, "char[]", _encode_arg(cwd, "cwd"))
-    # The template holds the defaults; only what differs is checked and set (this is every spawn's path).
     if close_fds is not True:
         req.close_fds = _check_bool(close_fds, "close_fds")
     if new_session is not False:
@@ -326,18 +365,6 @@ def _prepare(
                    if given]
         if refused:
             raise ValueError(f"engine='posix_spawn' cannot express {', '.join(refused)}: use engine='auto'")
-    if stdin is None and stdout is None and stderr is None and not fds and not pass_fds:
-        req.keep_fds = _KEEP_STDIO
-        req.n_keep_fds = 3
-        stdio = _NO_STDIO
-    else:
-        stdio = _Stdio()
-        try:
-            _set_fd_plan(req, stdio, stdin, stdout, stderr, fds, pass_fds, keepalive)
-        except BaseException:
-            stdio.close_all()
-            raise
-    return Request(req, argv, program, engine, stdio, keepalive)
 
 
 def keepalive_new(keepalive: list[Any], cdecl: str, init: Any) -> Any:

@@ -1,0 +1,618 @@
+/*
+ * io.c - loops that finish a whole buffer, and the poll pump behind run() / communicate().
+ *
+ * Every function returns 0 or a positive errno (DESIGN.md).  None of them retries EINTR by itself: an
+ * interrupted call returns EINTR with its progress kept (in *done, or in the pump's state), the Python side runs
+ * its signal handlers (which may raise) and calls again.  So a signal never surfaces to the user as EINTR and a
+ * Ctrl-C is never stuck behind a blocked read.
+ *
+ * The pump (pyproc_pump_run) sets the parent's pipe ends non-blocking (they are the parent's own open file
+ * descriptions: the child's ends are unaffected), then loops: write what the stdin pipe accepts, read what the
+ * output pipes hold, and only when no fd can make progress, poll them all together until the deadline.  A short
+ * read or write means the pipe is empty or full, so that fd waits for poll; nothing is retried just to see EAGAIN.
+ *
+ * Output buffers: malloc'd while small; past SMALL_MAX an anonymous mapping grown by mremap, which moves page
+ * tables and never copies what was read.  Fresh pages cost the kernel more (zeroing, accounting, a fault per
+ * 4 KiB) than copying the pipe's data into them, so: up to HELPER_AFTER, each read asks for at most POPULATE_STEP
+ * bytes whose pages were just faulted in by one MADV_POPULATE_WRITE (one call instead of a fault per page, and
+ * the zeroed pages are still in the cache when the data lands); past it, a helper thread faults the buffer in
+ * ahead of the reads, on the other CPU, while this thread only copies.  Transparent huge pages were measured and
+ * left out: zeroing 2 MiB at a time (cache-cold) cost more here than the faults it saves.  Pipes that carry a
+ * lot are enlarged with F_SETPIPE_SZ (fewer wake-ups, bigger reads).  pyproc_pump_take hands a large buffer to
+ * Python by moving its pages (mremap MREMAP_FIXED) into a fresh bytes object's storage when both start at the
+ * same offset in a page (the Python side arranges it), so 1 GiB of output is never copied in user space.
+ */
+#include "pyproc.h"
+
+#include <poll.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/mman.h>
+
+#define SMALL_MAX ((size_t)256 << 10)       /* malloc below this capacity, a mapping above */
+#define FIRST_CAP ((size_t)16 << 10)
+#define MIN_FREE ((size_t)64 << 10)          /* room for at least this much per read once output is flowing */
+#define BOOST_AFTER ((size_t)256 << 10)      /* enlarge a pipe once this much went through it */
+#define PIPE_BIG (1 << 20)                   /* the size asked for (the unprivileged maximum by default) */
+#define WRITE_CHUNK ((size_t)1 << 20)
+#define DRAIN_ROUNDS 64
+#define POPULATE_STEP ((size_t)256 << 10)    /* most bytes a read into a big buffer asks for */
+#define HELPER_AFTER ((size_t)4 << 20)       /* output this large gets a helper thread that faults pages in */
+#define HELPER_AHEAD ((size_t)16 << 20)      /* how far ahead of the reads it keeps the buffer faulted in */
+#define HELPER_READ ((size_t)1 << 20)        /* most bytes a read asks for when the helper runs */
+
+struct helper {
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    struct pyproc_outbuf *b;
+    size_t target;  /* atomic: keep the buffer faulted in up to here */
+    int sleeping;   /* atomic */
+    int stop;       /* atomic */
+};
+
+static size_t page_size(void)
+{
+    static size_t size;
+    if (!size) {
+        long got = sysconf(_SC_PAGESIZE);
+        size = got > 0 ? (size_t)got : 4096;
+    }
+    return size;
+}
+
+int64_t pyproc_monotonic_ns(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
+}
+
+/* ---- SIGPIPE: a write to a pipe whose reader is gone must give EPIPE, not kill the process ------------------- */
+
+static int sigpipe_is_default(void)
+{
+    struct sigaction old;
+    if (sigaction(SIGPIPE, NULL, &old) != 0)
+        return 1;
+    return old.sa_handler != SIG_IGN;
+}
+
+/* write(2), with SIGPIPE blocked in this thread when it is not ignored, and a SIGPIPE this write raised
+   consumed before the old mask comes back (a SIGPIPE that was already pending is left alone). */
+static ssize_t write_nosigpipe(int fd, const void *buf, size_t n, int guard)
+{
+    if (!guard)
+        return write(fd, buf, n);
+    sigset_t pipe_set, old_mask, pending;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    sigemptyset(&pending);
+    sigpending(&pending);
+    int was_pending = sigismember(&pending, SIGPIPE) == 1;
+    if (pthread_sigmask(SIG_BLOCK, &pipe_set, &old_mask) != 0)
+        return write(fd, buf, n);
+    ssize_t got = write(fd, buf, n);
+    int saved = errno;
+    if (got < 0 && saved == EPIPE && !was_pending) {
+        struct timespec zero = {0, 0};
+        while (sigtimedwait(&pipe_set, NULL, &zero) < 0 && errno == EINTR)
+            ;
+    }
+    pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
+    errno = saved;
+    return got;
+}
+
+/* ---- full-buffer loops ------------------------------------------------------------------------------------- */
+
+static int wait_fd(int fd, short events)
+{
+    struct pollfd one = {fd, events, 0};
+    if (poll(&one, 1, -1) < 0)
+        return errno;
+    if (one.revents & POLLNVAL)
+        return EBADF;
+    return 0;  /* ready, or POLLERR/POLLHUP: the next read/write reports it */
+}
+
+int pyproc_read_full(int fd, char *buf, size_t n, size_t *done)
+{
+    while (*done < n) {
+        ssize_t got = read(fd, buf + *done, n - *done);
+        if (got > 0) {
+            *done += (size_t)got;
+        } else if (got == 0) {
+            return 0;
+        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            int err = wait_fd(fd, POLLIN);
+            if (err)
+                return err;
+        } else {
+            return errno;
+        }
+    }
+    return 0;
+}
+
+int pyproc_write_full(int fd, const char *buf, size_t n, size_t *done)
+{
+    int guard = sigpipe_is_default();
+    while (*done < n) {
+        ssize_t got = write_nosigpipe(fd, buf + *done, n - *done, guard);
+        if (got >= 0) {
+            *done += (size_t)got;
+        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            int err = wait_fd(fd, POLLOUT);
+            if (err)
+                return err;
+        } else {
+            return errno;
+        }
+    }
+    return 0;
+}
+
+/* ---- output buffers ---------------------------------------------------------------------------------------- */
+
+static size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
+
+/* Makes room for at least `need` bytes from data. */
+static int outbuf_reserve(struct pyproc_outbuf *b, size_t need, size_t lead)
+{
+    if (need <= b->cap)
+        return 0;
+    size_t cap = b->cap ? b->cap : FIRST_CAP;
+    while (cap < need) {
+        if (cap > SIZE_MAX / 2)
+            return ENOMEM;
+        cap *= 2;
+    }
+    if (cap <= SMALL_MAX) {
+        char *grown = realloc(b->base, cap);
+        if (!grown)
+            return ENOMEM;
+        b->base = b->data = grown;
+        b->cap = cap;
+        return 0;
+    }
+    size_t page = page_size();
+    lead %= page;
+    size_t map_size = round_up(lead + cap, page);
+    char *base;
+    struct helper *h = b->helper;
+    if (h)
+        pthread_mutex_lock(&h->lock);
+    if (b->map_size) {
+        base = mremap(b->base, b->map_size, map_size, MREMAP_MAYMOVE);
+        if (base == MAP_FAILED) {
+            int err = errno;
+            if (h)
+                pthread_mutex_unlock(&h->lock);
+            return err;
+        }
+    } else {
+        base = mmap(NULL, map_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (base == MAP_FAILED)
+            return errno;
+        if (b->len)
+            memcpy(base + lead, b->data, b->len);
+        free(b->base);
+    }
+    b->base = base;
+    b->data = base + lead;
+    b->map_size = map_size;
+    b->cap = map_size - lead;
+    if (h)
+        pthread_mutex_unlock(&h->lock);
+    return 0;
+}
+
+/* Faults in (zeroed, writable) the buffer's pages up to `upto` bytes from data, with one madvise instead of a
+   page fault per 4 KiB.  Kernels before 5.14 refuse MADV_POPULATE_WRITE: then the reads fault as usual. */
+static void populate(struct pyproc_outbuf *b, size_t upto)
+{
+#ifdef MADV_POPULATE_WRITE
+    static int refused;
+    size_t page = page_size();
+    if (refused || upto <= b->populated)
+        return;
+    uintptr_t from = (uintptr_t)(b->data + b->populated) / page * page;
+    uintptr_t to = round_up((uintptr_t)(b->data + upto), page);
+    if (to > (uintptr_t)(b->base + b->map_size))
+        to = (uintptr_t)(b->base + b->map_size);
+    if (to > from && madvise((void *)from, to - from, MADV_POPULATE_WRITE) != 0 && errno == EINVAL)
+        refused = 1;
+    b->populated = upto;
+#else
+    (void)b;
+    (void)upto;
+#endif
+}
+
+/* ---- the helper: a thread that pays for the page faults of a big output on the other CPU ------------------ *
+ * Fresh anonymous pages cost the kernel zeroing and accounting per 4 KiB, more than copying the pipe's data
+ * into them.  While a big output streams in, a helper thread (all signals blocked, so they still interrupt the
+ * pump) faults the buffer in ahead of the reads with MADV_POPULATE_WRITE.  It holds `lock` while it works on the
+ * buffer; the reader takes it only to move the buffer (mremap).  It exists only inside one pyproc_pump_run call:
+ * stopped and joined before that call returns. */
+
+static void *helper_main(void *arg)
+{
+    struct helper *h = arg;
+    struct pyproc_outbuf *b = h->b;
+    pthread_mutex_lock(&h->lock);
+    while (!__atomic_load_n(&h->stop, __ATOMIC_SEQ_CST)) {
+        size_t target = __atomic_load_n(&h->target, __ATOMIC_SEQ_CST);
+        if (target > b->cap)
+            target = b->cap;
+        if (b->populated >= target) {
+            __atomic_store_n(&h->sleeping, 1, __ATOMIC_SEQ_CST);
+            size_t again = __atomic_load_n(&h->target, __ATOMIC_SEQ_CST);
+            if ((again > b->cap ? b->cap : again) <= b->populated && !__atomic_load_n(&h->stop, __ATOMIC_SEQ_CST))
+                pthread_cond_wait(&h->wake, &h->lock);
+            __atomic_store_n(&h->sleeping, 0, __ATOMIC_SEQ_CST);
+            continue;
+        }
+        size_t upto = target - b->populated > POPULATE_STEP ? b->populated + POPULATE_STEP : target;
+        populate(b, upto);
+    }
+    pthread_mutex_unlock(&h->lock);
+    return NULL;
+}
+
+static void helper_poke(struct helper *h, size_t target)
+{
+    __atomic_store_n(&h->target, target, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&h->sleeping, __ATOMIC_SEQ_CST)) {
+        pthread_mutex_lock(&h->lock);
+        pthread_cond_signal(&h->wake);
+        pthread_mutex_unlock(&h->lock);
+    }
+}
+
+/* Starts b's helper (best effort: without one, the reads fault the pages in themselves). */
+static void helper_start(struct pyproc_outbuf *b)
+{
+    struct helper *h = calloc(1, sizeof *h);
+    if (!h)
+        return;
+    h->b = b;
+    h->target = b->len + HELPER_AHEAD;
+    pthread_mutex_init(&h->lock, NULL);
+    pthread_cond_init(&h->wake, NULL);
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);  /* the helper inherits it: signals go to the pumping thread */
+    int err = pthread_create(&h->thread, NULL, helper_main, h);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (err) {
+        pthread_cond_destroy(&h->wake);
+        pthread_mutex_destroy(&h->lock);
+        free(h);
+        return;
+    }
+    b->helper = h;
+}
+
+static void helper_stop(struct pyproc_outbuf *b)
+{
+    struct helper *h = b->helper;
+    if (!h)
+        return;
+    __atomic_store_n(&h->stop, 1, __ATOMIC_SEQ_CST);
+    pthread_mutex_lock(&h->lock);
+    pthread_cond_signal(&h->wake);
+    pthread_mutex_unlock(&h->lock);
+    pthread_join(h->thread, NULL);
+    pthread_cond_destroy(&h->wake);
+    pthread_mutex_destroy(&h->lock);
+    free(h);
+    b->helper = NULL;
+}
+
+static void outbuf_free(struct pyproc_outbuf *b)
+{
+    helper_stop(b);
+    if (b->map_size)
+        munmap(b->base, b->map_size);
+    else
+        free(b->base);
+    memset(b, 0, sizeof *b);
+}
+
+/* ---- the pump ---------------------------------------------------------------------------------------------- */
+
+void pyproc_pump_init(struct pyproc_pump *p)
+{
+    memset(p, 0, sizeof *p);
+    p->in_fd = -1;
+    p->out_fd[0] = p->out_fd[1] = -1;
+    p->max_output = UINT64_MAX;
+    p->deadline_ns = -1;
+}
+
+/* The pump's fds are the parent's ends of pipes pyproc made (no O_APPEND, O_ASYNC, O_DIRECT to keep), so one
+   F_SETFL does it. */
+static int set_nonblocking(int fd)
+{
+    return fcntl(fd, F_SETFL, O_NONBLOCK) < 0 ? errno : 0;
+}
+
+static void close_input(struct pyproc_pump *p)
+{
+    if (p->in_fd >= 0) {
+        close(p->in_fd);  /* a pipe's close cannot fail in a way that leaves it open */
+        p->in_fd = -1;
+    }
+}
+
+static int pump_start(struct pyproc_pump *p)
+{
+    p->started = 1;
+    if (p->in_fd >= 0) {
+        if (p->in_pos >= p->in_len) {
+            close_input(p);
+        } else {
+            p->sigpipe_default = sigpipe_is_default();
+            int err = set_nonblocking(p->in_fd);
+            if (err)
+                return err;
+            if (p->in_len - p->in_pos > (size_t)(64 << 10))
+                (void)fcntl(p->in_fd, F_SETPIPE_SZ, PIPE_BIG);  /* best effort: EPERM past the user's quota */
+        }
+    }
+    for (int i = 0; i < 2; i++) {
+        if (p->out_fd[i] < 0) {
+            p->out_eof[i] = 1;
+            continue;
+        }
+        int err = set_nonblocking(p->out_fd[i]);
+        if (err)
+            return err;
+    }
+    return 0;
+}
+
+/* Writes once; *ready = 0 when the pipe is (now) full. */
+static int pump_write(struct pyproc_pump *p, int *ready)
+{
+    size_t left = p->in_len - p->in_pos;
+    size_t chunk = left < WRITE_CHUNK ? left : WRITE_CHUNK;
+    ssize_t got = write_nosigpipe(p->in_fd, p->in_data + p->in_pos, chunk, p->sigpipe_default);
+    if (got < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            *ready = 0;
+            return 0;
+        }
+        if (errno == EINTR)
+            return EINTR;
+        if (errno == EPIPE) {  /* the child closed its stdin: drop the rest */
+            p->in_broken = 1;
+            close_input(p);
+            return 0;
+        }
+        return errno;
+    }
+    p->in_pos += (size_t)got;
+    if (p->in_pos >= p->in_len)
+        close_input(p);
+    else if ((size_t)got < chunk)
+        *ready = 0;
+    return 0;
+}
+
+/* Reads once from output i; *ready = 0 when the pipe is (now) empty. */
+static int pump_read(struct pyproc_pump *p, int i, int *ready)
+{
+    struct pyproc_outbuf *b = &p->out[i];
+    uint64_t allowed = p->max_output == UINT64_MAX ? UINT64_MAX : p->max_output + 1;  /* one more: to see it */
+    size_t want_free = MIN_FREE;
+    if (b->cap - b->len < want_free) {
+        size_t need = b->len + want_free;
+        if (allowed != UINT64_MAX && need > allowed)
+            need = allowed > b->len ? (size_t)allowed : b->len + 1;
+        int err = outbuf_reserve(b, need, p->lead);
+        if (err)
+            return err;
+    }
+    size_t room = b->cap - b->len;
+    if (allowed != UINT64_MAX && allowed - b->len < room)
+        room = (size_t)(allowed - b->len);
+    if (room == 0) {  /* at the limit (only while draining): nothing more is taken */
+        *ready = 0;
+        return 0;
+    }
+    if (b->map_size && !b->helper && b->len >= HELPER_AFTER)
+        helper_start(b);
+    if (b->helper) {
+        if (room > HELPER_READ)
+            room = HELPER_READ;
+        helper_poke(b->helper, b->len + HELPER_AHEAD);
+    } else if (b->map_size) {
+        /* A big buffer takes at most one populated stretch per read, so the pages were just zeroed (still in
+           the cache) when the pipe's data is copied in, and faulted in by one call instead of one per page. */
+        if (room > POPULATE_STEP)
+            room = POPULATE_STEP;
+        populate(b, b->len + room);
+    }
+    ssize_t got = read(p->out_fd[i], b->data + b->len, room);
+    if (got < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            *ready = 0;
+            return 0;
+        }
+        return errno;
+    }
+    if (got == 0) {
+        p->out_eof[i] = 1;
+        return 0;
+    }
+    b->len += (size_t)got;
+    if ((size_t)got < room)
+        *ready = 0;
+    if (!b->boosted && b->len >= BOOST_AFTER) {
+        b->boosted = 1;
+        (void)fcntl(p->out_fd[i], F_SETPIPE_SZ, PIPE_BIG);  /* best effort */
+    }
+    if (p->max_output != UINT64_MAX && b->len > p->max_output) {
+        p->outcome = PYPROC_PUMP_LIMIT;
+        p->limit_stream = i;
+    }
+    return 0;
+}
+
+static int pump_run(struct pyproc_pump *p, int drain)
+{
+    if (p->outcome != PYPROC_PUMP_RUNNING && !drain)
+        return 0;
+    if (!p->started) {
+        int err = pump_start(p);
+        if (err)
+            return err;
+    }
+    int in_ready = 1, out_ready[2] = {0, 0};  /* outputs: poll first (a child rarely has written yet) */
+    int rounds = 0;
+    for (;;) {
+        if (drain && rounds++ >= DRAIN_ROUNDS)
+            return 0;
+        if (!drain && p->deadline_ns >= 0 && pyproc_monotonic_ns() >= p->deadline_ns) {
+            p->outcome = PYPROC_PUMP_TIMEOUT;
+            return 0;
+        }
+        int active = 0, progressed = 0;
+        if (!drain && p->in_fd >= 0) {
+            active = 1;
+            if (in_ready) {
+                int err = pump_write(p, &in_ready);
+                if (err)
+                    return err;
+                progressed = 1;
+            }
+        }
+        for (int i = 0; i < 2; i++) {
+            if (p->out_eof[i])
+                continue;
+            active = 1;
+            if (out_ready[i]) {
+                int err = pump_read(p, i, &out_ready[i]);
+                if (err)
+                    return err;
+                progressed = 1;
+                if (p->outcome == PYPROC_PUMP_LIMIT && !drain)
+                    return 0;
+            }
+        }
+        if (!active) {
+            if (!drain)
+                p->outcome = PYPROC_PUMP_DONE;
+            return 0;
+        }
+        if (progressed && (in_ready || out_ready[0] || out_ready[1]))
+            continue;
+
+        /* Nothing can move without waiting: poll every live fd together. */
+        struct pollfd fds[3];
+        int which[3];
+        nfds_t n = 0;
+        if (!drain && p->in_fd >= 0) {
+            fds[n] = (struct pollfd){p->in_fd, POLLOUT, 0};
+            which[n++] = -1;
+        }
+        for (int i = 0; i < 2; i++) {
+            if (!p->out_eof[i] && p->out[i].len <= p->max_output) {
+                fds[n] = (struct pollfd){p->out_fd[i], POLLIN, 0};
+                which[n++] = i;
+            }
+        }
+        struct timespec limit, *limit_p = NULL;
+        if (drain) {
+            limit = (struct timespec){0, 0};
+            limit_p = &limit;
+        } else if (p->deadline_ns >= 0) {
+            int64_t left = p->deadline_ns - pyproc_monotonic_ns();
+            if (left <= 0) {
+                p->outcome = PYPROC_PUMP_TIMEOUT;
+                return 0;
+            }
+            limit = (struct timespec){left / 1000000000, left % 1000000000};
+            limit_p = &limit;
+        }
+        int got = ppoll(fds, n, limit_p, NULL);
+        if (got < 0)
+            return errno;  /* EINTR included: the caller runs its handlers and calls again */
+        if (got == 0) {
+            if (drain)
+                return 0;
+            continue;  /* the deadline check above decides */
+        }
+        for (nfds_t k = 0; k < n; k++) {
+            if (fds[k].revents & POLLNVAL)
+                return EBADF;
+            if (!fds[k].revents)
+                continue;
+            /* POLLHUP / POLLERR too: the read sees EOF, the write EPIPE. */
+            if (which[k] < 0)
+                in_ready = 1;
+            else
+                out_ready[which[k]] = 1;
+        }
+    }
+}
+
+int pyproc_pump_run(struct pyproc_pump *p, int drain)
+{
+    int err = pump_run(p, drain);
+    helper_stop(&p->out[0]);
+    helper_stop(&p->out[1]);
+    return err;
+}
+
+int pyproc_pump_take(struct pyproc_pump *p, int stream, char *dest, size_t n)
+{
+    if (stream < 0 || stream > 1)
+        return EINVAL;
+    struct pyproc_outbuf *b = &p->out[stream];
+    if (n > b->len)
+        return EINVAL;
+    size_t page = page_size();
+    uintptr_t src = (uintptr_t)b->data, dst = (uintptr_t)dest;
+    size_t head = (page - src % page) % page;
+    if (b->map_size && src % page == dst % page && n >= head + 16 * page) {
+        size_t moved = (n - head) / page * page;
+        memcpy(dest, b->data, head);
+        void *to = mremap(b->data + head, moved, moved, MREMAP_MAYMOVE | MREMAP_FIXED, dest + head);
+        if (to != MAP_FAILED) {
+            memcpy(dest + head + moved, b->data + head + moved, n - head - moved);
+            /* Unmap what is left of the buffer around the moved pages (never the hole: another thread may have
+               mapped something there meanwhile). */
+            char *hole = b->data + head, *end = b->base + b->map_size;
+            if (hole > b->base)
+                munmap(b->base, (size_t)(hole - b->base));
+            if (hole + moved < end)
+                munmap(hole + moved, (size_t)(end - (hole + moved)));
+            memset(b, 0, sizeof *b);
+            return 0;
+        }
+    }
+    /* Copied: in steps whose destination pages are faulted in at once first (dest is fresh memory). */
+    struct pyproc_outbuf target = {.base = dest, .data = dest, .map_size = n};
+    for (size_t at = 0; at < n; at += POPULATE_STEP) {
+        size_t step = n - at < POPULATE_STEP ? n - at : POPULATE_STEP;
+        if (n >= SMALL_MAX)
+            populate(&target, at + step);
+        memcpy(dest + at, b->data + at, step);
+    }
+    outbuf_free(b);
+    return 0;
+}
+
+void pyproc_pump_release(struct pyproc_pump *p)
+{
+    close_input(p);
+    for (int i = 0; i < 2; i++)
+        outbuf_free(&p->out[i]);
+}

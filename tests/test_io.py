@@ -1,0 +1,601 @@
+"""pyproc.io: read_full / write_full, run(), Process.communicate() and the C pump behind them."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+import pyproc
+import pyproc.io
+
+F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
+
+
+def _pipe_capacity() -> int:
+    r, w = os.pipe()
+    try:
+        return int(fcntl.fcntl(w, F_GETPIPE_SZ))
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+PIPE_CAP = _pipe_capacity()
+
+# Every test here must leave no fd open in the parent and no child (running or zombie) behind: no_leaks in
+# conftest.py checks that after each test (and some tests check it themselves at a precise point).
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
+
+def _pattern(n: int) -> bytes:
+    """n bytes that are not all the same, so that a reordering or a lost chunk shows."""
+    block = bytes(range(251)) * 17  # 4267 bytes: not a divisor of any pipe or page size
+    return (block * (n // len(block) + 1))[:n]
+
+
+def _children() -> list[tuple[int, str]]:
+    """(pid, state) of every child of this process, zombies included."""
+    me = os.getpid()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == me:
+            found.append((int(entry), fields[0]))
+    return found
+
+
+def _fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def _gone(pid: int, within: float = 5.0) -> bool:
+    """True once pid no longer runs (gone, or a zombie nobody reaped yet)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.01)
+    return False
+
+
+@pytest.fixture
+def no_start(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Fails the test if run()/pipeline() starts a child: bad input must be refused before."""
+
+    def refuse(request: object) -> None:
+        raise AssertionError("a child was started for bad input")
+
+    monkeypatch.setattr(pyproc.io, "start", refuse)
+    yield
+
+
+# ---- read_full / write_full --------------------------------------------------------------------------------
+
+
+def test_read_full_write_full_through_a_pipe_larger_than_its_capacity() -> None:
+    data = _pattern(PIPE_CAP * 8 + 123)
+    r, w = os.pipe()
+    try:
+        writer = threading.Thread(target=lambda: (pyproc.write_full(w, data), os.close(w)))
+        writer.start()
+        got = pyproc.read_full(r, len(data))
+        writer.join()
+        assert got == data
+        assert pyproc.read_full(r, 10) == b""  # end of file: fewer bytes (none), no error
+    finally:
+        os.close(r)
+
+
+def test_read_full_returns_short_at_end_of_file() -> None:
+    r, w = os.pipe()
+    os.write(w, b"abc")
+    os.close(w)
+    assert pyproc.read_full(r, 100) == b"abc"
+    os.close(r)
+
+
+def test_read_full_and_write_full_wait_out_eagain_on_non_blocking_fds() -> None:
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    os.set_blocking(w, False)
+    data = _pattern(PIPE_CAP * 4)
+    try:
+        reader_result: list[bytes] = []
+        reader = threading.Thread(target=lambda: reader_result.append(pyproc.read_full(r, len(data))))
+        reader.start()
+        time.sleep(0.05)  # the reader meets an empty non-blocking pipe first: EAGAIN, then poll
+        assert pyproc.write_full(w, data) == len(data)
+        reader.join(10)
+        assert reader_result == [data]
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_write_full_to_a_closed_reader_is_broken_pipe_not_sigpipe() -> None:
+    # Run in a child interpreter with SIGPIPE at its default action: the write must give EPIPE, not kill it.
+    code = textwrap.dedent("""
+        import os, signal, pyproc
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        r, w = os.pipe()
+        os.close(r)
+        try:
+            pyproc.write_full(w, b"x" * 100000)
+        except BrokenPipeError:
+            print("EPIPE")
+        r2, w2 = os.pipe()
+        os.close(r2)
+        res = pyproc.run(["head", "-c", "1"], input=b"y" * 10_000_000, capture=True)
+        print(res.returncode, len(res.stdout))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["EPIPE", "0", "1"]
+
+
+def test_read_full_write_full_bad_arguments() -> None:
+    with pytest.raises(TypeError):
+        pyproc.read_full("3", 1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        pyproc.read_full(-1, 1)
+    with pytest.raises(ValueError):
+        pyproc.read_full(0, -1)
+    with pytest.raises(TypeError):
+        pyproc.write_full(1, "text")  # type: ignore[arg-type]
+    r, w = os.pipe()
+    os.close(r)
+    os.close(w)
+    with pytest.raises(OSError) as info:
+        pyproc.read_full(r, 1)
+    assert info.value.errno == 9  # EBADF
+    with pytest.raises(OSError) as info:
+        pyproc.write_full(w, b"x")
+    assert info.value.errno == 9
+
+
+def test_read_full_write_full_under_a_flood_of_signals() -> None:
+    hits = [0]
+
+    def handler(signum: int, frame: object) -> None:
+        hits[0] += 1
+
+    old = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0002)
+    try:
+        data = _pattern(32 << 20)
+        r, w = os.pipe()
+        # The child holds its stdout open 0.3 s after the data: read_full (asked for one byte more) is blocked
+        # then, and interrupted again and again.
+        proc = pyproc.spawn(["sh", "-c", "cat; sleep 0.3"], stdin=pyproc.PIPE, stdout=w)
+        os.close(w)
+        assert proc.stdin is not None
+        sender = threading.Thread(target=lambda: (pyproc.write_full(proc.stdin.fileno(), data),  # type: ignore
+                                                  proc.stdin.close()))  # type: ignore[union-attr]
+        sender.start()
+        got = pyproc.read_full(r, len(data) + 1)
+        sender.join()
+        os.close(r)
+        proc.wait()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert got == data
+    assert hits[0] > 10
+
+
+# ---- run: sizes and directions -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 1, PIPE_CAP - 1, PIPE_CAP, PIPE_CAP + 1, 3 * PIPE_CAP + 7])
+def test_run_round_trip_sizes(size: int) -> None:
+    data = _pattern(size)
+    res = pyproc.run(["cat"], input=data, capture=True)
+    assert res.returncode == 0
+    assert res.stdout == data
+    assert res.stderr == b""
+
+
+@pytest.mark.parametrize("size", [0, 1, PIPE_CAP - 1, PIPE_CAP, PIPE_CAP + 1, 5 << 20])
+def test_run_output_only_sizes(size: int) -> None:
+    res = pyproc.run(["head", "-c", str(size), "/dev/zero"], stdout=pyproc.PIPE)
+    assert res.stdout == bytes(size)
+    assert res.stderr is None
+
+
+def test_run_64mib_both_ways_at_once_does_not_deadlock() -> None:
+    # The classic deadlock: the child writes 64 MiB to stderr before it reads its 64 MiB of input, then echoes
+    # the input.  Writing all input before reading (or reading one pipe only) hangs; the pump must not.
+    size = 64 << 20
+    data = _pattern(size)
+    script = f"head -c {size} /dev/zero >&2; cat"
+    res = pyproc.run(["sh", "-c", script], input=data, capture=True, timeout=120)
+    assert res.returncode == 0
+    assert len(res.stderr) == size and res.stderr == bytes(size)
+    assert res.stdout == data
+
+
+def test_communicate_64mib_both_ways_at_once() -> None:
+    size = 64 << 20
+    data = _pattern(size)
+    proc = pyproc.spawn(["sh", "-c", f"cat; head -c {size} /dev/zero >&2"], stdin=pyproc.PIPE,
+                        stdout=pyproc.PIPE, stderr=pyproc.PIPE)
+    out, err = proc.communicate(data, timeout=120)
+    assert out == data
+    assert err == bytes(size)
+    assert proc.returncode == 0
+    assert proc.stdout is None or proc.stdout.closed
+
+
+def test_large_output_is_intact() -> None:
+    # Past 1 MiB the output is handed over by moving pages: check every byte, the head and tail pieces too.
+    size = (48 << 20) + 4097
+    data = _pattern(size)
+    res = pyproc.run(["cat"], input=data, capture=True)
+    assert len(res.stdout) == size
+    assert res.stdout == data
+    assert res.stdout[:100] == data[:100] and res.stdout[-5000:] == data[-5000:]
+
+
+def test_child_closing_stdin_early_drops_the_rest_without_error() -> None:
+    res = pyproc.run(["head", "-c", "5"], input=_pattern(20 << 20), capture=True)
+    assert res.returncode == 0
+    assert res.stdout == _pattern(5)
+    res = pyproc.run(["true"], input=_pattern(PIPE_CAP * 3))
+    assert res.returncode == 0
+
+
+def test_input_never_read_and_stdin_closed_by_child() -> None:
+    res = pyproc.run(["sh", "-c", "exec 0<&-; echo done"], input=_pattern(PIPE_CAP * 2), capture=True)
+    assert res.stdout == b"done\n"
+
+
+def test_stderr_to_stdout() -> None:
+    res = pyproc.run(["sh", "-c", "echo out; echo err >&2"], stdout=pyproc.PIPE, stderr=pyproc.STDOUT)
+    assert res.stdout == b"out\nerr\n"
+    assert res.stderr is None
+
+
+def test_result_fields_and_check() -> None:
+    res = pyproc.run(["sh", "-c", "echo hi; exit 3"], capture=True)
+    assert res.returncode == 3
+    assert res.status is not None and res.status.exit_code == 3
+    assert res.rusage is not None
+    assert res.elapsed > 0
+    with pytest.raises(pyproc.CalledProcessError) as info:
+        res.check_returncode()
+    assert info.value.stdout == b"hi\n"
+    with pytest.raises(pyproc.CalledProcessError) as info:
+        pyproc.run(["sh", "-c", "echo out; echo err >&2; exit 4"], capture=True, check=True)
+    assert (info.value.returncode, info.value.stdout, info.value.stderr) == (4, b"out\n", b"err\n")
+    res = pyproc.run(["sh", "-c", "kill -9 $$"])
+    assert res.returncode == -9
+    assert res.stdout is None
+
+
+def test_run_passes_spawn_options() -> None:
+    env = {"X": "42", "PATH": os.defpath}
+    res = pyproc.run(["sh", "-c", 'echo "$X"; pwd'], capture=True, env=env, cwd="/")
+    assert res.stdout == b"42\n/\n"
+
+
+def test_run_exec_failure_raises_and_leaves_nothing() -> None:
+    before = _fds()
+    with pytest.raises(FileNotFoundError):
+        pyproc.run(["/nonexistent/program"], input=b"x", capture=True)
+    assert _fds() == before
+    assert _children() == []
+
+
+# ---- text mode ---------------------------------------------------------------------------------------------
+
+
+def test_text_mode() -> None:
+    res = pyproc.run(["cat"], input="héllo\r\nwörld", capture=True, encoding="utf-8")
+    assert res.stdout == "héllo\r\nwörld"  # decoded, no newline translation
+    assert res.stderr == ""
+    res = pyproc.run(["printf", r"a\377b"], capture=True, encoding="utf-8", errors="replace")
+    assert res.stdout == "a\ufffdb"
+    res = pyproc.run(["printf", "caf\\351"], capture=True, encoding="latin-1")
+    assert res.stdout == "café"
+    with pytest.raises(UnicodeDecodeError):
+        pyproc.run(["printf", r"\377"], capture=True, encoding="utf-8")
+
+
+def test_text_input_needs_text_mode(no_start: None) -> None:
+    with pytest.raises(TypeError, match="text mode"):
+        pyproc.run(["cat"], input="text")
+
+
+# ---- timeouts ----------------------------------------------------------------------------------------------
+
+
+def test_timeout_raises_with_partial_output_and_reaps() -> None:
+    t0 = time.monotonic()
+    with pytest.raises(pyproc.TimeoutExpired) as info:
+        pyproc.run(["sh", "-c", "echo partial; echo err >&2; sleep 30"], capture=True, timeout=0.5)
+    assert time.monotonic() - t0 < 5
+    assert info.value.stdout == b"partial\n"
+    assert info.value.stderr == b"err\n"
+    assert isinstance(info.value, TimeoutError)
+    assert isinstance(info.value, subprocess.TimeoutExpired)
+    assert _children() == []
+
+
+def test_timeout_kills_grandchildren() -> None:
+    with pytest.raises(pyproc.TimeoutExpired) as info:
+        pyproc.run(["sh", "-c", "sleep 30 & echo $!; wait"], capture=True, timeout=0.5)
+    assert info.value.stdout
+    grandchild = int(info.value.stdout)
+    assert _gone(grandchild)
+
+
+def test_grandchild_holding_the_pipe_does_not_outlive_the_timeout() -> None:
+    # The child exits at once; a grandchild in a session of its own (out of reach of the group kill) keeps the
+    # stdout pipe open.  run() must give up at its deadline, not wait for end of file.
+    t0 = time.monotonic()
+    with pytest.raises(pyproc.TimeoutExpired) as info:
+        pyproc.run(["sh", "-c", "setsid sleep 30 & echo $!"], capture=True, timeout=1.0)
+    elapsed = time.monotonic() - t0
+    escaped = int(info.value.stdout)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(escaped, signal.SIGKILL)
+    assert elapsed < 4
+    assert _children() == []
+
+
+def test_child_that_closes_its_pipes_but_runs_on_hits_the_timeout() -> None:
+    t0 = time.monotonic()
+    with pytest.raises(pyproc.TimeoutExpired) as info:
+        pyproc.run(["sh", "-c", "echo bye; exec >&- 2>&-; sleep 30"], capture=True, timeout=0.5)
+    assert time.monotonic() - t0 < 5
+    assert info.value.stdout == b"bye\n"
+    assert _children() == []
+
+
+def test_timeout_puts_the_child_in_its_own_group() -> None:
+    res = pyproc.run(["sh", "-c", "ps -o pgid= -p $$ 2>/dev/null || cut -d' ' -f5 /proc/$$/stat"],
+                     capture=True, timeout=10)
+    pgid = int(res.stdout.split()[0])
+    assert pgid != os.getpgrp()
+    res = pyproc.run(["sh", "-c", "cut -d' ' -f5 /proc/$$/stat"], capture=True)
+    assert int(res.stdout) == os.getpgrp()  # without a timeout, the child stays in ours
+
+
+def test_communicate_timeout_keeps_state_and_resumes() -> None:
+    proc = pyproc.spawn(["sh", "-c", "cat; echo first; sleep 0.7; echo second"], stdin=pyproc.PIPE,
+                        stdout=pyproc.PIPE)
+    with pytest.raises(pyproc.TimeoutExpired) as info:
+        proc.communicate(b"input\n", timeout=0.3)
+    assert info.value.stdout == b"input\nfirst\n"
+    assert proc.returncode is None
+    with pytest.raises(ValueError):
+        proc.communicate(b"again")
+    out, err = proc.communicate(timeout=10)
+    assert out == b"input\nfirst\nsecond\n"
+    assert err is None
+    assert proc.returncode == 0
+
+
+def test_communicate_input_needs_a_stdin_pipe() -> None:
+    proc = pyproc.spawn(["true"], stdout=pyproc.PIPE)
+    with pytest.raises(ValueError, match="stdin"):
+        proc.communicate(b"x")
+    assert proc.communicate() == (b"", None)
+
+
+# ---- max_output --------------------------------------------------------------------------------------------
+
+
+def test_max_output_kills_and_carries_what_was_read() -> None:
+    t0 = time.monotonic()
+    with pytest.raises(pyproc.OutputLimitExceeded) as info:
+        pyproc.run(["cat", "/dev/zero"], capture=True, max_output=100_000)
+    assert time.monotonic() - t0 < 10
+    assert info.value.stdout == bytes(100_000)
+    assert info.value.limit == 100_000
+    assert _children() == []
+
+
+def test_max_output_on_stderr_and_exact_fit() -> None:
+    with pytest.raises(pyproc.OutputLimitExceeded) as info:
+        pyproc.run(["sh", "-c", "echo small; head -c 5000 /dev/zero >&2"], capture=True, max_output=4096)
+    assert info.value.stdout == b"small\n"
+    assert info.value.stderr == bytes(4096)
+    res = pyproc.run(["head", "-c", "4096", "/dev/zero"], capture=True, max_output=4096)
+    assert res.stdout == bytes(4096)
+    res = pyproc.run(["true"], capture=True, max_output=0)
+    assert res.stdout == b""
+    with pytest.raises(pyproc.OutputLimitExceeded):
+        pyproc.run(["echo"], capture=True, max_output=0)
+
+
+def test_max_output_large() -> None:
+    limit = (8 << 20) + 5
+    with pytest.raises(pyproc.OutputLimitExceeded) as info:
+        pyproc.run(["cat", "/dev/zero"], capture=True, max_output=limit)
+    assert len(info.value.stdout) == limit
+
+
+# ---- signals -----------------------------------------------------------------------------------------------
+
+
+def test_run_under_a_flood_of_signals() -> None:
+    hits = [0]
+
+    def handler(signum: int, frame: object) -> None:
+        hits[0] += 1
+
+    old = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0002)
+    try:
+        data = _pattern(24 << 20)
+        res = pyproc.run(["cat"], input=data, capture=True)
+        slow = pyproc.run(["sh", "-c", "sleep 0.3; echo late"], capture=True, timeout=30)
+        proc = pyproc.spawn(["cat"], stdin=pyproc.PIPE, stdout=pyproc.PIPE)
+        out, _ = proc.communicate(data)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert res.stdout == data
+    assert slow.stdout == b"late\n"
+    assert out == data
+    assert hits[0] > 50
+
+
+def test_signals_from_another_process() -> None:
+    hits = [0]
+
+    def handler(signum: int, frame: object) -> None:
+        hits[0] += 1
+
+    old = signal.signal(signal.SIGUSR1, handler)
+    flood = textwrap.dedent(f"""
+        import os, time
+        end = time.time() + 1.5
+        while time.time() < end:
+            os.kill({os.getpid()}, {int(signal.SIGUSR1)})
+            time.sleep(0.0001)
+    """)
+    sender = subprocess.Popen([sys.executable, "-c", flood])
+    try:
+        res = pyproc.run(["sh", "-c", "sleep 1; head -c 3000000 /dev/zero"], capture=True, timeout=30)
+    finally:
+        sender.wait()
+        signal.signal(signal.SIGUSR1, old)
+    assert res.stdout == bytes(3_000_000)
+    assert hits[0] > 10
+
+
+def test_exception_from_a_signal_handler_kills_and_reaps() -> None:
+    class Stop(Exception):
+        pass
+
+    def handler(signum: int, frame: object) -> None:
+        raise Stop
+
+    old = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, 0.3)
+    before = _fds()
+    try:
+        with pytest.raises(Stop):
+            pyproc.run(["sleep", "30"], capture=True)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert _children() == []
+    assert _fds() == before
+
+
+# ---- resources ---------------------------------------------------------------------------------------------
+
+
+def test_no_fd_leaks_and_no_zombies_after_1000_runs() -> None:
+    pyproc.run(["true"], capture=True)
+    before = _fds()
+    for i in range(1000):
+        if i % 4 == 0:
+            res = pyproc.run(["true"])
+        elif i % 4 == 1:
+            res = pyproc.run(["echo", str(i)], capture=True)
+        elif i % 4 == 2:
+            res = pyproc.run(["cat"], input=b"x" * i, capture=True, timeout=30)
+        else:
+            with pytest.raises(pyproc.OutputLimitExceeded):
+                pyproc.run(["echo", "too long"], capture=True, max_output=2)
+            continue
+        assert res.returncode == 0
+    assert _fds() == before
+    assert _children() == []
+
+
+# ---- bad input ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"timeout": "1"}, TypeError),
+        ({"timeout": -1}, ValueError),
+        ({"timeout": float("nan")}, ValueError),
+        ({"max_output": -1, "capture": True}, ValueError),
+        ({"max_output": 1.5, "capture": True}, TypeError),
+        ({"max_output": 10}, ValueError),  # nothing captured
+        ({"input": 123}, TypeError),
+        ({"input": b"x", "stdin": pyproc.DEVNULL}, ValueError),
+        ({"capture": True, "stdout": pyproc.DEVNULL}, ValueError),
+        ({"encoding": 8}, TypeError),
+        ({"encoding": "no-such-codec"}, LookupError),
+        ({"errors": 8}, TypeError),
+        ({"engine": "warp"}, ValueError),
+        ({"stdout": "file"}, TypeError),
+        ({"cwd": 3.5}, TypeError),
+    ],
+)
+def test_run_bad_input_before_any_child(no_start: None, kwargs: dict[str, object], error: type) -> None:
+    before = _fds()
+    with pytest.raises(error):
+        pyproc.run(["cat"], **kwargs)  # type: ignore[arg-type]
+    assert _fds() == before
+
+
+def test_run_bad_argv(no_start: None) -> None:
+    with pytest.raises(ValueError):
+        pyproc.run([])
+    with pytest.raises(TypeError):
+        pyproc.run("ls")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        pyproc.run(["a\0b"])
+
+
+def test_communicate_bad_arguments() -> None:
+    proc = pyproc.spawn(["cat"], stdin=pyproc.PIPE, stdout=pyproc.PIPE)
+    with pytest.raises(TypeError):
+        proc.communicate("text")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        proc.communicate(b"x", timeout=-1)
+    assert proc.communicate(b"ok") == (b"ok", None)
+
+
+@pytest.mark.parametrize("shift", [0, 8, 2048])
+def test_large_output_handover_moved_or_copied(monkeypatch: pytest.MonkeyPatch, shift: int) -> None:
+    # Whole pages are moved into the bytes object when its data and the buffer's share their page offset
+    # (shift 0, with glibc's allocator), otherwise copied (any other shift).  Both must give every byte back.
+    lead = pyproc.io._lead()
+    monkeypatch.setattr(pyproc.io, "_page_lead", (lead + shift) % os.sysconf("SC_PAGESIZE"))
+    size = (6 << 20) + 333
+    data = _pattern(size)
+    res = pyproc.run(["cat"], input=data, capture=True)
+    assert res.stdout == data
+
+
+def test_communicate_with_streams_the_caller_already_closed() -> None:
+    proc = pyproc.spawn(["sh", "-c", "echo out"], stdin=pyproc.PIPE, stdout=pyproc.PIPE, stderr=pyproc.PIPE)
+    assert proc.stdin is not None and proc.stderr is not None
+    proc.stdin.close()
+    proc.stderr.close()
+    with pytest.raises(ValueError, match="stdin"):
+        proc.communicate(b"x")
+    assert proc.communicate(timeout=10) == (b"out\n", None)
+    assert proc.returncode == 0
