@@ -10,13 +10,12 @@ TimeoutExpired so that a second communicate() goes on where the first stopped) w
   stdin_done / stdout_done / stderr_done: which file objects the caller may close.
 
 NativeExchange is pyproc.io's C pump (one poll loop over the three pipes with the GIL released, buffers that
-grow without copying), used when pyproc.io is there; Exchange is the fallback, a select.poll loop in Python
-with stdin non-blocking while it runs, so that one write moves as much input as the pipe accepts.
+grow without copying): what communicate() uses.  Exchange is the same in Python, a select.poll loop with stdin
+non-blocking while it runs: the fallback when _Pump is None (the tests run the differential cases on it too).
 """
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
 import select
@@ -24,12 +23,12 @@ import time
 from collections.abc import Callable
 from typing import IO, Any, cast
 
+from . import io as _io
 from ._lib import lib
 
-_Pump: Any = None  # the C pump of run() / Process.communicate (pyproc.io, issue 3), when this tree has it
-_PUMP_DONE: Any = getattr(lib, "PYPROC_PUMP_DONE", None)
-if _PUMP_DONE is not None:
-    _Pump = getattr(importlib.import_module(".io", __package__), "_Pump", None)
+# The C pump of run() / Process.communicate (pyproc.io); None selects the Python fallback (the tests do).
+_Pump: Any = _io._Pump
+_PUMP_DONE = lib.PYPROC_PUMP_DONE
 
 _READ_SIZE = 65536
 

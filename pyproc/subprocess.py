@@ -8,8 +8,8 @@ and the exception classes -- with the same defaults, behaviour and error message
 pyproc's spawn core (clone3 + CLONE_VFORK with a pidfd, everything prepared in the parent, the GIL released)
 instead of _posixsubprocess, waited for through their pidfd (no sleep loops for wait(timeout)), and signalled
 through it (a recycled pid is never hit).  communicate() -- and so run(), check_output(), getoutput() -- moves
-the data with pyproc.io's C pump (one poll loop over the three pipes, the GIL released) when the package has
-it, else with a selectors loop (pyproc/_subprocess_pump.py).
+the data with pyproc.io's C pump (one poll loop over the three pipes, the GIL released; see
+pyproc/_subprocess_pump.py).
 
 Decisions where the standard library leaves room:
 
