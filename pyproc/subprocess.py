@@ -380,7 +380,8 @@ class Popen(Generic[AnyStr]):
             self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         return self._devnull
 
-    def _make_pipe(self, child_reads: bool, to_close: list[int]) -> tuple[int, int]:
+    def _make_pipe(self, to_close: list[int]) -> tuple[int, int]:
+        """A pipe (read end, write end), pipesize applied (F_SETPIPE_SZ), both ends listed in to_close."""
         read_end, write_end = os.pipe()
         to_close += (read_end, write_end)
         if self.pipesize > 0:
@@ -399,7 +400,7 @@ class Popen(Generic[AnyStr]):
             if stdin is None:
                 pass
             elif stdin == PIPE:
-                p2cread, p2cwrite = self._make_pipe(True, to_close)
+                p2cread, p2cwrite = self._make_pipe(to_close)
             elif stdin == DEVNULL:
                 p2cread = self._get_devnull()
             elif isinstance(stdin, int):
@@ -410,7 +411,7 @@ class Popen(Generic[AnyStr]):
             if stdout is None:
                 pass
             elif stdout == PIPE:
-                c2pread, c2pwrite = self._make_pipe(False, to_close)
+                c2pread, c2pwrite = self._make_pipe(to_close)
             elif stdout == DEVNULL:
                 c2pwrite = self._get_devnull()
             elif isinstance(stdout, int):
@@ -421,7 +422,7 @@ class Popen(Generic[AnyStr]):
             if stderr is None:
                 pass
             elif stderr == PIPE:
-                errread, errwrite = self._make_pipe(False, to_close)
+                errread, errwrite = self._make_pipe(to_close)
             elif stderr == STDOUT:
                 errwrite = c2pwrite if c2pwrite != -1 else sys.__stdout__.fileno()  # type: ignore[union-attr]
             elif stderr == DEVNULL:
