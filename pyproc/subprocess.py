@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import io
 import locale
 import operator
@@ -385,8 +386,6 @@ class Popen(Generic[AnyStr]):
         read_end, write_end = os.pipe()
         to_close += (read_end, write_end)
         if self.pipesize > 0:
-            import fcntl
-
             fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, self.pipesize)
         return read_end, write_end
 
