@@ -433,11 +433,14 @@ static int pump_read(struct pyproc_pump *p, int i, int *ready)
             room = HELPER_READ;
         helper_poke(b->helper, b->len + HELPER_AHEAD);
     } else if (b->map_size) {
-        /* A big buffer takes at most one populated stretch per read, so the pages were just zeroed (still in
-           the cache) when the pipe's data is copied in, and faulted in by one call instead of one per page. */
-        if (room > POPULATE_STEP)
-            room = POPULATE_STEP;
-        populate(b, b->len + room);
+        /* A big buffer is faulted in a whole stretch at a time, by one call instead of a fault per page, once
+           less than MIN_FREE of it is left ahead of the reads: writers often send 4 KiB at a time, and one
+           madvise per small read cost more than the faults it saved.  Reads stay inside the populated part, so
+           the pages were just zeroed (still in the cache) when the pipe's data is copied in. */
+        if (b->populated < b->len + MIN_FREE)
+            populate(b, b->len + POPULATE_STEP);
+        if (b->populated > b->len && room > b->populated - b->len)
+            room = b->populated - b->len;
     }
     ssize_t got = read(p->out_fd[i], b->data + b->len, room);
     if (got < 0) {

@@ -1,16 +1,15 @@
 """pyproc: start and manage processes on Linux at the cost of the kernel work alone.
 
-The public names live here; each comes from the module of its concern (see DESIGN.md).
+The public names live here; each comes from the module of its concern (see DESIGN.md).  The submodules
+pyproc.cow (fork and copy-on-write measurement), pyproc.aio (asyncio) and pyproc.subprocess (a drop-in for the
+standard library's subprocess) are imported by name; pyproc.cow is also imported here.
 """
 
+from . import cow
 from ._version import __version__
 from .errors import CalledProcessError, OutputLimitExceeded, TimeoutExpired
-
-# io (issue 3)
 from .io import Pipeline, Result, pipeline, read_full, run, write_full
 from .process import Process, Rusage, Status, wait_any
-
-# signals (issue 6)
 from .signals import SignalEvent, SignalPipe
 from .spawn import DEVNULL, ENGINES, PIPE, STDOUT, spawn
 
@@ -38,7 +37,3 @@ __all__ = [
     "wait_any",
     "write_full",
 ]
-
-# cow (issue 4): the submodule, used as pyproc.cow.measure_fork / pyproc.cow.measure_cow (imported here, after
-# __all__, so that the sorted import block above stays as it is)
-from . import cow

@@ -20,40 +20,18 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 from . import signals as _signals
-from .errors import CalledProcessError, TimeoutExpired
+from .errors import TimeoutExpired
+from .io import Result
 from .process import Process, Rusage, Status
 from .spawn import DEVNULL, PIPE, STDOUT, FileSpec
 from .spawn import spawn as _spawn
 
 _READ_CHUNK = 1 << 16
 _POLL_DELAYS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
-
-
-@dataclass
-class Result:
-    """What aio.run() returns: the same fields as pyproc.run()'s Result.
-
-    args, returncode (minus the signal number if killed), stdout / stderr (bytes, or None when not captured),
-    status (pyproc.Status), rusage (pyproc.Rusage), elapsed (seconds from start to reaping, monotonic clock).
-    """
-
-    args: Any
-    returncode: int
-    stdout: bytes | None
-    stderr: bytes | None
-    status: Status | None
-    rusage: Rusage | None
-    elapsed: float
-
-    def check_returncode(self) -> None:
-        """Raises pyproc.CalledProcessError if returncode is nonzero."""
-        if self.returncode:
-            raise CalledProcessError(self.returncode, self.args, self.stdout, self.stderr)
 
 
 class AsyncProcess:
@@ -318,7 +296,7 @@ async def run(
     argv: Sequence[Any],
     *,
     input: bytes | None = None,
-    capture_output: bool = False,
+    capture: bool = False,
     stdin: FileSpec = None,
     stdout: FileSpec = None,
     stderr: FileSpec = None,
@@ -326,10 +304,10 @@ async def run(
     check: bool = False,
     **kwargs: Any,
 ) -> Result:
-    """Runs argv to completion on the event loop and returns a Result (pyproc.run()'s fields).
+    """Runs argv to completion on the event loop and returns a pyproc.Result, as pyproc.run() does.
 
-    input: bytes for the child's stdin (implies stdin=PIPE).  capture_output=True: stdout=PIPE and
-    stderr=PIPE. Other keyword arguments are pyproc.spawn's (cwd, env, new_session, ...).
+    input: bytes for the child's stdin (implies stdin=PIPE).  capture=True: stdout=PIPE and stderr=PIPE.
+    Other keyword arguments are pyproc.spawn's (cwd, env, new_session, ...).
 
     timeout (seconds): the child is killed (its process group too when it leads one) and reaped, and
     pyproc.TimeoutExpired is raised with the partial output.  Cancelling the awaiting task kills and reaps the
@@ -340,9 +318,9 @@ async def run(
         if stdin is not None:
             raise ValueError("stdin and input cannot both be given")
         stdin = PIPE
-    if capture_output:
+    if capture:
         if stdout is not None or stderr is not None:
-            raise ValueError("stdout and stderr cannot be given with capture_output=True")
+            raise ValueError("stdout and stderr cannot be given with capture=True")
         stdout = stderr = PIPE
     if timeout is not None and timeout < 0:
         raise ValueError("timeout must be >= 0 or None")
@@ -351,7 +329,7 @@ async def run(
     out, err = await proc.communicate(input, timeout)
     elapsed = time.monotonic() - start
     assert proc.returncode is not None
-    result = Result(proc.args, proc.returncode, out, err, proc.status, proc.rusage, elapsed)
+    result = Result(proc.args, proc.returncode, out, err, proc._process, elapsed)
     if check:
         result.check_returncode()
     return result

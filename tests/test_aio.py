@@ -76,7 +76,7 @@ async def _read_pid(path: Path, timeout: float = 10) -> int:
 
 def test_run_captures_output_status_rusage() -> None:
     result = run_async(aio.run(["sh", "-c", "cat; echo oops >&2; exit 3"], input=b"x" * 1_000_000,
-                               capture_output=True))
+                               capture=True))
     assert result.returncode == 3
     assert result.stdout == b"x" * 1_000_000  # both pipes pumped at once: no write-then-read deadlock
     assert result.stderr == b"oops\n"
@@ -113,7 +113,7 @@ def test_200_concurrent_runs_create_no_thread(monkeypatch: pytest.MonkeyPatch) -
 
     async def main() -> list[aio.Result]:
         results = await asyncio.gather(*[
-            aio.run(["sh", "-c", f"echo {i}; echo {i} >&2"], capture_output=True) for i in range(200)
+            aio.run(["sh", "-c", f"echo {i}; echo {i} >&2"], capture=True) for i in range(200)
         ])
         assert _python_threads() <= python_threads
         assert _kernel_threads() <= kernel_threads
@@ -136,7 +136,7 @@ def test_cancelled_run_leaves_no_child_and_no_zombie(tmp_path: Path) -> None:
 
     async def main() -> int:
         task = asyncio.ensure_future(
-            aio.run(["sh", "-c", f"echo $$ > {pidfile}; exec sleep 60"], capture_output=True))
+            aio.run(["sh", "-c", f"echo $$ > {pidfile}; exec sleep 60"], capture=True))
         pid = await _read_pid(pidfile)
         assert not _gone(pid)
         task.cancel()
@@ -156,7 +156,7 @@ def test_timeout_kills_the_process_group_and_keeps_partial_output(tmp_path: Path
     async def main() -> None:
         start = time.monotonic()
         with pytest.raises(pyproc.TimeoutExpired) as info:
-            await aio.run(["sh", "-c", script], capture_output=True, timeout=0.5, new_session=True)
+            await aio.run(["sh", "-c", script], capture=True, timeout=0.5, new_session=True)
         assert time.monotonic() - start < 30
         assert info.value.stdout == b"started\n"
         assert info.value.stderr == b""
@@ -238,8 +238,8 @@ def test_bad_input_starts_nothing(tmp_path: Path) -> None:
             await aio.run([str(tmp_path / "missing")])
         with pytest.raises(ValueError, match="input"):
             await aio.run(["cat"], input=b"x", stdin=pyproc.DEVNULL)
-        with pytest.raises(ValueError, match="capture_output"):
-            await aio.run(["true"], capture_output=True, stdout=pyproc.PIPE)
+        with pytest.raises(ValueError, match="capture=True"):
+            await aio.run(["true"], capture=True, stdout=pyproc.PIPE)
         with pytest.raises(ValueError, match="timeout"):
             await aio.run(["true"], timeout=-1)
         with pytest.raises(TypeError):

@@ -1,0 +1,446 @@
+"""The C floors: small C programs the benchmark builds itself (with cc) and runs, so that every Python figure can be
+set against what the same work costs in plain C on this machine.
+
+- ``minimal``: a static executable whose ``_start`` calls exit(0) by a raw syscall (no libc, no dynamic loader):
+  what is left of "spawn+wait" is the kernel's own work.
+- ``spawnloop N ARGV...``: vfork+execve+waitpid of ARGV, N times; prints one line per iteration (ns).
+- ``readloop N ARGV...``: runs ARGV with its stdout on a pipe and read()s it to EOF into freshly malloc'd memory
+  (default pipe size, buffer doubled with realloc), N times; prints "ns bytes" per iteration.
+- ``pipeloop N SIZE ARGV...``: writes SIZE bytes to ARGV's stdin and reads its stdout back to EOF (one poll loop,
+  non-blocking pipes, no shell), N times; prints "ns bytes" per iteration.
+- ``libfloor.so``: the same three loops as functions (one iteration per call), for pytest-benchmark.
+
+Everything is built once into a cache directory keyed by a hash of the sources and the compiler's version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class NoCompilerError(RuntimeError):
+    """No working C compiler: the C floors (and so the benchmark) cannot be built."""
+
+
+_MINIMAL_C = r"""
+/* The smallest program Linux can run: no libc, no loader; _start calls exit(0) by a raw syscall. */
+#if defined(__x86_64__)
+__asm__(".globl _start\n_start:\n\tmov $60, %eax\n\txor %edi, %edi\n\tsyscall\n");
+#elif defined(__aarch64__)
+__asm__(".globl _start\n_start:\n\tmov x8, #93\n\tmov x0, #0\n\tsvc #0\n");
+#elif defined(__i386__)
+__asm__(".globl _start\n_start:\n\tmov $1, %eax\n\txor %ebx, %ebx\n\tint $0x80\n");
+#else
+#error "minimal executable: unsupported architecture (x86_64, aarch64, i386)"
+#endif
+"""
+
+_COMMON_C = r"""
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+static long long now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* waitpid, EINTR retried; 0 if the child exited 0, else -1 (errno set) or its status. */
+static int reap(pid_t pid)
+{
+    int status;
+    while (waitpid(pid, &status, 0) < 0) {
+        if (errno != EINTR)
+            return -1;
+    }
+    return (WIFEXITED(status) && WEXITSTATUS(status) == 0) ? 0 : status;
+}
+
+/* vfork + (dup2 of the given pipe ends onto 0 / 1) + execve; -1 on failure. */
+static pid_t start(char *const argv[], int in_fd, int out_fd)
+{
+    pid_t pid = vfork();
+    if (pid == 0) {
+        if (in_fd >= 0 && dup2(in_fd, 0) < 0)
+            _exit(126);
+        if (out_fd >= 0 && dup2(out_fd, 1) < 0)
+            _exit(126);
+        execve(argv[0], argv, environ);
+        _exit(127);
+    }
+    return pid;
+}
+"""
+
+_SPAWN_C = r"""
+/* The spawn floor: vfork + execve + waitpid. */
+int floor_spawn_once(char *const argv[])
+{
+    pid_t pid = start(argv, -1, -1);
+    if (pid < 0)
+        return -1;
+    return reap(pid);
+}
+
+#ifndef FLOOR_LIB
+/* Runs n iterations; prints their times (ns) on one line. */
+static int batch(long n, char *const argv[])
+{
+    long long *t = malloc((size_t)(n > 0 ? n : 1) * sizeof *t);
+    if (n <= 0 || !t) {
+        fprintf(stderr, "spawnloop: bad count or out of memory\n");
+        free(t);
+        return 2;
+    }
+    for (long i = 0; i < n; i++) {
+        long long t0 = now_ns();
+        int rc = floor_spawn_once(argv);
+        t[i] = now_ns() - t0;
+        if (rc != 0) {
+            fprintf(stderr, "spawnloop: %s failed (%s, status %d)\n", argv[0], strerror(errno), rc);
+            free(t);
+            return 1;
+        }
+    }
+    for (long i = 0; i < n; i++)
+        printf(i + 1 < n ? "%lld " : "%lld\n", t[i]);
+    fflush(stdout);
+    free(t);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 3) {
+        fprintf(stderr, "usage: spawnloop N PROGRAM [ARGS...]   (N = -: read counts from stdin, one per line)\n");
+        return 2;
+    }
+    if (strcmp(argv[1], "-") != 0)
+        return batch(strtol(argv[1], NULL, 10), argv + 2);
+    char line[64];
+    while (fgets(line, sizeof line, stdin)) {
+        int rc = batch(strtol(line, NULL, 10), argv + 2);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+#endif
+"""
+
+_READ_C = r"""
+/* The capture floor: read a child's stdout to EOF into fresh malloc'd memory (default pipe size). */
+long long floor_read_all(char *const argv[])
+{
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) < 0)
+        return -1;
+    pid_t pid = start(argv, -1, p[1]);
+    close(p[1]);
+    if (pid < 0) {
+        close(p[0]);
+        return -1;
+    }
+    size_t cap = 1 << 16, len = 0;
+    char *buf = malloc(cap);
+    long long result = -1;
+    for (;;) {
+        if (!buf)
+            break;
+        if (len == cap) {
+            char *bigger = realloc(buf, cap * 2);
+            if (!bigger)
+                break;
+            buf = bigger;
+            cap *= 2;
+        }
+        ssize_t got = read(p[0], buf + len, cap - len);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0)
+            break;
+        if (got == 0) {
+            result = (long long)len;
+            break;
+        }
+        len += (size_t)got;
+    }
+    close(p[0]);
+    free(buf);
+    if (reap(pid) != 0)
+        return -1;
+    return result;
+}
+
+#ifndef FLOOR_LIB
+/* n iterations, one "ns bytes" line each. */
+static int batch(long n, char *const argv[])
+{
+    for (long i = 0; i < n; i++) {
+        long long t0 = now_ns();
+        long long got = floor_read_all(argv);
+        long long dt = now_ns() - t0;
+        if (got < 0) {
+            fprintf(stderr, "readloop: %s failed: %s\n", argv[0], strerror(errno));
+            return 1;
+        }
+        printf("%lld %lld\n", dt, got);
+    }
+    fflush(stdout);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 3) {
+        fprintf(stderr, "usage: readloop N PROGRAM [ARGS...]   (N = -: counts from stdin; '.' ends each batch)\n");
+        return 2;
+    }
+    if (strcmp(argv[1], "-") != 0)
+        return batch(strtol(argv[1], NULL, 10), argv + 2);
+    char line[64];
+    while (fgets(line, sizeof line, stdin)) {
+        int rc = batch(strtol(line, NULL, 10), argv + 2);
+        if (rc)
+            return rc;
+        printf(".\n");
+        fflush(stdout);
+    }
+    return 0;
+}
+#endif
+"""
+
+_PIPE_C = r"""
+/* The round-trip floor: SIZE bytes into a child's stdin and its stdout back, one poll loop, no shell. */
+long long floor_pipe(char *const argv[], const char *in, size_t size)
+{
+    int pin[2], pout[2];
+    if (pipe2(pin, O_CLOEXEC) < 0)
+        return -1;
+    if (pipe2(pout, O_CLOEXEC) < 0) {
+        close(pin[0]);
+        close(pin[1]);
+        return -1;
+    }
+    pid_t pid = start(argv, pin[0], pout[1]);
+    close(pin[0]);
+    close(pout[1]);
+    if (pid < 0) {
+        close(pin[1]);
+        close(pout[0]);
+        return -1;
+    }
+    fcntl(pin[1], F_SETFL, O_NONBLOCK);
+    fcntl(pout[0], F_SETFL, O_NONBLOCK);
+    size_t cap = 1 << 16, len = 0, sent = 0;
+    char *buf = malloc(cap);
+    int wfd = pin[1], rfd = pout[0], failed = buf == NULL;
+    if (size == 0) {
+        close(wfd);
+        wfd = -1;
+    }
+    while (!failed && rfd >= 0) {
+        struct pollfd fds[2] = {{rfd, POLLIN, 0}, {wfd, POLLOUT, 0}};
+        if (poll(fds, wfd >= 0 ? 2 : 1, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            failed = 1;
+            break;
+        }
+        if (wfd >= 0 && fds[1].revents) {
+            ssize_t put = write(wfd, in + sent, size - sent);
+            if (put > 0)
+                sent += (size_t)put;
+            else if (put < 0 && errno != EAGAIN && errno != EINTR)
+                failed = 1;
+            if (sent == size || failed) {
+                close(wfd);
+                wfd = -1;
+            }
+        }
+        if (fds[0].revents) {
+            for (;;) {
+                if (len == cap) {
+                    char *bigger = realloc(buf, cap * 2);
+                    if (!bigger) {
+                        failed = 1;
+                        break;
+                    }
+                    buf = bigger;
+                    cap *= 2;
+                }
+                ssize_t got = read(rfd, buf + len, cap - len);
+                if (got > 0) {
+                    len += (size_t)got;
+                    continue;
+                }
+                if (got == 0) {
+                    close(rfd);
+                    rfd = -1;
+                } else if (errno != EAGAIN && errno != EINTR) {
+                    failed = 1;
+                }
+                break;
+            }
+        }
+    }
+    if (wfd >= 0)
+        close(wfd);
+    if (rfd >= 0)
+        close(rfd);
+    free(buf);
+    if (reap(pid) != 0 || failed)
+        return -1;
+    return (long long)len;
+}
+
+#ifndef FLOOR_LIB
+/* n iterations, one "ns bytes" line each. */
+static int batch(long n, char *const argv[], const char *in, size_t size)
+{
+    for (long i = 0; i < n; i++) {
+        long long t0 = now_ns();
+        long long got = floor_pipe(argv, in, size);
+        long long dt = now_ns() - t0;
+        if (got < 0) {
+            fprintf(stderr, "pipeloop: %s failed: %s\n", argv[0], strerror(errno));
+            return 1;
+        }
+        printf("%lld %lld\n", dt, got);
+    }
+    fflush(stdout);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 4) {
+        fprintf(stderr, "usage: pipeloop N SIZE PROGRAM [ARGS...]   (N = -: counts from stdin; '.' ends each "
+                        "batch)\n");
+        return 2;
+    }
+    size_t size = (size_t)strtoull(argv[2], NULL, 10);
+    char *in = malloc(size ? size : 1);
+    if (!in) {
+        fprintf(stderr, "pipeloop: out of memory\n");
+        return 2;
+    }
+    memset(in, 'x', size);
+    int rc = 0;
+    if (strcmp(argv[1], "-") != 0) {
+        rc = batch(strtol(argv[1], NULL, 10), argv + 3, in, size);
+    } else {
+        char line[64];
+        while (!rc && fgets(line, sizeof line, stdin)) {
+            rc = batch(strtol(line, NULL, 10), argv + 3, in, size);
+            printf(".\n");
+            fflush(stdout);
+        }
+    }
+    free(in);
+    return rc;
+}
+#endif
+"""
+
+_SOURCES = {"minimal": _MINIMAL_C, "spawnloop": _SPAWN_C, "readloop": _READ_C, "pipeloop": _PIPE_C}
+
+
+@dataclass(frozen=True)
+class Floors:
+    """Paths of the built C floors."""
+
+    minimal: Path
+    spawnloop: Path
+    readloop: Path
+    pipeloop: Path
+    libfloor: Path
+    compiler: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {k: str(v) for k, v in self.__dict__.items()}
+
+
+def compiler() -> str:
+    """The C compiler to use: $CC, else cc, gcc or clang on PATH; NoCompilerError when there is none."""
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name:
+            path = shutil.which(name.split()[0])
+            if path:
+                return path
+    raise NoCompilerError(
+        "no C compiler found (tried $CC, cc, gcc, clang): the benchmark builds its C floors itself; "
+        "install one (e.g. apt-get install gcc) or set CC")
+
+
+def cache_dir() -> Path:
+    """$PYPROC_BENCH_CACHE, else $XDG_CACHE_HOME/pyproc-bench, else ~/.cache/pyproc-bench."""
+    explicit = os.environ.get("PYPROC_BENCH_CACHE")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "pyproc-bench"
+
+
+def _run_cc(cmd: list[str]) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise NoCompilerError(f"building a C floor failed: {' '.join(cmd)}\n{proc.stderr.strip()}")
+
+
+def build(directory: Path | None = None) -> Floors:
+    """Builds the C floors (once: cached by a hash of the sources and the compiler) and returns their paths."""
+    cc = compiler()
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
+    except OSError as exc:
+        raise NoCompilerError(f"the C compiler {cc} cannot run: {exc}") from None
+    digest = hashlib.sha256()
+    for part in (version, platform.machine(), _COMMON_C, *_SOURCES.values()):
+        digest.update(part.encode())
+    out = (directory or cache_dir()) / digest.hexdigest()[:16]
+    floors = Floors(out / "minimal", out / "spawnloop", out / "readloop", out / "pipeloop", out / "libfloor.so",
+                    version.splitlines()[0] if version else cc)
+    if all(p.exists() for p in (floors.minimal, floors.spawnloop, floors.readloop, floors.pipeloop,
+                                 floors.libfloor)):
+        return floors
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f"tmp-{os.getpid()}"
+    tmp.mkdir(exist_ok=True)
+    try:
+        (tmp / "minimal.c").write_text(_MINIMAL_C)
+        _run_cc([cc, "-nostdlib", "-static", "-O2", "-o", str(tmp / "minimal"), str(tmp / "minimal.c")])
+        lib_sources = []
+        for name in ("spawnloop", "readloop", "pipeloop"):
+            src = tmp / f"{name}.c"
+            src.write_text(_COMMON_C + _SOURCES[name])
+            lib_sources.append(str(src))
+            _run_cc([cc, "-O2", "-Wall", "-Wextra", "-o", str(tmp / name), str(src)])
+        lib_src = tmp / "libfloor.c"
+        lib_src.write_text(_COMMON_C + _SPAWN_C + _READ_C + _PIPE_C)
+        _run_cc([cc, "-O2", "-Wall", "-Wextra", "-shared", "-fPIC", "-DFLOOR_LIB", "-o", str(tmp / "libfloor.so"),
+                 str(lib_src)])
+        for name in ("minimal", "spawnloop", "readloop", "pipeloop", "libfloor.so"):
+            os.replace(tmp / name, out / name)  # atomic: a concurrent build never sees half a file
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return floors

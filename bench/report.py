@@ -1,0 +1,493 @@
+"""report.md, results.json and the terminal summary, from the results of a run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .config import GiB, fmt_size
+from .harness import Series, fmt_ns, ratio
+
+
+def _series(d: dict[str, Any]) -> dict[str, Series]:
+    """The Series of a suite section (live objects during a run, rebuilt from JSON otherwise)."""
+    if "_series" in d:
+        live: dict[str, Series] = d["_series"]
+        return live
+    return {k: Series(k, v["rounds_ns"], v["skipped"]) for k, v in d["series"].items()}
+
+
+def _point_series(point: dict[str, Any], method: str, which: str) -> Series:
+    v = point["methods"][method][which]
+    return Series(v["name"], v["rounds_ns"], v["skipped"])
+
+
+def largest_points(results: dict[str, Any], state: str) -> dict[str, Any] | None:
+    """The sweep point of the largest size in `state`, or None."""
+    points = [p for p in results.get("sweep", {}).get("points", []) if p["state"] == state]
+    return max(points, key=lambda p: p["size"]) if points else None
+
+
+def _target(name: str, issue: int, r: dict[str, float] | None, op: str, bound: float, what: str,
+            skipped: str | None = None, note: str = "") -> dict[str, Any]:
+    held = None
+    if r is not None:
+        held = r["ratio"] <= bound if op == "<=" else r["ratio"] >= bound
+    return {"name": name, "issue": issue, "ratio": r, "op": op, "bound": bound, "what": what, "held": held,
+            "skipped": skipped if r is None else None, "note": note}
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issues' speed targets, each a ratio from side-by-side samples of this run, and whether it held."""
+    out = []
+    sp = _series(results["spawn"]["minimal"])
+
+    def why(*names: str) -> str | None:
+        for n in names:
+            if n in sp and sp[n].skipped:
+                return sp[n].skipped
+        return None
+
+    out.append(_target("spawn minimal exe: pyproc default vs C floor", 2,
+                       ratio(sp["pyproc default"], sp["C floor"]), "<=", 1.10,
+                       "median pyproc.spawn(argv).wait() / median C vfork+execve+waitpid", why("pyproc default")))
+    out.append(_target("spawn minimal exe: subprocess.run vs pyproc default", 2,
+                       ratio(sp["subprocess.run"], sp["pyproc default"]), ">=", 1.35,
+                       "median subprocess.run / median pyproc default", why("pyproc default")))
+    out.append(_target("spawn minimal exe: os.posix_spawn vs pyproc clone", 2,
+                       ratio(sp["os.posix_spawn"], sp["pyproc clone"]), ">=", 1.4,
+                       "median os.posix_spawn+os.waitpid / median pyproc engine='clone'", why("pyproc clone")))
+    big = largest_points(results, "dirty")
+    if big is None:
+        out.append(_target("4 GiB dirty parent: pyproc default vs small parent", 2, None, "<=", 1.2, "",
+                           "no dirty sweep point"))
+    else:
+        note = "" if big["size"] == 4 * GiB else f"measured at {fmt_size(big['size'])}, the largest size of this run"
+        m = big["methods"]
+        out.append(_target(f"{fmt_size(big['size'])} dirty parent: pyproc default vs small parent", 2,
+                           m["pyproc default"]["big_vs_small"], "<=", 1.2,
+                           "median from the big parent / median from the small parent, interleaved",
+                           m["pyproc default"]["skipped"], note))
+        out.append(_target(f"{fmt_size(big['size'])} dirty parent: os.fork+execv grows with the parent", 2,
+                           m["os.fork+execv"]["big_vs_small"], ">=", 1.5,
+                           "median from the big parent / median from the small parent (shown growing: >= 1.5x)",
+                           None, note))
+    io = results.get("io", {})
+    for kind, name, issue_bound in (("capture", "capture 1 GiB", 2.5), ("cat", "1 GiB through cat", 2.5),
+                                    ("minimal", "run(minimal exe, capture)", 1.7)):
+        if kind not in io:
+            continue
+        s = _series(io[kind])
+        size_note = "" if kind == "minimal" or io[kind]["size"] == GiB else \
+            f"measured with {fmt_size(io[kind]['size'])}"
+        label = name if not size_note else name.replace("1 GiB", fmt_size(io[kind]["size"]))
+        std = "Popen.communicate" if kind == "cat" else "subprocess.run(capture_output=True)"
+        out.append(_target(f"{label}: {std} vs pyproc", 3, ratio(s["subprocess"], s["pyproc"]), ">=", issue_bound,
+                           f"median {std} / median pyproc", s["pyproc"].skipped, size_note))
+        if kind == "capture":
+            out.append(_target(f"{label}: C read loop vs pyproc.run", 3, ratio(s["C floor"], s["pyproc"]), ">=", 1.3,
+                               "median C read() loop into malloc'd memory / median pyproc.run(capture=True)",
+                               s["pyproc"].skipped, size_note))
+        out.append(_target(f"{label}: pyproc.subprocess keeps pyproc's gain", 7,
+                           ratio(s["pyproc"], s["pyproc.subprocess"]), ">=", 0.90,
+                           "(stdlib/pyproc.subprocess) / (stdlib/pyproc) = median pyproc / median pyproc.subprocess; "
+                           "within 10%", s["pyproc.subprocess"].skipped or s["pyproc"].skipped, size_note))
+    return out
+
+
+def _fmt_ratio(r: dict[str, float] | None) -> str:
+    if r is None:
+        return "n/a"
+    return f"{r['ratio']:.2f}x [{r['min']:.2f}, {r['max']:.2f}]"
+
+
+def _held(t: dict[str, Any]) -> str:
+    if t["held"] is None:
+        return "skipped"
+    return "**yes**" if t["held"] else "**NO**"
+
+
+def _stats_row(s: Series) -> list[str]:
+    st = s.stats()
+    if st is None:
+        return ["skipped", "", "", ""]
+    return [fmt_ns(st["median"]), fmt_ns(st["min"]), fmt_ns(st["max"]), str(st["n"])]
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return lines
+
+
+def _spawn_table(series: dict[str, Series]) -> list[str]:
+    rows = []
+    refs = [(n, series.get(n)) for n in ("C floor", "pyproc default", "pyproc fork")]
+    for name, s in series.items():
+        row = [name, *_stats_row(s)]
+        for _, ref in refs:
+            row.append("n/a" if ref is None or s.skipped else _fmt_ratio(ratio(s, ref)))
+        rows.append(row)
+    return _table(["way", "median", "min", "max", "n", "vs C floor", "vs pyproc default", "vs pyproc fork engine"],
+                  rows)
+
+
+def _machine_lines(m: dict[str, Any]) -> list[str]:
+    def gib(v: Any) -> str:
+        return f"{v / GiB:.1f} GiB" if isinstance(v, int) else "?"
+    hp = m.get("hugepages_total")
+    rows = [
+        ["CPU", f"{m['cpu_model']} ({m['arch']})"],
+        ["cores", f"{m['cores_online']} online, {m['cores_usable']} usable by this run"],
+        ["memory", f"{gib(m.get('mem_total'))} total, {gib(m.get('mem_available'))} available at start"],
+        ["kernel", f"Linux {m['kernel']}"],
+        ["C library", str(m.get("glibc"))],
+        ["Python", str(m["python"])],
+        ["pyproc", str(m.get("pyproc"))],
+        ["THP", f"enabled={m.get('thp_enabled')}, defrag={m.get('thp_defrag')}"],
+        ["overcommit_memory", str(m.get("overcommit_memory"))],
+        ["huge pages (hugetlb)", f"{hp} reserved ({m.get('hugepages_free')} free) of "
+         f"{(m.get('hugepage_size') or 0) // 1024} KiB" if hp is not None else "?"],
+        ["load average at start", str(m.get("loadavg"))],
+    ]
+    return _table(["", ""], rows)
+
+
+def _load(m: dict[str, Any]) -> tuple[float, int] | None:
+    """(1-minute load average, usable cores), when known."""
+    try:
+        return float(str(m.get("loadavg", "")).split()[0]), int(m.get("cores_usable") or 1)
+    except (ValueError, IndexError):
+        return None
+
+
+def _reading(results: dict[str, Any], tg: list[dict[str, Any]]) -> list[str]:
+    """A few plain sentences reading the figures of this run."""
+    out = []
+    sp = _series(results["spawn"]["minimal"])
+    floor, default = sp["C floor"], sp["pyproc default"]
+    if default.samples and floor.samples:
+        out.append(f"From a small parent, starting and reaping the minimal static executable costs "
+                   f"{fmt_ns(floor.median)} in plain C (vfork+execve+waitpid) and {fmt_ns(default.median)} through "
+                   f"pyproc.spawn(argv).wait() from Python ({default.median / floor.median:.2f}x the C floor).")
+    conly = sp.get("pyproc clone, C only")
+    clone = sp.get("pyproc clone")
+    if conly is not None and clone is not None and conly.samples and clone.samples and floor.samples:
+        out.append(f"pyproc's clone engine timed in C around the same spawn and reap, from the same parent, takes "
+                   f"{fmt_ns(conly.median)} ({conly.median / floor.median:.2f}x the C floor): of the "
+                   f"{fmt_ns(clone.median)} the Python call takes, about {fmt_ns(max(clone.median - conly.median, 0))}"
+                   f" is pyproc's Python layer (argument checks, the Process object, the wait).")
+    sub, osfork = sp["subprocess.run"], sp["os.fork+execv"]
+    if sub.samples and default.samples and osfork.samples:
+        out.append(f"subprocess.run takes {fmt_ns(sub.median)} ({sub.median / default.median:.2f}x pyproc's "
+                   f"default) and os.fork+os.execv {fmt_ns(osfork.median)} "
+                   f"({osfork.median / default.median:.2f}x) even from this small parent.")
+    big = largest_points(results, "dirty")
+    if big is not None:
+        m = big["methods"]
+        f_small = _point_series(big, "os.fork+execv", "small")
+        f_big = _point_series(big, "os.fork+execv", "big")
+        d_big = _point_series(big, "pyproc default", "big")
+        d_small = _point_series(big, "pyproc default", "small")
+        if f_big.samples and d_big.samples:
+            out.append(f"From a parent holding {fmt_size(big['size'])} of dirty 4 KiB pages, os.fork+execv takes "
+                       f"{fmt_ns(f_big.median)} (it was {fmt_ns(f_small.median)} from the small parent): fork "
+                       f"copies the page tables of the whole parent, so its cost grows with the parent's memory. "
+                       f"pyproc's default (clone with CLONE_VM|CLONE_VFORK, which copies no page tables) takes "
+                       f"{fmt_ns(d_big.median)} there against {fmt_ns(d_small.median)} from the small parent "
+                       f"({_fmt_ratio(m['pyproc default']['big_vs_small'])})"
+                       + (": it does not grow with the parent." if d_big.median <= 1.2 * d_small.median else
+                          ": more than the 1.2x target allows in this run."))
+        mpf = m.get("multiprocessing fork")
+        mps = m.get("multiprocessing spawn")
+        if mpf and mps and mpf["big"]["stats"] and mps["big"]["stats"]:
+            out.append(f"multiprocessing's 'fork' start method pays the same page-table copy "
+                       f"({fmt_ns(mpf['big']['stats']['median'])} at that size), while 'spawn' "
+                       f"({fmt_ns(mps['big']['stats']['median'])}) pays for a fresh interpreter whatever the size.")
+    io = results.get("io", {})
+    for kind, what, factor in (("capture", "Capturing {} of a child's stdout", 1),
+                               ("cat", "Sending {} through cat and reading it back", 2)):
+        if kind in io:
+            s = _series(io[kind])
+            size = io[kind]["size"]
+            parts = [f"{n} {factor * size / s[n].median * 1e9 / GiB:.2f} GiB/s" for n in s if s[n].samples]
+            out.append(what.format(fmt_size(size)) + " (bytes moved per second): " + ", ".join(parts) + ".")
+    out += _cow_reading(results.get("cow", {}))
+    held = [t for t in tg if t["held"] is True]
+    missed = [t for t in tg if t["held"] is False]
+    skipped = [t for t in tg if t["held"] is None]
+    out.append(f"Of the {len(tg)} targets, {len(held)} held, {len(missed)} did not"
+               + (f" ({'; '.join(t['name'] for t in missed)})" if missed else "")
+               + (f", and {len(skipped)} could not be measured in this run" if skipped else "") + ".")
+    out.append("These machines are shared and noisy: an absolute time is a fact about one run; the ratios, measured "
+               "side by side in one run, are the claim.")
+    return out
+
+
+def _cow_reading(cow: dict[str, Any]) -> list[str]:
+    from .cowdata import cow_rows, fork_rows
+
+    out = []
+    rows = {(r["pages"], r["phase"]): r for r in cow_rows(cow) if "skipped" not in cow}
+    if ("4k", "write") in rows and ("4k", "rewrite") in rows:
+        w, rw = rows[("4k", "write")], rows[("4k", "rewrite")]
+        out.append(f"After fork, the first write to each 4 KiB page costs the child {w['ns_per_page']:.0f} ns "
+                   f"({w['ms_per_gib']:.0f} ms per GiB, {w['faults_per_page']:.2f} minor faults per page), a write "
+                   f"to a page already copied {rw['ns_per_page']:.0f} ns: this is the bill fork defers.")
+    if ("thp", "write") in rows:
+        t = rows[("thp", "write")]
+        huge = t["anon_huge_kib"] or 0
+        out.append(f"With transparent huge pages ({huge / 1024:.0f} MiB of the region really huge), a copy-on-write "
+                   f"write costs {t['ns_per_page']:.0f} ns per 4 KiB page, with {t['faults_per_page']:.3g} minor "
+                   "faults per 4 KiB page: "
+                   + ("the kernel copies 4 KiB at a time, not 2 MiB." if t["faults_per_page"] > 0.5
+                      else "the kernel copies whole huge pages."))
+    frows = [r for r in fork_rows(cow) if r["pages"] == "4k" and r["method"] in ("fork_exec", "clone")]
+    frag = [r for r in frows if r["state"] == "fragmented"]
+    dirty = {(r["method"], r["size"]): r for r in frows if r["state"] == "dirty"}
+    common = {r["size"] for r in frag} & {size for _, size in dirty}
+    if common:
+        size = max(common)
+        fe = next((r for r in frag if r["size"] == size and r["method"] == "fork_exec"), None)
+        d = dirty.get(("fork_exec", size))
+        if fe and d:
+            out.append(f"Timed in C, fork+exec from a {fmt_size(size)} parent takes {fmt_ns(fe['median_ns'])} when "
+                       f"the region is fragmented into one mapping per page, against {fmt_ns(d['median_ns'])} when "
+                       f"it is one mapping: fork copies per VMA as well as per page.")
+    return out
+
+
+def _gibps(size: int, s: Series) -> str:
+    if not s.samples or size == 0:
+        return "n/a"
+    return f"{size / s.median * 1e9 / GiB:.2f}"
+
+
+def render(results: dict[str, Any], tg: list[dict[str, Any]]) -> str:
+    """report.md's text."""
+    meta = results["meta"]
+    cfg = meta["config"]
+    lines = ["# pyproc: what starting a process costs on this machine", "",
+             f"Measured {meta['started_utc']} to {meta.get('finished_utc', '?')} (UTC), "
+             f"{meta.get('elapsed_s', 0):.0f} s, configuration `{cfg['name']}`"
+             + (f" (seconds per suite: {', '.join(f'{k} {v}' for k, v in meta['suite_seconds'].items())})"
+                if meta.get("suite_seconds") else "") + ".", "",
+             "Reproduce, from the repository's root: `pip install -e '.[bench]'` then `"
+             + " ".join(["python -m bench", *meta["command"]]).strip()
+             + "` (`--quick` for a one-minute run, `--sizes 64M,1G,4G` for other parent sizes). "
+             "Raw samples: results.json next to this file.", "",
+             "## Machine", "", *_machine_lines(meta["machine"]), "",
+             "## Method", "",
+             "Every Python figure is the wall time (time.perf_counter_ns) of the call as a user writes it, e.g. "
+             "`pyproc.spawn(argv).wait()` or `subprocess.run(argv)`, made in a worker process that holds the "
+             "parent memory being studied. The C floors are built by the benchmark with the system C compiler and "
+             "time themselves with CLOCK_MONOTONIC. After a warm-up batch, contenders run interleaved "
+             "(A B C ..., the order rotating every round), in one run; a table gives medians with min and max, and a "
+             "ratio is median/median with, in brackets, the lowest and highest ratio of the rounds' medians.",
+             "", "## Targets", "",
+             "Each claim \"A vs B\" is median(A) / median(B) from samples taken interleaved in this run; in "
+             "brackets the lowest and highest ratio of single rounds.", ""]
+    if cfg["name"] == "quick":
+        lines += ["**This is a --quick run** (small sizes, few samples): it shows the machinery works; the targets "
+                  "are stated for the default run.", ""]
+    load = _load(meta["machine"])
+    end = _load({**meta["machine"], "loadavg": meta.get("loadavg_end", "")})
+    if load is not None and max(load[0], end[0] if end else 0.0) > 0.5 * load[1]:
+        lines += [f"**The machine was busy** (load average {load[0]:.1f} at the start"
+                  + (f", {end[0]:.1f} at the end" if end else "") + f", on {load[1]} cores): other work competes for "
+                  "the CPUs, so expect noise, mostly in the short spawn times.", ""]
+    rows = []
+    for t in tg:
+        rows.append([t["name"], f"issue {t['issue']}", _fmt_ratio(t["ratio"]), f"{t['op']} {t['bound']}", _held(t),
+                     t["skipped"] or t["note"] or ""])
+    lines += _table(["claim", "from", "measured", "target", "held", "note"], rows)
+    lines += ["", "## Reading", "", *[f"- {s}" for s in _reading(results, tg)], ""]
+    for key, title in (("minimal", "the minimal static executable (_start calls exit)"), ("true", "/bin/true")):
+        sec = results["spawn"][key]
+        lines += [f"## spawn+wait of {title}, small parent", "",
+                  f"argv: `{' '.join(sec['argv'])}`; {cfg['spawn_rounds']} rounds of {cfg['spawn_batch']} calls.",
+                  "", *_spawn_table(_series(sec)), ""]
+    sweep = results.get("sweep", {})
+    io = results.get("io", {})
+    if sweep.get("points"):
+        lines += ["## spawn+wait of the minimal executable against parent size", "",
+                  "Median per way of spawning, and in parentheses its ratio to the same call from the small "
+                  "parent measured interleaved with it (the 'small parent' column shows the first such series). "
+                  "Parent states: "
+                  "dirty = 4 KiB pages written (MADV_NOHUGEPAGE), clean = mapped never touched, thp = MADV_HUGEPAGE "
+                  "and written. The multiprocessing start methods run a no-op Python function, not the "
+                  "executable.", ""]
+        for state in dict.fromkeys(p["state"] for p in sweep["points"]):
+            pts = sorted((p for p in sweep["points"] if p["state"] == state), key=lambda p: p["size"])
+            last = pts[-1]
+            head = ["way", "small parent", *[f"{fmt_size(p['size'])} {state}" for p in pts],
+                    f"{fmt_size(last['size'])}: pyproc fork engine's time / this way's"]
+            rows = []
+            fork_ref = _point_series(last, "pyproc fork", "big") if "pyproc fork" in last["methods"] else None
+            for m in pts[0]["methods"]:
+                first = pts[0]["methods"][m]
+                small = first["small"]["stats"]
+                row = [m, fmt_ns(small["median"]) if small else "skipped"]
+                for p in pts:
+                    e = p["methods"][m]
+                    st = e["big"]["stats"]
+                    bvs = e["big_vs_small"]
+                    row.append(f"{fmt_ns(st['median'])} ({bvs['ratio']:.2f}x)" if st and bvs else "skipped")
+                mine = _point_series(last, m, "big")
+                row.append(_fmt_ratio(ratio(fork_ref, mine)) if fork_ref is not None else "n/a")
+                rows.append(row)
+            lines += [f"### {state}", "", *_table(head, rows), ""]
+            lines += ["Parents: " + "; ".join(
+                f"{fmt_size(p['size'])}: RSS {p['parent']['rss_kib'] / 1024:.0f} MiB, AnonHugePages "
+                f"{p['parent']['anon_huge_kib'] / 1024:.0f} MiB, built in {p['build_s']:.1f} s" for p in pts), ""]
+    if io:
+        lines += ["## I/O", ""]
+        names = {"capture": "capture `head -c N /dev/zero` (pyproc.run(capture=True) / subprocess.run("
+                            "capture_output=True) / C read loop into malloc'd memory)",
+                 "cat": "N bytes in and out through `cat` (pyproc.run(input=..., capture=True) / "
+                        "Popen.communicate / C poll loop)",
+                 "minimal": "run the minimal executable with output captured"}
+        for kind, sec in io.items():
+            s = _series(sec)
+            size = sec["size"]
+            moved = size * (2 if kind == "cat" else 1)
+            lines += [f"### {names[kind]}" + (f", N = {fmt_size(size)}" if size else ""), ""]
+            rows = []
+            for name, ser in s.items():
+                row = [name, *_stats_row(ser), _gibps(moved, ser),
+                       "n/a" if ser.skipped or s["pyproc"].skipped else _fmt_ratio(ratio(ser, s["pyproc"]))]
+                if ser.skipped:
+                    row[-1] = ser.skipped
+                rows.append(row)
+            lines += [*_table(["way", "median", "min", "max", "n", "GiB/s moved", "vs pyproc"], rows), ""]
+    thr = results.get("throughput", {})
+    if thr:
+        lines += ["## Spawns per second (minimal executable, small parent)", "",
+                  "Each thread spawns and waits in a loop for "
+                  f"{cfg['throughput_seconds']} s (rate = spawns / wall time); the C floor runs one C loop per "
+                  f"'thread' (separate processes; rate = spawns / time in the loop). {cfg.get('throughput_rounds', 1)} "
+                  "round(s), interleaved over the ways.",
+                  ""]
+        rows = []
+        for m, v in thr.items():
+            if "skipped" in v:
+                rows.append([m, "skipped", "", v["skipped"]])
+            else:
+                one, two = v["1"], v["2"]
+                rows.append([m, f"{one['per_second']:,.0f} [{one.get('min', 0):,.0f}, {one.get('max', 0):,.0f}]",
+                             f"{two['per_second']:,.0f} [{two.get('min', 0):,.0f}, {two.get('max', 0):,.0f}]",
+                             f"{two['per_second'] / one['per_second']:.2f}x"])
+        lines += [*_table(["way", "1 thread: median [min, max]", "2 threads: median [min, max]", "2 vs 1"],
+                            rows), ""]
+    cow = results.get("cow", {})
+    lines += ["## Copy-on-write and fork cost (pyproc.cow, timed in C)", ""]
+    if "skipped" in cow:
+        lines += [f"Skipped: {cow['skipped']}.", ""]
+    else:
+        lines += _cow_lines(cow)
+    skipped = sorted({s.skipped for sec in (results["spawn"]["minimal"], *io.values())
+                      for s in _series(sec).values() if s.skipped})
+    skipped += [f"parent {fmt_size(p['size'])} {p['state']} not built: {p['skipped']}"
+                for p in sweep.get("not_built", [])]
+    skipped += [f"spawns per second, {m}: {v['skipped']}" for m, v in results.get("throughput", {}).items()
+                if "skipped" in v and v["skipped"].startswith("failed")]
+    if skipped or cfg.get("notes"):
+        lines += ["## Skipped and notes", "", *[f"- {x}" for x in [*skipped, *cfg.get("notes", [])]], ""]
+    return "\n".join(lines) + "\n"
+
+
+def _cow_lines(cow: dict[str, Any]) -> list[str]:
+    from .cowdata import cow_rows, fork_rows
+
+    lines = []
+    rows = cow_rows(cow)
+    if rows:
+        lines += ["### Copy-on-write per 4 KiB page (measure_cow)", "",
+                  "A dirty region is made in the parent (its timed dirtying is *first_touch*), then the parent forks "
+                  "and the child, in C, reads one byte per 4 KiB page (*read*: pages still shared), writes one "
+                  "(*write*: the copies), writes again (*rewrite*: already copied). Minor faults from getrusage.", "",
+                  *_table(["region", "pages", "phase", "ns per 4 KiB page: median [min, max]", "ms per GiB",
+                           "minor faults", "faults per 4 KiB page", "AnonHugePages"],
+                          [[fmt_size(r["size"]), r["pages"], r["phase"],
+                            f"{r['ns_per_page']:.0f} [{r['ns_per_page_min']:.0f}, {r['ns_per_page_max']:.0f}]",
+                            f"{r['ms_per_gib']:.1f}", f"{r['faults']:,.0f}", f"{r['faults_per_page']:.3f}",
+                            "n/a" if r["anon_huge_kib"] is None else f"{r['anon_huge_kib'] / 1024:.0f} MiB"]
+                           for r in rows]), ""]
+    frows = fork_rows(cow)
+    if frows:
+        sizes = sorted({r["size"] for r in frows})
+        keys = list(dict.fromkeys((r["pages"], r["state"], r["method"]) for r in frows))
+        by = {(r["pages"], r["state"], r["method"], r["size"]): r for r in frows}
+        table = []
+        for pages, state, method in keys:
+            row = [f"{pages} {state}", method]
+            for size in sizes:
+                r = by.get((pages, state, method, size))
+                row.append(fmt_ns(r["median_ns"]) if r else "")
+            table.append(row)
+        lines += ["### Fork and spawn against parent size and state, timed in C (measure_fork)", "",
+                  "fork_exit = fork + _exit(0) + wait; fork_exec = fork + execve + wait (plain C); clone, vfork, "
+                  "posix_spawn, fork = pyproc's engines called from C, no Python in the loop. Child: the minimal "
+                  "executable. Medians.", "",
+                  *_table(["parent", "what", *[fmt_size(s) for s in sizes]], table), ""]
+    skipped = [e for e in cow.get("measure_cow", []) + cow.get("measure_fork", []) if "skipped" in e]
+    if skipped:
+        lines += ["Not measured: " + "; ".join(
+            f"{fmt_size(e['size'])} {e['pages']} {e.get('state', '')}".rstrip() + f": {e['skipped']}"
+            for e in skipped), ""]
+    return lines
+
+
+def _strip(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip(v) for k, v in value.items() if not k.startswith("_")}
+    if isinstance(value, list):
+        return [_strip(v) for v in value]
+    return value
+
+
+def summary(results: dict[str, Any], tg: list[dict[str, Any]]) -> str:
+    """The short table printed on the terminal at the end."""
+    lines = []
+    sp = _series(results["spawn"]["minimal"])
+    big = largest_points(results, "dirty")
+    head = f"  {'way':<24} {'small parent':>13}"
+    if big:
+        head += f" {fmt_size(big['size']) + ' dirty parent':>22}"
+    lines += ["spawn+wait of the minimal static executable (medians):", head]
+    for name, s in sp.items():
+        if s.samples:
+            row = f"  {name:<24} {fmt_ns(s.median):>13}"
+            if big and name in big["methods"] and big["methods"][name]["big"]["stats"]:
+                row += f" {fmt_ns(big['methods'][name]['big']['stats']['median']):>22}"
+            lines.append(row)
+    io = results.get("io", {})
+    for kind in ("capture", "cat"):
+        if kind in io:
+            io_series = _series(io[kind])
+            moved = io[kind]["size"] * (2 if kind == "cat" else 1)
+            parts = [f"{n} {moved / v.median * 1e9 / GiB:.2f}" for n, v in io_series.items() if v.samples]
+            lines.append(f"{kind} {fmt_size(io[kind]['size'])}, GiB/s: " + ", ".join(parts))
+    lines.append("targets:")
+    for t in tg:
+        state = {None: "skipped", True: "held", False: "NOT held"}[t["held"]]
+        lines.append(f"  {t['name']:<72} {_fmt_ratio(t['ratio']):>24}  {t['op']} {t['bound']:<5} {state}")
+    return "\n".join(lines)
+
+
+def write(results: dict[str, Any], out: Path) -> list[dict[str, Any]]:
+    """Writes report.md and results.json into out; returns the targets."""
+    tg = targets(results)
+    results["targets"] = tg
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(_strip(results), indent=1))
+    (out / "report.md").write_text(render(results, tg))
+    return tg
+
+
+def load(path: Path) -> dict[str, Any]:
+    """results.json back (for re-rendering the report and plots without measuring again)."""
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+

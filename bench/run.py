@@ -1,0 +1,270 @@
+"""The run: every suite, in one process tree, with a progress bar; returns the results (raw samples included)."""
+
+from __future__ import annotations
+
+import datetime
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import cfloor, machine
+from .config import (
+    FORK_METHODS,
+    FORK_STATES,
+    FRAGMENTED_MAX,
+    SPAWN_METHODS,
+    SWEEP_METHODS,
+    SWEEP_METHODS_OTHER_STATES,
+    THROUGHPUT_METHODS,
+    Config,
+    fmt_size,
+)
+from .harness import Runner, Series, Worker, WorkerError, interleave, ratio
+
+Tick = Callable[[str], None]
+
+
+def probe() -> dict[str, str | None]:
+    """For each optional pyproc API the benchmarks use: None if importable, else why it is skipped."""
+    out: dict[str, str | None] = {}
+    try:
+        import pyproc
+    except ImportError as exc:
+        reason = f"pyproc is not importable: {exc}"
+        return {"spawn": reason, "run": reason, "subprocess": reason, "cow": reason}
+    out["spawn"] = None
+    out["run"] = None if callable(getattr(pyproc, "run", None)) else \
+        "pyproc.run is not importable yet (issue 3, branch io)"
+    try:
+        import pyproc.subprocess as psub  # type: ignore[import-not-found,unused-ignore]
+
+        missing = [n for n in ("run", "Popen", "PIPE") if not hasattr(psub, n)]
+        out["subprocess"] = f"pyproc.subprocess lacks {', '.join(missing)}" if missing else None
+    except ImportError as exc:
+        out["subprocess"] = f"pyproc.subprocess is not importable yet (issue 7, branch subprocess): {exc}"
+    try:
+        from pyproc import cow  # type: ignore[attr-defined,unused-ignore]
+
+        missing = [n for n in ("measure_fork", "measure_cow") if not callable(getattr(cow, n, None))]
+        out["cow"] = f"pyproc.cow lacks {', '.join(missing)}" if missing else None
+        out["fork_timer"] = None if hasattr(cow, "ForkTimer") else "pyproc.cow has no ForkTimer"
+    except ImportError as exc:
+        out["cow"] = f"pyproc.cow is not importable yet (issue 4, branch cow): {exc}"
+    return out
+
+
+def _skip_reason(method: str, apis: dict[str, str | None]) -> str | None:
+    if method == "pyproc.subprocess.run" or method == "pyproc.subprocess":
+        return apis["subprocess"]
+    if method == "pyproc clone, C only":
+        return apis["cow"] or apis.get("fork_timer")
+    if method.startswith("pyproc"):
+        return apis["spawn"]
+    return None
+
+
+def _spawn_runner(worker: Worker, method: str, argv: list[str], floors: cfloor.Floors) -> Runner:
+    def run(n: int) -> list[int]:
+        ns: list[int] = worker.request(op="spawn", method=method, argv=argv, n=n,
+                                       floor=str(floors.spawnloop))["ns"]
+        return ns
+    return run
+
+
+def _interleave_available(methods: Sequence[tuple[str, Runner | None, str | None]], rounds: int, batch: int,
+                          tick: Tick, label: str) -> dict[str, Series]:
+    live = [(name, run) for name, run, why in methods if why is None and run is not None]
+    series = interleave(live, rounds, batch, tick=lambda: tick(label))
+    for name, _, why in methods:
+        if why is not None:
+            series[name] = Series(name, skipped=why)
+    return series
+
+
+def spawn_suite(cfg: Config, small: Worker, floors: cfloor.Floors, apis: dict[str, str | None],
+                tick: Tick) -> dict[str, Any]:
+    """spawn+wait of the minimal static executable and of /bin/true, every way, interleaved (issue 2)."""
+    true = shutil.which("true") or "/bin/true"
+    out: dict[str, Any] = {}
+    for key, argv in (("minimal", [str(floors.minimal)]), ("true", [true])):
+        methods = [(m, _spawn_runner(small, m, argv, floors), _skip_reason(m, apis)) for m in SPAWN_METHODS]
+        series = _interleave_available(methods, cfg.spawn_rounds, cfg.spawn_batch, tick, f"spawn {key}")
+        out[key] = {"argv": argv, "series": {k: v.to_json() for k, v in series.items()}, "_series": series}
+    return out
+
+
+def sweep_suite(cfg: Config, small: Worker, floors: cfloor.Floors, apis: dict[str, str | None],
+                tick: Tick) -> dict[str, Any]:
+    """spawn+wait of the minimal executable from parents of every size and state, each point interleaved with
+    the same call from the small parent (issue 2's 4 GiB target, the Figure 1 plot)."""
+    argv = [str(floors.minimal)]
+    points: list[dict[str, Any]] = []
+    not_built: list[dict[str, Any]] = []
+    for state in cfg.states:
+        names = SWEEP_METHODS if state == "dirty" else SWEEP_METHODS_OTHER_STATES
+        for size in cfg.sizes:
+            tick(f"sweep: building a {fmt_size(size)} {state} parent")
+            t0 = time.perf_counter()
+            try:
+                big = Worker(size, state)
+            except WorkerError as exc:
+                not_built.append({"size": size, "state": state, "skipped": exc.reason})
+                continue
+            with big:
+                build_s = time.perf_counter() - t0
+                methods: list[tuple[str, Runner | None, str | None]] = []
+                for m in names:
+                    why = _skip_reason(m, apis)
+                    methods.append((f"small|{m}", _spawn_runner(small, m, argv, floors), why))
+                    methods.append((f"big|{m}", _spawn_runner(big, m, argv, floors), why))
+                series = _interleave_available(methods, cfg.sweep_rounds, cfg.sweep_batch, tick,
+                                               f"sweep {fmt_size(size)} {state}")
+                info = big.info
+            per_method: dict[str, Any] = {}
+            for m in names:
+                s_small, s_big = series[f"small|{m}"], series[f"big|{m}"]
+                per_method[m] = {"small": s_small.to_json(), "big": s_big.to_json(),
+                                 "big_vs_small": ratio(s_big, s_small), "skipped": s_big.skipped}
+            points.append({"size": size, "state": state, "parent": info, "build_s": build_s,
+                           "methods": per_method})
+    return {"argv": argv, "small_parent": small.info, "points": points, "not_built": not_built}
+
+
+def io_suite(cfg: Config, worker: Worker, floors: cfloor.Floors, apis: dict[str, str | None],
+             tick: Tick) -> dict[str, Any]:
+    """capture, round trip through cat, and run() of the minimal executable: pyproc vs subprocess vs C (issue 3,
+    and issue 7's pyproc.subprocess)."""
+    out: dict[str, Any] = {}
+    common = {"readloop": str(floors.readloop), "pipeloop": str(floors.pipeloop), "minimal": str(floors.minimal)}
+    plan = (("capture", cfg.io_size, cfg.io_rounds, 1), ("cat", cfg.io_size, cfg.io_rounds, 1),
+            ("minimal", 0, cfg.minimal_io_rounds, cfg.minimal_io_batch))
+    for kind, size, rounds, batch in plan:
+        methods: list[tuple[str, Runner | None, str | None]] = []
+        for m in ("pyproc", "subprocess", "pyproc.subprocess", "C floor"):
+            why = apis["run"] if m == "pyproc" else _skip_reason(m, apis)
+
+            def run(n: int, m: str = m, kind: str = kind, size: int = size) -> list[int]:
+                ns: list[int] = worker.request(op="io", kind=kind, method=m, size=size, n=n, **common)["ns"]
+                return ns
+            methods.append((m, run, why))
+        series = _interleave_available(methods, rounds, batch, tick, f"I/O {kind}")
+        out[kind] = {"size": size, "series": {k: v.to_json() for k, v in series.items()}, "_series": series}
+    return out
+
+
+def throughput_suite(cfg: Config, small: Worker, floors: cfloor.Floors, apis: dict[str, str | None],
+                     tick: Tick) -> dict[str, Any]:
+    """Spawns (minimal executable) per second from 1 and 2 threads of the small parent: rounds interleaved over
+    the ways and thread counts; each figure the median rate of the rounds, with min and max."""
+    argv = [str(floors.minimal)]
+    out: dict[str, Any] = {}
+    live = []
+    for m in THROUGHPUT_METHODS:
+        why = _skip_reason(m, apis)
+        if why:
+            out[m] = {"skipped": why}
+        else:
+            out[m] = {"1": {"rounds": []}, "2": {"rounds": []}}
+            live.append(m)
+    for r in range(cfg.throughput_rounds):
+        for m in live[r % len(live):] + live[:r % len(live)]:
+            for threads in (1, 2):
+                tick(f"spawns/s {m} x{threads}")
+                if "skipped" in out[m]:
+                    continue
+                try:
+                    answer = small.request(op="throughput", method=m, argv=argv, threads=threads,
+                                           seconds=cfg.throughput_seconds, floor=str(floors.spawnloop))
+                except WorkerError as exc:
+                    out[m] = {"skipped": f"failed: {exc.reason}"}
+                    continue
+                out[m][str(threads)]["rounds"].append(answer)
+    live = [m for m in live if "skipped" not in out[m]]
+    for m in live:
+        for key in ("1", "2"):
+            rates = [a["per_second"] for a in out[m][key]["rounds"]]
+            out[m][key].update(per_second=statistics.median(rates), min=min(rates), max=max(rates))
+    return out
+
+
+def fork_sizes(cfg: Config) -> list[tuple[str, str, int]]:
+    """The (pages, state, size) points measure_fork sweeps: every size, fragmented capped at FRAGMENTED_MAX."""
+    points = []
+    for pages, state in FORK_STATES:
+        sizes = cfg.sizes if state != "fragmented" else sorted({min(s, FRAGMENTED_MAX) for s in cfg.sizes})
+        points += [(pages, state, size) for size in sizes]
+    return points
+
+
+def cow_suite(cfg: Config, floors: cfloor.Floors, apis: dict[str, str | None], tick: Tick) -> dict[str, Any]:
+    """pyproc.cow (issue 4), timed in C: copy-on-write per 4 KiB page by phase and page kind (measure_cow), and
+    fork / spawn cost against parent size for every page kind and state (measure_fork)."""
+    if apis["cow"]:
+        return {"skipped": apis["cow"]}
+    out: dict[str, Any] = {"measure_cow": [], "measure_fork": []}
+    with Worker(0, "clean") as w:
+        for size in cfg.cow_sizes:
+            for pages in ("4k", "thp", "hugetlb"):
+                tick(f"cow {fmt_size(size)} {pages}")
+                entry: dict[str, Any] = {"size": size, "pages": pages}
+                try:
+                    entry["result"] = w.request(op="cow", func="measure_cow", args=[size],
+                                                kwargs={"pages": pages, "repeat": cfg.cow_repeat})["result"]
+                except WorkerError as exc:
+                    entry["skipped"] = exc.reason
+                out["measure_cow"].append(entry)
+        for pages, state, size in fork_sizes(cfg):
+            tick(f"fork cost {fmt_size(size)} {pages} {state}")
+            entry = {"size": size, "pages": pages, "state": state}
+            try:
+                entry["result"] = w.request(op="cow", func="measure_fork", args=[size], kwargs={
+                    "pages": pages, "state": state, "engines": list(FORK_METHODS), "repeat": cfg.cow_repeat,
+                    "program": str(floors.minimal)})["result"]
+            except WorkerError as exc:
+                entry["skipped"] = exc.reason
+            out["measure_fork"].append(entry)
+    return out
+
+
+def total_ticks(cfg: Config) -> int:
+    """How many progress ticks a run makes (for the progress bar)."""
+    spawn = 2 * cfg.spawn_rounds
+    sweep = sum(len(cfg.sizes) * (cfg.sweep_rounds + 1) for _ in cfg.states)
+    io = 2 * cfg.io_rounds + cfg.minimal_io_rounds
+    thr = 2 * len(THROUGHPUT_METHODS) * cfg.throughput_rounds
+    cow = len(cfg.cow_sizes) * 3 + len(fork_sizes(cfg))
+    return spawn + sweep + io + thr + cow
+
+
+def run_all(cfg: Config, tick: Tick, argv: list[str]) -> dict[str, Any]:
+    """Runs every suite and returns the results (with the live Series under '_series' keys, for the report)."""
+    started = datetime.datetime.now(datetime.timezone.utc)
+    floors = cfloor.build()
+    apis = probe()
+    results: dict[str, Any] = {
+        "meta": {"started_utc": started.isoformat(timespec="seconds"), "command": argv,
+                 "python_executable": sys.executable, "config": cfg.to_json(), "machine": machine.describe(),
+                 "floors": floors.as_dict(), "apis": apis},
+    }
+    timings: dict[str, float] = {}
+
+    def timed(name: str, func: Callable[[], dict[str, Any]]) -> None:
+        t0 = time.perf_counter()
+        results[name] = func()
+        timings[name] = round(time.perf_counter() - t0, 1)
+
+    with Worker(0, "clean") as small:
+        timed("spawn", lambda: spawn_suite(cfg, small, floors, apis, tick))
+        timed("sweep", lambda: sweep_suite(cfg, small, floors, apis, tick))
+        timed("throughput", lambda: throughput_suite(cfg, small, floors, apis, tick))
+    with Worker(0, "clean") as io_worker:  # its own: the I/O buffers must not make the small parent big
+        timed("io", lambda: io_suite(cfg, io_worker, floors, apis, tick))
+    timed("cow", lambda: cow_suite(cfg, floors, apis, tick))
+    results["meta"]["suite_seconds"] = timings
+    results["meta"]["loadavg_end"] = machine.describe()["loadavg"]
+    results["meta"]["finished_utc"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    results["meta"]["elapsed_s"] = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()
+    return results

@@ -1,0 +1,997 @@
+"""A drop-in for the standard library's subprocess module (POSIX), built on pyproc's engines.
+
+    import pyproc.subprocess as subprocess
+
+gives the public API of CPython 3.11-3.13's subprocess on POSIX -- Popen (every parameter), run, call,
+check_call, check_output, getoutput, getstatusoutput, list2cmdline, PIPE, STDOUT, DEVNULL, CompletedProcess
+and the exception classes -- with the same defaults, behaviour and error messages, but children are started by
+pyproc's spawn core (clone3 + CLONE_VFORK with a pidfd, everything prepared in the parent, the GIL released)
+instead of _posixsubprocess, waited for through their pidfd (no sleep loops for wait(timeout)), and signalled
+through it (a recycled pid is never hit).  communicate() -- and so run(), check_output(), getoutput() -- moves
+the data with pyproc.io's C pump (one poll loop over the three pipes, the GIL released; see
+pyproc/_subprocess_pump.py).
+
+Decisions where the standard library leaves room:
+
+- The exception classes exported and raised here are the standard library's own (`pyproc.subprocess.
+  CalledProcessError is subprocess.CalledProcessError`), so `except subprocess.X` works whichever module
+  raised. Not pyproc.errors' TimeoutExpired: it is also a TimeoutError, hence an OSError, and an `except
+  OSError` meant for spawn failures would start catching timeouts.
+- preexec_fn needs Python in the child: the child is made with os.fork() (the fork engine) and preexec_fn
+  runs at the standard library's point (after the ids are set, before the fds are closed) through the C core's
+  before_exec hook.  user / group / extra_groups are applied with raw syscalls, so they keep the fast engine.
+- A Popen collected while its child runs emits the standard library's ResourceWarning; the child is reaped
+  at a later spawn, as subprocess does.
+- Bad fds (stdin/stdout/stderr, pass_fds) are found in the parent, before any child exists, and reported with
+  the exception the standard library's child would have sent back.
+
+Known differences (edge cases):
+
+- After communicate() timed out with input still unsent, .stdin is already closed: the C pump owns the pipe
+  until communicate() finishes or the with block exits (which ends the input, as closing .stdin does).
+- preexec_fn: os.fork() warns (DeprecationWarning, Python 3.12+) when the process has other threads, where
+  _posixsubprocess's own fork does not; and the child's signal handlers are back to SIG_DFL while preexec_fn
+  runs (the standard library still has Python's there).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import io
+import locale
+import operator
+import os
+import signal
+import subprocess as _std
+import sys
+import time
+import warnings
+from collections.abc import Callable, Collection, Iterable, Mapping
+
+# The standard library's own classes: identical objects, so existing `except` clauses keep working.
+from subprocess import (
+    DEVNULL,
+    PIPE,
+    STDOUT,
+    CalledProcessError,
+    CompletedProcess,
+    SubprocessError,
+    TimeoutExpired,
+    list2cmdline,
+)
+from typing import IO, Any, AnyStr, Generic, cast
+
+from . import _subprocess_pump
+from ._lib import ffi, lib
+from .process import Process, abandoned, abandoned_lock, reap_abandoned
+from .spawn import _prepare
+
+# Private helpers some code imports from subprocess (multiprocessing, test suites).
+_args_from_interpreter_flags = _std._args_from_interpreter_flags  # type: ignore[attr-defined]
+_optim_args_from_interpreter_flags = _std._optim_args_from_interpreter_flags  # type: ignore[attr-defined]
+_mswindows = False
+_USE_POSIX_SPAWN = False
+_USE_VFORK = True
+
+__all__ = [
+    "DEVNULL",
+    "PIPE",
+    "STDOUT",
+    "CalledProcessError",
+    "CompletedProcess",
+    "Popen",
+    "SubprocessError",
+    "TimeoutExpired",
+    "call",
+    "check_call",
+    "check_output",
+    "getoutput",
+    "getstatusoutput",
+    "list2cmdline",
+    "run",
+]
+
+_ffi: Any = ffi  # the stub leaves out callback / new_handle / from_handle
+_time = time.monotonic
+_PREEXEC_FAILED = errno.ECANCELED  # what the before_exec hook returns when preexec_fn raised
+_STDOUT_CHECKED = sys.version_info >= (3, 13)  # stdout=STDOUT: ValueError from 3.13 on
+# Stages of the child at or after the point where the standard library calls preexec_fn: their errors name the
+# executable; earlier ones are its "noexec" reports (see _Naming).
+_EXEC_STAGES = frozenset({lib.PYPROC_STAGE_BEFORE_EXEC, lib.PYPROC_STAGE_CLOSE_FDS, lib.PYPROC_STAGE_SIGMASK,
+                          lib.PYPROC_STAGE_EXEC, lib.PYPROC_STAGE_POSIX_SPAWN})
+
+
+def _text_encoding() -> str:
+    # As subprocess: the locale's encoding, with an EncodingWarning under -X warn_default_encoding.
+    if getattr(sys.flags, "warn_default_encoding", 0):
+        f = sys._getframe()
+        filename = f.f_code.co_filename
+        stacklevel = 2
+        while (back := f.f_back) is not None:
+            f = back
+            if f.f_code.co_filename != filename:
+                break
+            stacklevel += 1
+        warnings.warn("'encoding' argument not specified.", EncodingWarning, stacklevel)
+    if sys.flags.utf8_mode:
+        return "utf-8"
+    getencoding = getattr(locale, "getencoding", None)
+    if getencoding is not None:
+        return cast(str, getencoding())
+    return locale.getpreferredencoding(False)  # Python 3.10
+
+
+def _call_preexec(arg: Any) -> int:
+    """The C core's before_exec hook, run in the forked child: calls preexec_fn, 0 if it returned."""
+    try:
+        _ffi.from_handle(arg)()
+    except BaseException:  # as subprocess: any exception, reported to the parent without its text
+        return _PREEXEC_FAILED
+    return 0
+
+
+_BEFORE_EXEC = _ffi.callback("int(void *)", _call_preexec, error=_PREEXEC_FAILED)
+
+
+class _Child(Process):
+    """pyproc's Process for a Popen's child: Popen itself warns about and hands over a child still running."""
+
+    def __del__(self, _warn: Any = None) -> None:
+        pass
+
+
+def _fsencode_checked(value: Any) -> bytes:
+    data = os.fsencode(value)
+    if b"\0" in data:
+        raise ValueError("embedded null byte")
+    return data
+
+
+def _check_open(fd: int, filename: Any) -> None:
+    """An fd the child should dup must be open: EBADF as the standard library's child would report it."""
+    try:
+        os.get_inheritable(fd)
+    except OSError as exc:
+        err = exc.errno or errno.EBADF
+        raise OSError(err, os.strerror(err), filename) from None
+    except OverflowError:
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF), filename) from None
+
+
+class Popen(Generic[AnyStr]):
+    """Execute a child program in a new process: the standard library's subprocess.Popen, on pyproc's engines.
+
+    Every parameter, attribute and method behaves as in CPython 3.11-3.13 on POSIX:
+
+      args: a string, or a sequence of program arguments (str, bytes, os.PathLike); shell=True runs a string
+          through /bin/sh -c.
+      bufsize: the buffering of the stdin / stdout / stderr pipe file objects (open()'s buffering; 1 = line
+          buffered in text mode).
+      executable: the program to run in place of args[0] (with shell=True: the shell).
+      stdin, stdout, stderr: None, PIPE, DEVNULL, an fd or a file object; stderr may be STDOUT.
+      preexec_fn: called in the child just before exec (forks the child with os.fork; not thread-safe, as in
+          the standard library).
+      close_fds (default True), pass_fds: which of the parent's fds the child gets.
+      cwd, env, umask, restore_signals, start_new_session, process_group, user, group, extra_groups.
+      text / universal_newlines, encoding, errors: text-mode file objects and communicate() data.
+      pipesize: the size of the pipes made for PIPE (F_SETPIPE_SZ).
+      startupinfo, creationflags: Windows only (ValueError if set).
+
+    Attributes: args, stdin, stdout, stderr, pid, returncode, text_mode / universal_newlines, encoding,
+    errors, pipesize.  Methods: poll, wait, communicate, send_signal, terminate, kill; it is a context manager
+    that closes the pipes and waits.
+    """
+
+    _child_created = False  # set here since __del__ checks it
+
+    def __init__(
+        self,
+        args: Any,
+        bufsize: int = -1,
+        executable: Any = None,
+        stdin: Any = None,
+        stdout: Any = None,
+        stderr: Any = None,
+        preexec_fn: Callable[[], Any] | None = None,
+        close_fds: bool = True,
+        shell: bool = False,
+        cwd: Any = None,
+        env: Mapping[Any, Any] | None = None,
+        universal_newlines: bool | None = None,
+        startupinfo: Any = None,
+        creationflags: int = 0,
+        restore_signals: bool = True,
+        start_new_session: bool = False,
+        pass_fds: Collection[int] = (),
+        *,
+        user: str | int | None = None,
+        group: str | int | None = None,
+        extra_groups: Iterable[str | int] | None = None,
+        encoding: str | None = None,
+        errors: str | None = None,
+        text: bool | None = None,
+        umask: int = -1,
+        pipesize: int = -1,
+        process_group: int | None = None,
+    ) -> None:
+        if abandoned:
+            reap_abandoned()
+        self._proc: _Child | None = None
+        self._input: bytes | None = None
+        self._exchange: _subprocess_pump.Exchange | _subprocess_pump.NativeExchange | None = None
+        self._communication_started = False
+        if bufsize is None:
+            bufsize = -1
+        if not isinstance(bufsize, int):
+            raise TypeError("bufsize must be an integer")
+        if _STDOUT_CHECKED and stdout is STDOUT:
+            raise ValueError("STDOUT can only be used for stderr")
+        if pipesize is None:
+            pipesize = -1
+        if not isinstance(pipesize, int):
+            raise TypeError("pipesize must be an integer")
+        if pass_fds and not close_fds:
+            warnings.warn("pass_fds overriding close_fds.", RuntimeWarning, stacklevel=2)
+            close_fds = True
+        if startupinfo is not None:
+            raise ValueError("startupinfo is only supported on Windows platforms")
+        if creationflags != 0:
+            raise ValueError("creationflags is only supported on Windows platforms")
+
+        self.args = args
+        self.stdin: IO[Any] | None = None
+        self.stdout: IO[Any] | None = None
+        self.stderr: IO[Any] | None = None
+        self.pid: int | None = None
+        self.returncode: int | None = None
+        self.encoding = encoding
+        self.errors = errors
+        self.pipesize = pipesize
+
+        if text is not None and universal_newlines is not None and bool(universal_newlines) != bool(text):
+            raise SubprocessError("Cannot disambiguate when both text and universal_newlines are supplied "
+                                  "but different. Pass one or the other.")
+        self.text_mode = encoding or errors or text or universal_newlines
+        if self.text_mode and encoding is None:
+            self.encoding = encoding = _text_encoding()
+
+        # How long to keep waiting for a child after the first ^C (as subprocess).
+        self._sigint_wait_secs = 0.25
+        self._closed_child_pipe_fds = False
+
+        line_buffering = False
+        if self.text_mode and bufsize == 1:
+            line_buffering = True
+            bufsize = -1  # the binary layers below cannot line-buffer
+
+        if process_group is None:
+            process_group = -1
+        gid, gids, uid = _ids(user, group, extra_groups)
+
+        self._devnull: int | None = None
+        p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite = self._get_handles(stdin, stdout, stderr)
+        try:
+            if p2cwrite != -1:
+                self.stdin = open(p2cwrite, "wb", bufsize)  # noqa: SIM115
+                if self.text_mode:
+                    self.stdin = io.TextIOWrapper(cast(IO[bytes], self.stdin), write_through=True,
+                                                  line_buffering=line_buffering, encoding=encoding,
+                                                  errors=errors)
+            if c2pread != -1:
+                self.stdout = open(c2pread, "rb", bufsize)  # noqa: SIM115
+                if self.text_mode:
+                    self.stdout = io.TextIOWrapper(cast(IO[bytes], self.stdout), encoding=encoding,
+                                                   errors=errors)
+            if errread != -1:
+                self.stderr = open(errread, "rb", bufsize)  # noqa: SIM115
+                if self.text_mode:
+                    self.stderr = io.TextIOWrapper(cast(IO[bytes], self.stderr), encoding=encoding,
+                                                   errors=errors)
+            self._execute_child(args, executable, preexec_fn, close_fds, pass_fds, cwd, env, shell,
+                                p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite, restore_signals,
+                                gid, gids, uid, umask, start_new_session, process_group)
+        except BaseException:
+            for stream in (self.stdin, self.stdout, self.stderr):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()
+            if not self._closed_child_pipe_fds:
+                to_close = []
+                if stdin == PIPE:
+                    to_close.append(p2cread)
+                if stdout == PIPE:
+                    to_close.append(c2pwrite)
+                if stderr == PIPE:
+                    to_close.append(errwrite)
+                if self._devnull is not None:
+                    to_close.append(self._devnull)
+                for fd in to_close:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            raise
+
+    def __repr__(self) -> str:
+        obj_repr = f"<{self.__class__.__name__}: returncode: {self.returncode} args: {self.args!r}>"
+        if len(obj_repr) > 80:
+            obj_repr = obj_repr[:76] + "...>"
+        return obj_repr
+
+    @property
+    def universal_newlines(self) -> Any:
+        """Alias of text_mode, kept for compatibility."""
+        return self.text_mode
+
+    @universal_newlines.setter
+    def universal_newlines(self, universal_newlines: Any) -> None:
+        self.text_mode = bool(universal_newlines)
+
+    def _translate_newlines(self, data: bytes, encoding: str, errors: str) -> str:
+        return data.decode(encoding, errors).replace("\r\n", "\n").replace("\r", "\n")
+
+    def __enter__(self) -> Popen[AnyStr]:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, value: BaseException | None, traceback: Any
+    ) -> None:
+        if self.stdout:
+            self.stdout.close()
+        if self.stderr:
+            self.stderr.close()
+        try:  # flushing a BufferedWriter may raise
+            if self.stdin:
+                self.stdin.close()
+            if self._exchange is not None:
+                self._exchange.close_input()
+        finally:
+            if exc_type is KeyboardInterrupt:
+                # The child very likely got the same SIGINT: wait a little for it, but do not block ^C.
+                if self._sigint_wait_secs > 0:
+                    with contextlib.suppress(TimeoutExpired):
+                        self._wait(timeout=self._sigint_wait_secs)
+                self._sigint_wait_secs = 0
+                return  # noqa: B012 - let the KeyboardInterrupt go on (as subprocess)
+            self.wait()
+
+    def __del__(self, _maxsize: int = sys.maxsize, _warn: Any = warnings.warn,
+                _abandoned: list[tuple[int, int | None]] = abandoned, _lock: Any = abandoned_lock) -> None:
+        # Only what the default arguments hold: at interpreter exit the module's globals may be gone already.
+        if not self._child_created:
+            return
+        if self.returncode is None:
+            # Not reading the exit status makes a zombie, destroyed only when the parent exits.
+            _warn(f"subprocess {self.pid} is still running", ResourceWarning, source=self)
+        try:
+            self._internal_poll(_deadstate=_maxsize)
+        except Exception:  # at interpreter exit: nothing more can be done for the child
+            return
+        proc = self._proc
+        if self.returncode is None and proc is not None:
+            # Still running: reaped without blocking at a later spawn (pyproc's list of abandoned children).
+            with _lock:
+                _abandoned.append((proc.pid, proc.pidfd))
+            proc.pidfd = None
+
+    # ---- the child's stdio ---------------------------------------------------------------------------------
+
+    def _get_devnull(self) -> int:
+        if self._devnull is None:
+            self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        return self._devnull
+
+    def _make_pipe(self, to_close: list[int]) -> tuple[int, int]:
+        """A pipe (read end, write end), pipesize applied (F_SETPIPE_SZ), both ends listed in to_close."""
+        read_end, write_end = os.pipe()
+        to_close += (read_end, write_end)
+        if self.pipesize > 0:
+            fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, self.pipesize)
+        return read_end, write_end
+
+    def _get_handles(self, stdin: Any, stdout: Any, stderr: Any) -> tuple[int, int, int, int, int, int]:
+        """(p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite), -1 where there is none."""
+        p2cread, p2cwrite = -1, -1
+        c2pread, c2pwrite = -1, -1
+        errread, errwrite = -1, -1
+        to_close: list[int] = []
+        try:
+            if stdin is None:
+                pass
+            elif stdin == PIPE:
+                p2cread, p2cwrite = self._make_pipe(to_close)
+            elif stdin == DEVNULL:
+                p2cread = self._get_devnull()
+            elif isinstance(stdin, int):
+                p2cread = stdin
+            else:
+                p2cread = stdin.fileno()
+
+            if stdout is None:
+                pass
+            elif stdout == PIPE:
+                c2pread, c2pwrite = self._make_pipe(to_close)
+            elif stdout == DEVNULL:
+                c2pwrite = self._get_devnull()
+            elif isinstance(stdout, int):
+                c2pwrite = stdout
+            else:
+                c2pwrite = stdout.fileno()
+
+            if stderr is None:
+                pass
+            elif stderr == PIPE:
+                errread, errwrite = self._make_pipe(to_close)
+            elif stderr == STDOUT:
+                errwrite = c2pwrite if c2pwrite != -1 else sys.__stdout__.fileno()  # type: ignore[union-attr]
+            elif stderr == DEVNULL:
+                errwrite = self._get_devnull()
+            elif isinstance(stderr, int):
+                errwrite = stderr
+            else:
+                errwrite = stderr.fileno()
+        except BaseException:
+            if self._devnull is not None:
+                to_close.append(self._devnull)
+                self._devnull = None
+            for fd in to_close:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            raise
+        return p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite
+
+    def _close_pipe_fds(self, p2cread: int, p2cwrite: int, c2pread: int, c2pwrite: int, errread: int,
+                        errwrite: int) -> None:
+        devnull_fd = self._devnull
+        try:
+            for child_end, parent_end in ((p2cread, p2cwrite), (c2pwrite, c2pread), (errwrite, errread)):
+                if child_end != -1 and parent_end != -1 and child_end != devnull_fd:
+                    os.close(child_end)
+        finally:
+            if devnull_fd is not None:
+                os.close(devnull_fd)
+            self._closed_child_pipe_fds = True
+
+    # ---- starting the child --------------------------------------------------------------------------------
+
+    def _execute_child(
+        self, args: Any, executable: Any, preexec_fn: Callable[[], Any] | None, close_fds: bool,
+        pass_fds: Collection[int], cwd: Any, env: Mapping[Any, Any] | None, shell: bool,
+        p2cread: int, p2cwrite: int, c2pread: int, c2pwrite: int, errread: int, errwrite: int,
+        restore_signals: bool, gid: int | None, gids: list[int] | None, uid: int | None, umask: int,
+        start_new_session: bool, process_group: int,
+    ) -> None:
+        if isinstance(args, (str, bytes)):
+            args = [args]
+        elif isinstance(args, os.PathLike):
+            if shell:
+                raise TypeError("path-like args is not allowed when shell is true")
+            args = [args]
+        else:
+            args = list(args)
+        if shell:
+            args = ["/bin/sh", "-c", *args]
+            if executable:
+                args[0] = executable
+        if executable is None:
+            executable = args[0]
+        sys.audit("subprocess.Popen", executable, args, cwd, env)
+        # Which way the standard library would start this child decides what its errors name.
+        naming = _Naming(executable, cwd, _STD_USES_POSIX_SPAWN
+                         and bool(os.path.dirname(executable))
+                         and preexec_fn is None
+                         and (not close_fds or _STD_POSIX_SPAWN_CLOSES_FDS)
+                         and not pass_fds
+                         and cwd is None
+                         and (p2cread == -1 or p2cread > 2)
+                         and (c2pwrite == -1 or c2pwrite > 2)
+                         and (errwrite == -1 or errwrite > 2)
+                         and not start_new_session
+                         and process_group == -1
+                         and gid is None
+                         and gids is None
+                         and uid is None
+                         and umask < 0)
+
+        # Everything the child needs, converted here with the standard library's checks and messages.
+        env_list = None
+        if env is not None:
+            env_list = []
+            for k, v in env.items():
+                bk = os.fsencode(k)
+                if b"=" in bk:
+                    raise ValueError("illegal environment variable name")
+                env_list.append(bk + b"=" + os.fsencode(v))
+        c_paths, n_paths, c_strings = _exec_paths(os.fsencode(executable), env)
+        keep = sorted(map(int, set(pass_fds)))
+        if keep and keep[0] < 0:
+            raise ValueError("bad value(s) in fds_to_keep")
+        bargs = [_fsencode_checked(arg) for arg in args]
+        bcwd = None if cwd is None else _fsencode_checked(cwd)
+        if env_list is not None:
+            for entry in env_list:
+                if b"\0" in entry:
+                    raise ValueError("embedded null byte")
+        process_group = operator.index(process_group)
+        umask = operator.index(umask)
+        if _FLAGS_ARE_INTS and not naming.posix_spawn:
+            # 3.11's _posixsubprocess takes these two as C ints: TypeError for anything else
+            restore_signals = bool(operator.index(restore_signals))
+            start_new_session = bool(operator.index(start_new_session))
+        for fd in (p2cread, c2pwrite, errwrite):
+            if fd != -1:
+                _check_open(fd, naming.noexec)
+        for fd in keep:
+            _check_open(fd, naming.noexec)
+        # fds the child gets as 0, 1, 2 anyway need no pass_fds entry (and must not conflict with the plan).
+        targets = {t for t, s in ((0, p2cread), (1, c2pwrite), (2, errwrite)) if s != -1}
+        keep = [fd for fd in keep if fd not in targets]
+
+        # spawn's checks and fd plan; executable b"/" is a placeholder: the exec candidates, env, cwd, session
+        # and group are set below with subprocess's rules (positional: forwarding keywords costs on every spawn).
+        request = _prepare(
+            bargs, "fork" if preexec_fn is not None else "auto", b"/",
+            None if p2cread == -1 else p2cread, None if c2pwrite == -1 else c2pwrite,
+            None if errwrite == -1 else errwrite, None, keep, bool(close_fds), None, None, False, None, None,
+            None, None, False, bool(restore_signals), None,
+        )
+        req = request.c
+        req.exec_paths = request.keep(c_paths)
+        request.keep(c_strings)
+        req.n_exec_paths = n_paths
+        if env_list is not None:
+            c_env: list[Any] = [request.keep(ffi.new("char[]", entry)) for entry in env_list]
+            req.envp = request.keep(ffi.new("char *[]", [*c_env, ffi.NULL]))
+        if bcwd is not None:
+            req.cwd = request.keep(ffi.new("char[]", bcwd))
+        req.new_session = int(bool(start_new_session))
+        req.process_group = process_group if process_group >= 0 else -1
+        req.umask = umask if umask >= 0 else -1
+        if gids:  # as subprocess: an empty extra_groups leaves the groups alone
+            req.set_groups = 1
+            req.groups = request.keep(ffi.new("uint32_t[]", gids))
+            req.n_groups = len(gids)
+        if gid is not None:
+            req.set_gid = 1
+            req.gid = gid
+        if uid is not None:
+            req.set_uid = 1
+            req.uid = uid
+
+        res = ffi.new("struct pyproc_spawn_result *")
+        if preexec_fn is None:
+            err = lib.pyproc_spawn(req, lib.PYPROC_ENGINE_CLONE, res)
+        else:
+            err = self._fork_exec(request, preexec_fn, res)
+        self._close_pipe_fds(p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite)
+        if err:
+            raise _child_error(res.fail_stage, err, naming)
+        self.pid = res.pid
+        self._proc = _Child(res.pid, res.pidfd if res.pidfd >= 0 else None, self.args)
+        self._child_created = True
+
+    def _fork_exec(self, request: Any, preexec_fn: Callable[[], Any], res: Any) -> int:
+        """The fork engine done from Python, so that preexec_fn can run in the child; 0 or an errno."""
+        handle = request.keep(_ffi.new_handle(preexec_fn))
+        request.c.before_exec = _BEFORE_EXEC
+        request.c.before_exec_arg = handle
+        errpipe_read, errpipe_write = os.pipe()
+        try:
+            pid = os.fork()
+            if pid == 0:  # the child: never returns to the caller
+                try:
+                    os.close(errpipe_read)
+                    lib.pyproc_exec_child(request.c, errpipe_write)
+                finally:
+                    os._exit(127)
+            os.close(errpipe_write)
+            errpipe_write = -1
+            res.pid = pid
+            got = ffi.new("int *")
+            err = int(lib.pyproc_read_child_error(errpipe_read, got, res))
+            if err:  # the child's state is unknown: stop it
+                res.fail_stage = lib.PYPROC_STAGE_PARENT
+                os.kill(pid, signal.SIGKILL)
+            elif got[0]:
+                err = res.fail_errno if res.fail_stage != lib.PYPROC_STAGE_BEFORE_EXEC else _PREEXEC_FAILED
+            if err:
+                os.waitpid(pid, 0)
+                return err
+            pidfd = ffi.new("int *")
+            err = int(lib.pyproc_pidfd_open(pid, pidfd))
+            res.pidfd = pidfd[0] if not err else -1
+            return 0
+        finally:
+            os.close(errpipe_read)
+            if errpipe_write >= 0:
+                os.close(errpipe_write)
+
+    # ---- waiting -------------------------------------------------------------------------------------------
+
+    def _sync(self) -> int | None:
+        proc = self._proc
+        if proc is not None and proc.returncode is not None:
+            self.returncode = proc.returncode
+        return self.returncode
+
+    def _internal_poll(self, _deadstate: int | None = None) -> int | None:
+        if self.returncode is None and self._proc is not None:
+            try:
+                self._proc.poll()
+            except OSError:
+                if _deadstate is not None:
+                    self.returncode = _deadstate
+                    return self.returncode
+                raise
+            self._sync()
+        return self.returncode
+
+    def poll(self) -> int | None:
+        """Checks whether the child has terminated; sets and returns returncode (None while it runs)."""
+        return self._internal_poll()
+
+    def _wait(self, timeout: float | None) -> int:
+        if self.returncode is not None:
+            return self.returncode
+        assert self._proc is not None
+        try:
+            self._proc.wait(timeout)
+        except TimeoutExpired:
+            raise TimeoutExpired(self.args, cast(float, timeout)) from None
+        rc = self._sync()
+        assert rc is not None
+        return rc
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Waits for the child to terminate and returns returncode; TimeoutExpired after timeout seconds.
+
+        The wait polls the child's pidfd with the GIL released (no sleep loop).  After a first ^C it waits a
+        little longer for the child (which likely got the SIGINT too), then lets the KeyboardInterrupt
+        through.
+        """
+        endtime = None if timeout is None else _time() + timeout
+        try:
+            return self._wait(timeout=timeout)
+        except KeyboardInterrupt:
+            sigint_timeout = self._sigint_wait_secs
+            if endtime is not None:
+                sigint_timeout = min(sigint_timeout, endtime - _time())
+            self._sigint_wait_secs = 0
+            with contextlib.suppress(TimeoutExpired):
+                self._wait(timeout=sigint_timeout)
+            raise
+
+    def send_signal(self, sig: int) -> None:
+        """Sends signal sig to the child (through its pidfd); nothing once it has been reaped."""
+        self.poll()
+        if self.returncode is not None or self._proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self._proc.send_signal(sig)
+
+    def terminate(self) -> None:
+        """Terminates the child with SIGTERM."""
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """Kills the child with SIGKILL."""
+        self.send_signal(signal.SIGKILL)
+
+    # ---- communicate ---------------------------------------------------------------------------------------
+
+    def _stdin_write(self, input: Any) -> None:
+        assert self.stdin is not None
+        if input:
+            try:
+                self.stdin.write(input)
+            except BrokenPipeError:
+                pass  # communicate() ignores a child that stopped reading
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+        try:
+            self.stdin.close()
+        except BrokenPipeError:
+            pass
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+
+    def communicate(self, input: Any = None, timeout: float | None = None) -> tuple[Any, Any]:
+        """Sends input to the child's stdin and closes it, reads stdout and stderr to end of file, waits.
+
+        Returns (stdout, stderr), None for a stream that is not a pipe; str in text mode, else bytes.  With a
+        timeout raises TimeoutExpired (with the output read so far) and leaves the child running: calling
+        communicate() again goes on where it stopped.
+        """
+        if self._communication_started and input:
+            raise ValueError("Cannot send input after starting communication")
+        # With no timeout, nothing started and at most one pipe, plain blocking I/O is enough (as subprocess).
+        if timeout is None and not self._communication_started and \
+                [self.stdin, self.stdout, self.stderr].count(None) >= 2:
+            stdout = None
+            stderr = None
+            if self.stdin:
+                self._stdin_write(input)
+            elif self.stdout:
+                stdout = self.stdout.read()
+                self.stdout.close()
+            elif self.stderr:
+                stderr = self.stderr.read()
+                self.stderr.close()
+            self.wait()
+            return stdout, stderr
+        endtime = None if timeout is None else _time() + timeout
+        try:
+            stdout, stderr = self._communicate(input, endtime, timeout)
+        except KeyboardInterrupt:
+            sigint_timeout = self._sigint_wait_secs
+            if endtime is not None:
+                sigint_timeout = min(sigint_timeout, endtime - _time())
+            self._sigint_wait_secs = 0
+            with contextlib.suppress(TimeoutExpired):
+                self._wait(timeout=sigint_timeout)
+            raise
+        finally:
+            self._communication_started = True
+        self.wait(timeout=None if endtime is None else endtime - _time())
+        return stdout, stderr
+
+    def _close_stdin(self) -> None:
+        if self.stdin is not None:
+            with contextlib.suppress(BrokenPipeError):  # communicate() ignores a child that stopped reading
+                self.stdin.close()
+
+    def _communicate(self, input: Any, endtime: float | None, orig_timeout: float | None) -> tuple[Any, Any]:
+        ex = self._exchange
+        if ex is None:
+            if self.stdin:
+                with contextlib.suppress(BrokenPipeError):
+                    self.stdin.flush()  # what the caller wrote to .stdin goes first
+                if not input:
+                    with contextlib.suppress(BrokenPipeError):
+                        self.stdin.close()
+            data = input
+            if data is not None and self.text_mode and self.stdin:
+                data = data.encode(self.stdin.encoding, self.stdin.errors)  # type: ignore[attr-defined]
+            # memoryview() raises the TypeError a write would (str input in binary mode, ...)
+            view = memoryview(data) if data is not None and self.stdin else None
+            stdout_fd = self.stdout.fileno() if self.stdout and not self.stdout.closed else None
+            stderr_fd = self.stderr.fileno() if self.stderr and not self.stderr.closed else None
+            ex = self._exchange = _subprocess_pump.new_exchange(self.stdin, view, stdout_fd, stderr_fd,
+                                                                self._close_stdin)
+        try:
+            finished = ex.run(endtime)
+        finally:
+            for stream, done in ((self.stdin, ex.stdin_done), (self.stdout, ex.stdout_done),
+                                 (self.stderr, ex.stderr_done)):
+                if stream is not None and done and not stream.closed:
+                    with contextlib.suppress(BrokenPipeError):
+                        stream.close()
+        if not finished:
+            partial_out, partial_err = ex.partial()
+            raise TimeoutExpired(self.args, cast(float, orig_timeout), output=partial_out, stderr=partial_err)
+        self.wait(timeout=None if endtime is None else endtime - _time())
+        out, err = ex.output()
+        stdout: Any = None if self.stdout is None else out
+        stderr: Any = None if self.stderr is None else err
+        if self.text_mode:
+            if stdout is not None:
+                stdout = self._translate_newlines(stdout, self.stdout.encoding,  # type: ignore[union-attr]
+                                                  self.stdout.errors)  # type: ignore[union-attr]
+            if stderr is not None:
+                stderr = self._translate_newlines(stderr, self.stderr.encoding,  # type: ignore[union-attr]
+                                                  self.stderr.errors)  # type: ignore[union-attr]
+        return stdout, stderr
+
+
+class _Naming:
+    """The filename the standard library puts in the OSError of a child that failed, by where it failed.
+
+    It depends on the way the standard library would have started this child: os.posix_spawn (its conditions
+    below: every error names the executable, as a path string) or _posixsubprocess (exec errors name the
+    executable as given; earlier steps name cwd, and from 3.13 only chdir does, the others name nothing).
+    """
+
+    __slots__ = ("chdir", "exec", "noexec", "posix_spawn")
+
+    def __init__(self, executable: Any, cwd: Any, posix_spawn: bool) -> None:
+        self.posix_spawn = posix_spawn
+        if posix_spawn:
+            self.exec = self.chdir = self.noexec = os.fspath(executable)
+        else:
+            self.exec = executable
+            self.chdir = cwd
+            self.noexec = None if _NOEXEC_NAMES_NOTHING else cwd
+
+
+_NOEXEC_NAMES_NOTHING = sys.version_info >= (3, 13)
+_FLAGS_ARE_INTS = sys.version_info < (3, 12)
+_STD_USES_POSIX_SPAWN = bool(getattr(_std, "_USE_POSIX_SPAWN", False))
+_STD_POSIX_SPAWN_CLOSES_FDS = bool(getattr(_std, "_HAVE_POSIX_SPAWN_CLOSEFROM", False))
+
+
+_exec_path_cache: dict[tuple[bytes, str | None], tuple[Any, int, list[Any]]] = {}
+
+
+def _exec_paths(executable: bytes, env: Mapping[Any, Any] | None) -> tuple[Any, int, list[Any]]:
+    """The files to try, as a C array, with the standard library's rules (os._execvpe's PATH search):
+    (array, count, the strings it points to: the caller keeps them alive with the request).
+
+    Without env, the PATH search for a program is kept (keyed by PATH's value), so that a spawn does not redo a
+    dozen joins and allocations: the C side only reads these.
+    """
+    if b"\0" in executable:
+        raise ValueError("embedded null byte")
+    key = None
+    if env is None:
+        key = (executable, os.environ.get("PATH"))
+        cached = _exec_path_cache.get(key)
+        if cached is not None:
+            return cached
+    if os.path.dirname(executable):
+        strings = [ffi.new("char[]", executable)]
+    else:
+        strings = [ffi.new("char[]", os.path.join(os.fsencode(d), executable)) for d in os.get_exec_path(env)]
+    found = ffi.new("char *[]", strings), len(strings), strings
+    if key is not None:
+        if len(_exec_path_cache) >= 256:
+            _exec_path_cache.clear()
+        _exec_path_cache[key] = found
+    return found
+
+
+def _child_error(stage: int, err: int, naming: _Naming) -> BaseException:
+    """The exception the standard library raises for a child that failed at `stage` with errno `err`."""
+    if stage == lib.PYPROC_STAGE_BEFORE_EXEC:
+        return SubprocessError("Exception occurred in preexec_fn.")
+    if stage == lib.PYPROC_STAGE_PARENT:
+        return OSError(err, os.strerror(err))
+    if stage in _EXEC_STAGES:
+        filename = naming.exec
+    elif stage == lib.PYPROC_STAGE_CHDIR:
+        filename = naming.chdir
+    else:
+        filename = naming.noexec
+    return OSError(err, os.strerror(err), filename)
+
+
+def _ids(user: Any, group: Any, extra_groups: Any) -> tuple[int | None, list[int] | None, int | None]:
+    """(gid, extra gids, uid) from Popen's group / extra_groups / user, with subprocess's checks."""
+    gid = None
+    if group is not None:
+        if isinstance(group, str):
+            import grp
+
+            gid = grp.getgrnam(group).gr_gid
+        elif isinstance(group, int):
+            gid = group
+        else:
+            raise TypeError(f"Group must be a string or an integer, not {type(group)}")
+        if gid < 0:
+            raise ValueError(f"Group ID cannot be negative, got {gid}")
+    gids = None
+    if extra_groups is not None:
+        if isinstance(extra_groups, str):
+            raise ValueError("Groups must be a list, not a string")
+        gids = []
+        for extra_group in extra_groups:
+            if isinstance(extra_group, str):
+                import grp
+
+                gids.append(grp.getgrnam(extra_group).gr_gid)
+            elif isinstance(extra_group, int):
+                gids.append(extra_group)
+            else:
+                raise TypeError(f"Items in extra_groups must be a string or integer, not {type(extra_group)}")
+        for gid_check in gids:
+            if gid_check < 0:
+                raise ValueError(f"Group ID cannot be negative, got {gid_check}")
+    uid = None
+    if user is not None:
+        if isinstance(user, str):
+            import pwd
+
+            uid = pwd.getpwnam(user).pw_uid
+        elif isinstance(user, int):
+            uid = user
+        else:
+            raise TypeError("User must be a string or an integer")
+        if uid < 0:
+            raise ValueError(f"User ID cannot be negative, got {uid}")
+    return gid, gids, uid
+
+
+# ---- the convenience functions (the standard library's, on this Popen) -------------------------------------
+
+
+def call(*popenargs: Any, timeout: float | None = None, **kwargs: Any) -> int:
+    """Runs the command, waits for it (at most timeout seconds) and returns its returncode."""
+    with Popen(*popenargs, **kwargs) as p:
+        try:
+            return p.wait(timeout=timeout)
+        except BaseException:  # including KeyboardInterrupt: wait handled that
+            p.kill()
+            raise
+
+
+def check_call(*popenargs: Any, **kwargs: Any) -> int:
+    """Runs the command and waits for it; returns 0, or raises CalledProcessError for a nonzero returncode."""
+    retcode = call(*popenargs, **kwargs)
+    if retcode:
+        cmd = kwargs.get("args")
+        if cmd is None:
+            cmd = popenargs[0]
+        raise CalledProcessError(retcode, cmd)
+    return 0
+
+
+def check_output(*popenargs: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+    """Runs the command and returns its stdout (str in text mode); CalledProcessError for a nonzero exit.
+
+    stdout and check are not allowed (used internally); stderr=STDOUT captures stderr too; input= feeds stdin.
+    """
+    for kw in ("stdout", "check"):
+        if kw in kwargs:
+            raise ValueError(f"{kw} argument not allowed, it will be overridden.")
+    if "input" in kwargs and kwargs["input"] is None:
+        # input=None used to mean an empty input: kept for compatibility, as subprocess does.
+        if kwargs.get("universal_newlines") or kwargs.get("text") or kwargs.get("encoding") \
+                or kwargs.get("errors"):
+            kwargs["input"] = ""
+        else:
+            kwargs["input"] = b""
+    return run(*popenargs, stdout=PIPE, timeout=timeout, check=True, **kwargs).stdout
+
+
+def run(*popenargs: Any, input: Any = None, capture_output: bool = False, timeout: float | None = None,
+        check: bool = False, **kwargs: Any) -> CompletedProcess[Any]:
+    """Runs the command, waits for it and returns a CompletedProcess(args, returncode, stdout, stderr).
+
+    capture_output=True captures stdout and stderr; input= feeds stdin; timeout kills the child and raises
+    TimeoutExpired (with the output read so far); check=True raises CalledProcessError for a nonzero
+    returncode. The other arguments are Popen's.
+    """
+    if input is not None:
+        if kwargs.get("stdin") is not None:
+            raise ValueError("stdin and input arguments may not both be used.")
+        kwargs["stdin"] = PIPE
+    if capture_output:
+        if kwargs.get("stdout") is not None or kwargs.get("stderr") is not None:
+            raise ValueError("stdout and stderr arguments may not be used with capture_output.")
+        kwargs["stdout"] = PIPE
+        kwargs["stderr"] = PIPE
+    with Popen(*popenargs, **kwargs) as process:
+        try:
+            stdout, stderr = process.communicate(input, timeout=timeout)
+        except TimeoutExpired:
+            process.kill()
+            process.wait()  # communicate already put the output read so far into the exception
+            raise
+        except BaseException:  # including KeyboardInterrupt: communicate handled that
+            process.kill()
+            raise
+        retcode = process.poll()
+        assert retcode is not None
+        if check and retcode:
+            raise CalledProcessError(retcode, process.args, output=stdout, stderr=stderr)
+    return CompletedProcess(process.args, retcode, stdout, stderr)
+
+
+def getstatusoutput(cmd: Any, *, encoding: str | None = None, errors: str | None = None) -> tuple[int, str]:
+    """(exitcode, output) of running cmd in a shell, stderr joined to stdout; without a trailing newline."""
+    try:
+        data = check_output(cmd, shell=True, text=True, stderr=STDOUT, encoding=encoding, errors=errors)
+        exitcode = 0
+    except CalledProcessError as ex:
+        data = ex.output
+        exitcode = ex.returncode
+    if data[-1:] == "\n":
+        data = data[:-1]
+    return exitcode, data
+
+
+def getoutput(cmd: Any, *, encoding: str | None = None, errors: str | None = None) -> str:
+    """The output (stdout and stderr) of running cmd in a shell, without a trailing newline."""
+    return getstatusoutput(cmd, encoding=encoding, errors=errors)[1]
+

@@ -1,0 +1,1270 @@
+"""Differential tests: the same cases against the standard library's subprocess and pyproc.subprocess.
+
+Each case is a function of the module under test that returns what a caller can observe (results, file object
+types, output); `observe()` turns an exception into its standard-library type, errno, filename, str and the
+subprocess attributes.  test_same_as_stdlib runs every case on both modules and compares; the tests further
+down are parametrized over both modules with explicit expectations, so each expectation is checked against the
+standard library too.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import fcntl
+import gc
+import grp
+import os
+import pathlib
+import pwd
+import select
+import signal
+import subprocess as std
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import pyproc.subprocess as pyp
+from pyproc.process import reap_abandoned
+
+MODULES = [pytest.param(std, id="stdlib"), pytest.param(pyp, id="pyproc")]
+PY = sys.executable
+Case = Callable[[Any], Any]
+CASES: dict[str, Case] = {}
+
+
+def case(fn: Case) -> Case:
+    CASES[fn.__name__.removeprefix("case_")] = fn
+    return fn
+
+
+def describe(exc: BaseException) -> dict[str, Any]:
+    """What a caller can see of an exception, by its standard-library class."""
+    cls = next(c for c in type(exc).__mro__ if c.__module__ in ("builtins", "subprocess"))
+    seen: dict[str, Any] = {"type": cls.__name__, "str": str(exc)}
+    if issubclass(cls, OSError):
+        seen.update(errno=exc.errno, strerror=exc.strerror, filename=exc.filename)
+    for attr in ("returncode", "cmd", "output", "stdout", "stderr", "timeout"):
+        if hasattr(exc, attr):
+            seen[attr] = getattr(exc, attr)
+    return seen
+
+
+def plain(value: Any) -> Any:
+    """value with CompletedProcess objects (no __eq__) turned into comparable tuples."""
+    if isinstance(value, std.CompletedProcess):
+        return ("CompletedProcess", value.args, value.returncode, value.stdout, value.stderr, repr(value))
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(v) for v in value)
+    return value
+
+
+def observe(fn: Case, mod: Any) -> tuple[str, Any]:
+    try:
+        return "ok", plain(fn(mod))
+    except Exception as exc:
+        return "raised", describe(exc)
+
+
+def open_fds() -> set[int]:
+    return {int(fd) for fd in os.listdir("/proc/self/fd")}
+
+
+def child_pids() -> set[int]:
+    """This process's children, running or zombie."""
+    me = os.getpid()
+    found = set()
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(b")") + 2:].split()[1]) == me:
+                found.add(int(name))
+    return found
+
+
+@contextlib.contextmanager
+def no_fd_leak() -> Iterator[None]:
+    """Fails if the block leaves an fd open or a child (running or zombie) behind."""
+    gc.collect()
+    before = open_fds()
+    children = child_pids()
+    yield
+    deadline = time.monotonic() + 2
+    while True:
+        gc.collect()
+        reap_abandoned()  # pidfds of collected Popens whose child had not exited yet
+        leaked = open_fds() - before
+        if not leaked or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    # listdir's own fd is gone by now; anything else left open is a leak
+    assert not leaked, f"fds left open: {sorted(leaked)}"
+    deadline = time.monotonic() + 2
+    while (left := child_pids() - children) and time.monotonic() < deadline:
+        reap_abandoned()
+        time.sleep(0.01)
+    assert not left, f"children left behind: {sorted(left)}"
+
+
+# ---- exit status, signals ----------------------------------------------------------------------------------
+
+
+@case
+def case_exit_codes(sp: Any) -> Any:
+    return [sp.run(["sh", "-c", f"exit {n}"]).returncode for n in (0, 1, 3, 255)]
+
+
+@case
+def case_killed_by_signal(sp: Any) -> Any:
+    return sp.run(["sh", "-c", "kill -TERM $$"]).returncode, sp.call(["sh", "-c", "kill -KILL $$"])
+
+
+@case
+def case_completed_process_repr(sp: Any) -> Any:
+    cp = sp.run(["sh", "-c", "echo out; echo err >&2; exit 2"], capture_output=True)
+    return repr(cp), type(cp).__name__
+
+
+@case
+def case_check_returncode(sp: Any) -> Any:
+    return sp.run(["sh", "-c", "echo o; exit 4"], stdout=sp.PIPE).check_returncode()
+
+
+# ---- text modes, encodings, bufsize ------------------------------------------------------------------------
+
+
+@case
+def case_text_newlines(sp: Any) -> Any:
+    cmd = ["printf", "a\\r\\nb\\rc\\n"]
+    return (sp.run(cmd, capture_output=True).stdout, sp.run(cmd, capture_output=True, text=True).stdout,
+            sp.run(cmd, capture_output=True, universal_newlines=True).stdout)
+
+
+@case
+def case_encoding_errors(sp: Any) -> Any:
+    cmd = ["printf", "\\377caf\\303\\251"]
+    return (sp.run(cmd, capture_output=True, encoding="utf-8", errors="replace").stdout,
+            sp.run(cmd, capture_output=True, encoding="latin-1").stdout,
+            sp.check_output(cmd, errors="surrogateescape", encoding="utf-8"))
+
+
+@case
+def case_decode_error(sp: Any) -> Any:
+    return sp.run(["printf", "\\377"], capture_output=True, encoding="utf-8").stdout
+
+
+@case
+def case_text_universal_conflict(sp: Any) -> Any:
+    return sp.Popen(["true"], text=True, universal_newlines=False)
+
+
+@case
+def case_text_input(sp: Any) -> Any:
+    return sp.run(["cat"], input="héllo\nwörld\r\n", capture_output=True, encoding="utf-8").stdout
+
+
+@case
+def case_str_input_in_binary_mode(sp: Any) -> Any:
+    return sp.run(["cat"], input="text", capture_output=True)
+
+
+@case
+def case_bufsize_file_objects(sp: Any) -> Any:
+    seen = []
+    for bufsize, text in ((0, False), (-1, False), (1, False), (4096, False), (1, True), (-1, True)):
+        with warnings.catch_warnings(record=True) as caught:  # bufsize=1 in binary mode warns
+            warnings.simplefilter("always")
+            p = sp.Popen(["cat"], stdin=sp.PIPE, stdout=sp.PIPE, stderr=sp.PIPE, bufsize=bufsize, text=text)
+        seen.append([(w.category.__name__, str(w.message)) for w in caught])
+        with p:
+            streams = (p.stdin, p.stdout, p.stderr)
+            seen.append((bufsize, text, [type(s).__name__ for s in streams],
+                         [getattr(s, "line_buffering", None) for s in streams],
+                         [getattr(getattr(s, "buffer", s), "raw", None) is None for s in streams],
+                         p.text_mode, p.universal_newlines))
+    return seen
+
+
+@case
+def case_line_buffered_dialogue(sp: Any) -> Any:
+    with sp.Popen(["cat"], stdin=sp.PIPE, stdout=sp.PIPE, bufsize=1, text=True) as p:
+        answers = []
+        for word in ("one", "two", "three"):
+            p.stdin.write(word + "\n")  # line buffered: flushed at the newline
+            answers.append(p.stdout.readline())
+        p.stdin.close()
+    return answers, p.returncode
+
+
+@case
+def case_unbuffered_dialogue(sp: Any) -> Any:
+    with sp.Popen(["cat"], stdin=sp.PIPE, stdout=sp.PIPE, bufsize=0) as p:
+        p.stdin.write(b"abc\n")
+        first = p.stdout.read(4)
+        p.stdin.close()
+        rest = p.stdout.read()
+    return first, rest, p.returncode
+
+
+@case
+def case_bufsize_type(sp: Any) -> Any:
+    return sp.Popen(["true"], bufsize="1")
+
+
+@case
+def case_pipesize_type(sp: Any) -> Any:
+    return sp.Popen(["true"], pipesize=1.5)
+
+
+@case
+def case_pipesize(sp: Any) -> Any:
+    size = 1 << 18
+    with sp.Popen(["cat"], stdin=sp.PIPE, stdout=sp.PIPE, stderr=sp.PIPE, pipesize=size) as p:
+        sizes = [fcntl.fcntl(s.fileno(), fcntl.F_GETPIPE_SZ) for s in (p.stdin, p.stdout, p.stderr)]
+        p.communicate()
+    return sizes == [size] * 3, p.pipesize
+
+
+@case
+def case_bad_encoding(sp: Any) -> Any:
+    return sp.Popen(["true"], stdout=sp.PIPE, encoding="no-such-codec")
+
+
+@case
+def case_errors_alone_means_text(sp: Any) -> Any:
+    return sp.run(["echo", "x"], capture_output=True, errors="strict").stdout
+
+
+@case
+def case_bytes_input_in_text_mode(sp: Any) -> Any:
+    return sp.run(["cat"], input=b"bytes", text=True, capture_output=True)
+
+
+@case
+def case_argument_types(sp: Any) -> Any:
+    return [describe_or(lambda kw=kw: sp.run(("echo", "ok"), capture_output=True, **kw).stdout, None)
+            for kw in ({"bufsize": None}, {"pipesize": None}, {"pipesize": -1}, {"close_fds": 0},
+                       {"process_group": "x"}, {"umask": "x"}, {"umask": 1.5}, {"restore_signals": []},
+                       {"start_new_session": 0}, {"start_new_session": "x"}, {"restore_signals": None},
+                       {"env": None}, {"cwd": None})]
+
+
+@case
+def case_keyword_args(sp: Any) -> Any:
+    with sp.Popen(args=["echo", "kw"], stdout=sp.PIPE) as p:
+        out = p.stdout.read()
+    return out, sp.check_call(args=["true"]), sp.call(args="exit 4", shell=True)
+
+
+# ---- timeouts ----------------------------------------------------------------------------------------------
+
+
+@case
+def case_run_timeout(sp: Any) -> Any:
+    try:
+        sp.run(["sleep", "10"], timeout=0.2)
+    except sp.TimeoutExpired as exc:
+        # without pipes the final wait reports what was left of the timeout: a little under 0.2
+        return type(exc).__mro__[-5:], exc.cmd, 0.15 < exc.timeout <= 0.2, exc.stdout, exc.stderr
+    return None
+
+
+@case
+def case_run_timeout_with_pipes(sp: Any) -> Any:
+    return sp.run(["sleep", "10"], timeout=0.2, capture_output=True, input=b"")
+
+
+@case
+def case_run_timeout_partial_output(sp: Any) -> Any:
+    return sp.run(["sh", "-c", "echo partial; echo err >&2; exec sleep 10"], capture_output=True, timeout=1.0)
+
+
+@case
+def case_check_output_timeout(sp: Any) -> Any:
+    return sp.check_output(["sleep", "10"], timeout=0.1)
+
+
+@case
+def case_call_timeout(sp: Any) -> Any:
+    return sp.call(["sleep", "10"], timeout=0.1)
+
+
+@case
+def case_wait_timeout_then_kill(sp: Any) -> Any:
+    p = sp.Popen(["sleep", "10"])
+    try:
+        p.wait(timeout=0.1)
+    except sp.TimeoutExpired as exc:
+        first = describe(exc)
+    poll = p.poll()
+    p.kill()
+    return first, poll, p.wait(), p.returncode, p.poll()
+
+
+@case
+def case_communicate_timeout_then_again(sp: Any) -> Any:
+    p = sp.Popen(["sh", "-c", "echo one; sleep 1; echo two"], stdout=sp.PIPE)
+    select.select([p.stdout], [], [], 10)  # "one" is in the pipe: the timeout below cannot race the child
+    try:
+        p.communicate(timeout=0.2)
+    except sp.TimeoutExpired as exc:
+        first = describe(exc)
+    out, err = p.communicate()
+    return first, out, err, p.returncode
+
+
+@case
+def case_timeout_then_context_exit(sp: Any) -> Any:
+    # leaving the with block closes stdin: cat sees end of file, so the exit's wait() returns
+    first = None
+    with sp.Popen(["sh", "-c", "sleep 0.5; exec cat"], stdin=sp.PIPE, stdout=sp.PIPE) as p:
+        try:
+            p.communicate(b"x" * (4 << 20), timeout=0.2)
+        except sp.TimeoutExpired as exc:
+            first = (type(exc).__name__, exc.timeout, exc.stdout)
+    return first, p.returncode, p.stdin.closed, p.stdout.closed
+
+
+@case
+def case_communicate_zero_timeout(sp: Any) -> Any:
+    p = sp.Popen(["sleep", "5"], stdout=sp.PIPE, stderr=sp.PIPE)
+    try:
+        return p.communicate(timeout=0)
+    finally:
+        p.kill()
+        p.communicate()
+
+
+# ---- communicate -------------------------------------------------------------------------------------------
+
+
+@case
+def case_communicate_big_both_ways(sp: Any) -> Any:
+    data = os.urandom(1 << 20) * 3
+    p = sp.Popen(["sh", "-c", "cat; echo done >&2"], stdin=sp.PIPE, stdout=sp.PIPE, stderr=sp.PIPE)
+    out, err = p.communicate(data)
+    return out == data, err, p.returncode, p.stdin.closed, p.stdout.closed, p.stderr.closed
+
+
+@case
+def case_communicate_twice(sp: Any) -> Any:
+    p = sp.Popen(["sh", "-c", "echo out; echo err >&2"], stdout=sp.PIPE, stderr=sp.PIPE)
+    first = p.communicate()
+    second = p.communicate()
+    try:
+        p.communicate(b"more")
+    except ValueError as exc:
+        third = describe(exc)
+    return first, second, third
+
+
+@case
+def case_communicate_twice_single_pipe(sp: Any) -> Any:
+    p = sp.Popen(["echo", "x"], stdout=sp.PIPE)
+    first = p.communicate()
+    return first, p.communicate(timeout=1)
+
+
+@case
+def case_input_child_does_not_read(sp: Any) -> Any:
+    closes = ["sh", "-c", "exec 0<&-; echo closed"]
+    return (sp.run(["true"], input=b"x" * (1 << 21)).returncode,
+            sp.run(closes, input=b"y" * (1 << 20), capture_output=True).stdout)
+
+
+@case
+def case_input_child_closes_stdin_single_pipe(sp: Any) -> Any:
+    p = sp.Popen(["true"], stdin=sp.PIPE)
+    time.sleep(0.05)
+    return p.communicate(b"z" * (1 << 20))
+
+
+@case
+def case_stdin_written_then_communicate(sp: Any) -> Any:
+    p = sp.Popen(["cat"], stdin=sp.PIPE, stdout=sp.PIPE)
+    p.stdin.write(b"before ")
+    return p.communicate(b"after")
+
+
+@case
+def case_stdin_closed_then_communicate(sp: Any) -> Any:
+    p = sp.Popen(["cat"], stdin=sp.PIPE, stdout=sp.PIPE)
+    p.stdin.close()
+    return p.communicate()
+
+
+@case
+def case_communicate_no_pipes(sp: Any) -> Any:
+    p = sp.Popen(["true"])
+    return p.communicate(), p.communicate(b"ignored"), p.returncode
+
+
+@case
+def case_stderr_to_stdout(sp: Any) -> Any:
+    return sp.run(["sh", "-c", "echo a; echo b >&2; echo c"], stdout=sp.PIPE, stderr=sp.STDOUT)
+
+
+@case
+def case_devnull(sp: Any) -> Any:
+    return (sp.run(["cat"], stdin=sp.DEVNULL, capture_output=True),
+            sp.run(["sh", "-c", "echo x; echo y >&2"], stdout=sp.DEVNULL, stderr=sp.PIPE))
+
+
+@case
+def case_pipeline(sp: Any) -> Any:
+    p1 = sp.Popen(["sh", "-c", "seq 1 20000"], stdout=sp.PIPE)
+    p2 = sp.Popen(["grep", "7"], stdin=p1.stdout, stdout=sp.PIPE)
+    p3 = sp.Popen(["wc", "-l"], stdin=p2.stdout, stdout=sp.PIPE, text=True)
+    p1.stdout.close()
+    p2.stdout.close()
+    out, _ = p3.communicate()
+    return out.strip(), p1.wait(), p2.wait(), p3.returncode
+
+
+@case
+def case_stdio_from_files(sp: Any) -> Any:
+    with tempfile.TemporaryFile() as src, tempfile.TemporaryFile() as dst:
+        src.write(b"from a file\n")
+        src.seek(0)
+        rc = sp.call(["sh", "-c", "cat; echo to-err >&2"], stdin=src, stdout=dst, stderr=dst.fileno())
+        dst.seek(0)
+        return rc, dst.read()
+
+
+# ---- programs, arguments, errors ---------------------------------------------------------------------------
+
+
+@case
+def case_missing_program(sp: Any) -> Any:
+    return sp.Popen(["pyproc-no-such-program"])
+
+
+@case
+def case_missing_path(sp: Any) -> Any:
+    return sp.run(["/nonexistent/dir/prog", "arg"])
+
+
+@case
+def case_missing_pathlike(sp: Any) -> Any:
+    return sp.run([pathlib.Path("/nonexistent/prog")])
+
+
+@case
+def case_missing_bytes(sp: Any) -> Any:
+    return sp.run([b"pyproc-no-such-program"])
+
+
+@case
+def case_not_executable(sp: Any, tmp: list[str] = []) -> Any:  # noqa: B006
+    with tempfile.NamedTemporaryFile(suffix=".sh") as f:
+        f.write(b"#!/bin/sh\necho hi\n")
+        f.flush()
+        return describe_or(lambda: sp.run([f.name]), f.name)
+
+
+@case
+def case_exec_format_error(sp: Any) -> Any:
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "prog")
+        with open(path, "wb") as f:
+            f.write(b"\x7fELF garbage")
+        os.chmod(path, 0o755)
+        return describe_or(lambda: sp.run([path]), d)
+
+
+@case
+def case_directory(sp: Any) -> Any:
+    return sp.run(["/tmp"])
+
+
+@case
+def case_string_args_without_shell(sp: Any) -> Any:
+    return sp.run("echo hello")
+
+
+@case
+def case_string_args_single_program(sp: Any) -> Any:
+    return sp.run("true").returncode, sp.run(b"true").returncode, sp.run(pathlib.Path("/bin/true")).returncode
+
+
+@case
+def case_empty_args(sp: Any) -> Any:
+    return sp.Popen([])
+
+
+@case
+def case_empty_program(sp: Any) -> Any:
+    return sp.run([""])
+
+
+@case
+def case_nul_in_arg(sp: Any) -> Any:
+    return sp.run(["echo", "a\0b"])
+
+
+@case
+def case_bad_arg_type(sp: Any) -> Any:
+    return sp.run(["echo", 3])
+
+
+@case
+def case_args_types(sp: Any) -> Any:
+    return sp.check_output(["echo", b"bytes", pathlib.Path("path"), "str"])
+
+
+@case
+def case_executable(sp: Any) -> Any:
+    return (sp.check_output(["whatever-name", "-c", "echo $0"], executable="/bin/sh"),
+            describe_or(lambda: sp.run(["true"], executable="/nonexistent/exe"), None))
+
+
+@case
+def case_path_search(sp: Any) -> Any:
+    with tempfile.TemporaryDirectory() as d:
+        prog = os.path.join(d, "pyproc-test-prog")
+        with open(prog, "w") as f:
+            f.write("#!/bin/sh\necho found $0\n")
+        os.chmod(prog, 0o755)
+        env = {"PATH": d}
+        return (sp.check_output(["pyproc-test-prog"], env=env).replace(d.encode(), b"D"),
+                describe_or(lambda: sp.run(["ls"], env=env), d))
+
+
+# ---- cwd, env ----------------------------------------------------------------------------------------------
+
+
+@case
+def case_cwd(sp: Any) -> Any:
+    return (sp.check_output(["pwd"], cwd="/tmp"), sp.check_output(["pwd"], cwd=b"/"),
+            sp.check_output(["pwd"], cwd=pathlib.Path("/usr")))
+
+
+@case
+def case_cwd_missing(sp: Any) -> Any:
+    return sp.run(["true"], cwd="/nonexistent/dir")
+
+
+@case
+def case_cwd_missing_pathlike(sp: Any) -> Any:
+    return sp.run(["pyproc-no-such-program"], cwd=pathlib.Path("/nonexistent/dir"))
+
+
+@case
+def case_cwd_is_a_file(sp: Any) -> Any:
+    return sp.run(["true"], cwd="/etc/passwd")
+
+
+@case
+def case_cwd_relative_program(sp: Any) -> Any:
+    return sp.check_output(["./true"], cwd="/bin")
+
+
+@case
+def case_env(sp: Any) -> Any:
+    return (sp.check_output(["env"], env={"A": "1", b"B": b"2", "EMPTY": ""}),
+            sp.check_output(["env"], env={}))
+
+
+@case
+def case_env_illegal_name(sp: Any) -> Any:
+    return sp.run(["env"], env={"A=B": "1"})
+
+
+@case
+def case_env_nul(sp: Any) -> Any:
+    return sp.run(["env"], env={"A": "x\0y"})
+
+
+@case
+def case_env_bad_type(sp: Any) -> Any:
+    return sp.run(["env"], env={"A": 1})
+
+
+# ---- shell -------------------------------------------------------------------------------------------------
+
+
+@case
+def case_shell(sp: Any) -> Any:
+    return (sp.check_output("echo $((6 * 7)); echo $0", shell=True),
+            sp.check_output(["echo $0 $1", "zero", "one"], shell=True),
+            sp.run("exit 5", shell=True).returncode,
+            sp.check_output("echo $BASH_VERSION | cut -c1", shell=True, executable="/bin/bash") != b"\n")
+
+
+@case
+def case_shell_pathlike(sp: Any) -> Any:
+    return sp.run(pathlib.Path("/bin/true"), shell=True)
+
+
+@case
+def case_shell_missing_command(sp: Any) -> Any:
+    return sp.run("pyproc-no-such-command", shell=True, capture_output=True).returncode
+
+
+# ---- Popen: attributes, methods, context manager -----------------------------------------------------------
+
+
+@case
+def case_context_manager(sp: Any) -> Any:
+    with sp.Popen(["sh", "-c", "echo hi; exit 7"], stdout=sp.PIPE) as p:
+        line = p.stdout.readline()
+        stdout = p.stdout
+    return line, p.returncode, stdout.closed, repr(p)
+
+
+@case
+def case_context_manager_exception(sp: Any) -> Any:
+    try:
+        with sp.Popen(["sh", "-c", "sleep 0.1; exit 3"], stdout=sp.PIPE) as p:
+            raise KeyError("inside")
+    except KeyError:
+        pass
+    return p.returncode, p.stdout.closed
+
+
+@case
+def case_popen_repr_long(sp: Any) -> Any:
+    p = sp.Popen(["echo", "x" * 100], stdout=sp.DEVNULL)
+    p.wait()
+    return repr(p)
+
+
+@case
+def case_poll_and_signals(sp: Any) -> Any:
+    p = sp.Popen(["sleep", "10"])
+    running = p.poll()
+    p.send_signal(signal.SIGINT)
+    rc = p.wait()
+    p.terminate()  # after the child is reaped: nothing happens
+    p.kill()
+    p.send_signal(signal.SIGKILL)
+    return running, rc, p.returncode, p.args
+
+
+@case
+def case_terminate(sp: Any) -> Any:
+    p = sp.Popen(["sleep", "10"])
+    p.terminate()
+    return p.wait()
+
+
+@case
+def case_send_bad_signal(sp: Any) -> Any:
+    p = sp.Popen(["sleep", "10"])
+    try:
+        return p.send_signal(10_000)
+    finally:
+        p.kill()
+        p.wait()
+
+
+@case
+def case_startupinfo(sp: Any) -> Any:
+    return sp.Popen(["true"], startupinfo=object())
+
+
+@case
+def case_creationflags(sp: Any) -> Any:
+    return sp.Popen(["true"], creationflags=1)
+
+
+@case
+def case_bad_stdin_fd(sp: Any) -> Any:
+    return sp.Popen(["true"], stdin=987)
+
+
+@case
+def case_bad_fd_names(sp: Any) -> Any:
+    # what the error names depends on how the standard library would have started the child
+    return [describe_or(lambda argv=argv, kw=kw: sp.run(argv, **kw), None)  # type: ignore[misc]
+            for argv in (["true"], ["/bin/true"], [pathlib.Path("/bin/true")])
+            for kw in ({"stdin": 987}, {"stdout": 987, "close_fds": False}, {"stderr": 987, "cwd": "/"},
+                       {"pass_fds": (876,)}, {"stdin": -7})]
+
+
+@case
+def case_stdout_is_stdout(sp: Any) -> Any:
+    return sp.run(["true"], stdout=sp.STDOUT)
+
+
+@case
+def case_pre_exec_failure_with_cwd(sp: Any) -> Any:
+    return sp.run(["true"], start_new_session=True, process_group=0, cwd="/")
+
+
+@case
+def case_missing_pathlike_variants(sp: Any) -> Any:
+    missing = pathlib.Path("/nonexistent/prog")
+    return [describe_or(lambda kw=kw: sp.run([missing], **kw), None)  # type: ignore[misc]
+            for kw in ({}, {"close_fds": False}, {"cwd": "/"}, {"umask": 0o22}, {"stdout": sp.DEVNULL},
+                       {"executable": missing}, {"preexec_fn": lambda: None})]
+
+
+@case
+def case_stdin_file_object_closed(sp: Any) -> Any:
+    f = open(os.devnull)  # noqa: SIM115
+    f.close()
+    return sp.Popen(["true"], stdin=f)
+
+
+@case
+def case_pass_fds(sp: Any) -> Any:
+    r, w = os.pipe()
+    try:
+        rc = sp.call(["sh", "-c", f"echo through-{w} >&{w}"], pass_fds=(w,))
+        os.close(w)
+        w = -1
+        return rc, os.read(r, 100).replace(str(r + 1).encode(), b"W")
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+
+
+@case
+def case_close_fds(sp: Any) -> Any:
+    r, w = os.pipe()
+    os.set_inheritable(r, True)
+    try:
+        listing = [PY, "-c", "import os; print(sorted(int(f) for f in os.listdir('/proc/self/fd')))"]
+        closed = sp.check_output(listing)
+        passed = sp.check_output(listing, pass_fds=[r])
+        inherited = sp.check_output(listing, close_fds=False)
+        return closed, passed.replace(str(r).encode(), b"R"), str(r).encode() in inherited
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+@case
+def case_pass_fds_overrides_close_fds(sp: Any) -> Any:
+    r, w = os.pipe()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            sp.call(["true"], pass_fds=(r,), close_fds=False)
+        return [(w.category.__name__, str(w.message)) for w in caught]
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+@case
+def case_pass_fds_negative(sp: Any) -> Any:
+    return sp.Popen(["true"], pass_fds=(-3,))
+
+
+@case
+def case_pass_fds_closed(sp: Any) -> Any:
+    return sp.Popen(["true"], pass_fds=(876,))
+
+
+# ---- process attributes ------------------------------------------------------------------------------------
+
+PRINT_IDS = [PY, "-c", "import os; print(os.getsid(0) == os.getpid(), os.getpgid(0) == os.getpid(), "
+             "oct(os.umask(0)), os.getuid(), os.getgid(), sorted(os.getgroups()))"]
+
+
+@case
+def case_session_group_umask(sp: Any) -> Any:
+    return (sp.check_output(PRINT_IDS), sp.check_output(PRINT_IDS, start_new_session=True),
+            sp.check_output(PRINT_IDS, process_group=0), sp.check_output(PRINT_IDS, umask=0o027),
+            sp.check_output(PRINT_IDS, umask=0o7777))
+
+
+@case
+def case_session_and_group(sp: Any) -> Any:
+    return sp.run(["true"], start_new_session=True, process_group=0)
+
+
+@case
+def case_restore_signals(sp: Any) -> Any:
+    sigign = ["sh", "-c", "grep SigIgn /proc/self/status"]
+    return sp.check_output(sigign) == sp.check_output(sigign, restore_signals=True), \
+        sp.check_output(sigign, restore_signals=False)
+
+
+@case
+def case_user_group(sp: Any) -> Any:
+    if os.getuid() != 0:
+        return "not root"
+    nobody = pwd.getpwnam("nobody")
+    nogroup = grp.getgrgid(nobody.pw_gid).gr_name
+    ids = ["sh", "-c", "id -u; id -g; id -G"]
+    return (sp.check_output(ids, user="nobody", group=nogroup, extra_groups=[nogroup, 0]),
+            sp.check_output(ids, user=nobody.pw_uid, group=nobody.pw_gid, extra_groups=[]),
+            sp.check_output(ids, extra_groups=[nobody.pw_gid]),
+            sp.check_output(ids, group=nobody.pw_gid),
+            describe_or(lambda: sp.run([PY, "-c", "pass"], user="nobody"), None))
+
+
+@case
+def case_user_unknown(sp: Any) -> Any:
+    return sp.run(["true"], user="pyproc-no-such-user")
+
+
+@case
+def case_group_unknown(sp: Any) -> Any:
+    return sp.run(["true"], group="pyproc-no-such-group")
+
+
+@case
+def case_group_negative(sp: Any) -> Any:
+    return sp.run(["true"], group=-2)
+
+
+@case
+def case_group_bad_type(sp: Any) -> Any:
+    return sp.run(["true"], group=1.5)
+
+
+@case
+def case_extra_groups_string(sp: Any) -> Any:
+    return sp.run(["true"], extra_groups="wheel")
+
+
+@case
+def case_extra_groups_bad_item(sp: Any) -> Any:
+    return sp.run(["true"], extra_groups=[None])
+
+
+@case
+def case_user_negative(sp: Any) -> Any:
+    return sp.run(["true"], user=-5)
+
+
+@case
+def case_user_bad_type(sp: Any) -> Any:
+    return sp.run(["true"], user=[1])
+
+
+@case
+def case_setuid_refused(sp: Any) -> Any:
+    if os.getuid() == 0:
+        return sp.run(["true"], user=65534, preexec_fn=None, start_new_session=False, group=65534,
+                      extra_groups=[1]).returncode
+    return sp.run(["true"], user=0)
+
+
+# ---- preexec_fn --------------------------------------------------------------------------------------------
+
+
+@case
+def case_preexec_fn(sp: Any) -> Any:
+    def child_setup() -> None:
+        os.environ["PYPROC_PREEXEC"] = "ran"
+        os.write(1, b"preexec wrote\n")
+
+    return sp.check_output(["sh", "-c", "echo $PYPROC_PREEXEC"], preexec_fn=child_setup)
+
+
+@case
+def case_preexec_fn_raises(sp: Any) -> Any:
+    def child_setup() -> None:
+        raise RuntimeError("boom")
+
+    return sp.run(["true"], preexec_fn=child_setup, capture_output=True)
+
+
+@case
+def case_preexec_fn_exit(sp: Any) -> Any:
+    return sp.run(["true"], preexec_fn=sys.exit)
+
+
+@case
+def case_preexec_fn_then_missing_program(sp: Any) -> Any:
+    return sp.run(["pyproc-no-such-program"], preexec_fn=lambda: None, cwd="/")
+
+
+@case
+def case_preexec_fn_with_cwd_error(sp: Any) -> Any:
+    return sp.run(["true"], preexec_fn=lambda: None, cwd="/nonexistent")
+
+
+@case
+def case_preexec_fn_opens_fd(sp: Any) -> Any:
+    listing = [PY, "-c", "import os; print(sorted(int(f) for f in os.listdir('/proc/self/fd')))"]
+    return sp.check_output(listing, preexec_fn=lambda: os.open(os.devnull, os.O_RDONLY))
+
+
+@case
+def case_preexec_fn_signal_disposition(sp: Any) -> Any:
+    sigign = ["sh", "-c", "grep SigIgn /proc/self/status"]
+    return sp.check_output(sigign, preexec_fn=lambda: signal.signal(signal.SIGUSR1, signal.SIG_IGN))
+
+
+@case
+def case_preexec_fn_setsid_umask(sp: Any) -> Any:
+    return sp.check_output(PRINT_IDS, preexec_fn=os.setsid, umask=0o022)
+
+
+# ---- convenience functions ---------------------------------------------------------------------------------
+
+
+@case
+def case_check_output_error(sp: Any) -> Any:
+    return sp.check_output(["sh", "-c", "echo partial; echo e >&2; exit 3"], stderr=sp.PIPE)
+
+
+@case
+def case_check_output_signal(sp: Any) -> Any:
+    return sp.check_output(["sh", "-c", "kill -9 $$"])
+
+
+@case
+def case_check_output_stdout_arg(sp: Any) -> Any:
+    return sp.check_output(["true"], stdout=None)
+
+
+@case
+def case_check_output_check_arg(sp: Any) -> Any:
+    return sp.check_output(["true"], check=False)
+
+
+@case
+def case_check_output_input_none(sp: Any) -> Any:
+    return sp.check_output(["cat"], input=None), sp.check_output(["cat"], input=None, text=True)
+
+
+@case
+def case_check_call(sp: Any) -> Any:
+    return sp.check_call(["true"]), describe_or(lambda: sp.check_call(["false"]), None), \
+        describe_or(lambda: sp.check_call(args=["sh", "-c", "exit 9"]), None)
+
+
+@case
+def case_run_check(sp: Any) -> Any:
+    return sp.run(["sh", "-c", "echo o; echo e >&2; exit 1"], capture_output=True, check=True, text=True)
+
+
+@case
+def case_run_input_and_stdin(sp: Any) -> Any:
+    return sp.run(["cat"], input=b"x", stdin=sp.PIPE)
+
+
+@case
+def case_run_capture_and_stdout(sp: Any) -> Any:
+    return sp.run(["true"], capture_output=True, stderr=sp.PIPE)
+
+
+@case
+def case_getstatusoutput(sp: Any) -> Any:
+    return (sp.getstatusoutput("echo out; echo err >&2"), sp.getstatusoutput("exit 3"),
+            sp.getstatusoutput("kill $$"), sp.getstatusoutput("printf 'no newline'"),
+            sp.getstatusoutput("pyproc-no-such-command")[0])
+
+
+@case
+def case_getoutput(sp: Any) -> Any:
+    return (sp.getoutput("echo one; echo two"),
+            sp.getoutput("printf '\\377'", errors="replace", encoding="utf-8"))
+
+
+@case
+def case_list2cmdline(sp: Any) -> Any:
+    return sp.list2cmdline(["a b", 'c"d', "e\\", "", "f\\\\\"g"])
+
+
+def describe_or(fn: Callable[[], Any], strip: str | None) -> Any:
+    """observe() for a nested call, with a temporary path replaced so that results compare across runs."""
+    kind, seen = observe(lambda _: fn(), None)
+    if strip and isinstance(seen, dict):
+        seen = {k: (v.replace(strip, "TMP") if isinstance(v, str) else v) for k, v in seen.items()}
+    return kind, seen
+
+
+# ---- the differential test ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_same_as_stdlib(name: str) -> None:
+    fn = CASES[name]
+    expected = observe(fn, std)
+    with no_fd_leak():
+        got = observe(fn, pyp)
+    assert got == expected
+
+
+PUMP_CASES = ["communicate_big_both_ways", "timeout_then_context_exit", "communicate_timeout_then_again",
+              "communicate_twice",
+              "input_child_does_not_read", "run_timeout_partial_output", "stdin_written_then_communicate",
+              "text_input", "str_input_in_binary_mode", "communicate_zero_timeout", "stderr_to_stdout"]
+
+
+@pytest.mark.parametrize("name", PUMP_CASES)
+def test_selectors_pump_same_as_stdlib(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fallback pump (selectors) keeps working where pyproc.io's C pump is what communicate() uses."""
+    from pyproc import _subprocess_pump
+
+    monkeypatch.setattr(_subprocess_pump, "_Pump", None)
+    fn = CASES[name]
+    expected = observe(fn, std)
+    with no_fd_leak():
+        got = observe(fn, pyp)
+    assert got == expected
+
+
+# ---- explicit expectations, checked on both modules --------------------------------------------------------
+
+
+@pytest.mark.parametrize("sp", MODULES)
+def test_missing_program_error(sp: Any) -> None:
+    with pytest.raises(FileNotFoundError) as info:
+        sp.Popen(["pyproc-no-such-program", "arg"])
+    assert info.value.errno == 2
+    assert info.value.filename == "pyproc-no-such-program"
+    assert str(info.value) == "[Errno 2] No such file or directory: 'pyproc-no-such-program'"
+
+
+@pytest.mark.parametrize("sp", MODULES)
+def test_bad_cwd_reports_cwd(sp: Any) -> None:
+    with pytest.raises(FileNotFoundError) as info:
+        sp.run(["true"], cwd="/nonexistent/pyproc")
+    assert info.value.filename == "/nonexistent/pyproc"
+
+
+@pytest.mark.parametrize("sp", MODULES)
+def test_exceptions_are_the_stdlib_classes(sp: Any) -> None:
+    assert sp.SubprocessError is std.SubprocessError
+    with pytest.raises(std.CalledProcessError) as called:
+        sp.check_call(["false"])
+    assert called.value.returncode == 1
+    assert str(called.value) == "Command '['false']' returned non-zero exit status 1."
+    with pytest.raises(std.TimeoutExpired) as timeout:
+        sp.run(["sleep", "10"], timeout=0.05)
+    assert 0 < timeout.value.timeout <= 0.05  # what was left of it when the final wait timed out
+    with pytest.raises(sp.TimeoutExpired):
+        sp.run(["sleep", "10"], timeout=0.05)
+
+
+@pytest.mark.parametrize("sp", MODULES)
+def test_preexec_fn_failure(sp: Any) -> None:
+    def fail() -> None:
+        raise ValueError("in the child")
+
+    with no_fd_leak(), pytest.raises(std.SubprocessError) as info:
+        sp.Popen(["true"], preexec_fn=fail)
+    assert type(info.value) is std.SubprocessError
+    assert str(info.value) == "Exception occurred in preexec_fn."
+
+
+@pytest.mark.parametrize("sp", MODULES)
+def test_preexec_fn_runs_in_child_before_exec(sp: Any, tmp_path: pathlib.Path) -> None:
+    marker = tmp_path / "marker"
+
+    def child_setup() -> None:
+        marker.write_text(str(os.getpid()))
+
+    p = sp.Popen(["true"], preexec_fn=child_setup)
+    assert p.wait() == 0
+    assert marker.read_text() == str(p.pid)
+
+
+@pytest.mark.parametrize("sp", MODULES)
+def test_resource_warning_for_running_child(sp: Any) -> None:
+    gc.collect()  # Popen objects of earlier tests, kept in reference cycles, must not warn in here
+    p = sp.Popen(["sleep", "10"])
+    pid = p.pid
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        del p
+        gc.collect()
+    messages = [str(w.message) for w in caught if w.category is ResourceWarning]
+    assert messages == [f"subprocess {pid} is still running"]
+    os.kill(pid, signal.SIGKILL)
+    # the module reaps the abandoned child later, without blocking: at the next Popen
+    def state() -> str:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split(") ")[1][0]
+        except FileNotFoundError:
+            return "gone"
+
+    deadline = time.monotonic() + 5
+    while state() not in ("Z", "gone") and time.monotonic() < deadline:  # SIGKILL takes a moment
+        time.sleep(0.005)
+    while state() != "gone" and time.monotonic() < deadline:
+        sp.call(["true"])
+        time.sleep(0.01)
+    assert state() == "gone"
+
+
+@pytest.mark.parametrize("sp", MODULES)
+def test_no_warning_for_finished_child(sp: Any) -> None:
+    p = sp.Popen(["true"])
+    p.wait()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        del p
+        gc.collect()
+    assert not [w for w in caught if w.category is ResourceWarning]
+
+
+@pytest.mark.parametrize("sp", MODULES)
+def test_timeout_kills_child(sp: Any) -> None:
+    with pytest.raises(sp.TimeoutExpired) as info:
+        sp.run(["sh", "-c", "echo $$; exec sleep 30"], stdout=sp.PIPE, timeout=0.5)
+    pid = int(info.value.stdout)
+    assert not os.path.exists(f"/proc/{pid}")
+
+
+@pytest.mark.parametrize("sp", MODULES)
+def test_wait_timeout_keeps_child(sp: Any) -> None:
+    with sp.Popen(["sleep", "10"]) as p:
+        t0 = time.monotonic()
+        with pytest.raises(sp.TimeoutExpired):
+            p.wait(timeout=0.2)
+        assert time.monotonic() - t0 >= 0.19
+        assert p.poll() is None
+        p.kill()
+    assert p.returncode == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("sp", MODULES)
+def test_popen_generic_alias(sp: Any) -> None:
+    assert sp.Popen[bytes] is not None
+    assert sp.CompletedProcess[str] is not None
+
+
+def test_pyproc_popen_waits_through_pidfd() -> None:
+    with pyp.Popen(["sleep", "0.1"]) as p:
+        assert p._proc is not None and p._proc.pidfd is not None
+    assert p.returncode == 0
+
+
+def test_names_match_stdlib() -> None:
+    windows = ("STARTF", "SW_", "STD_", "CREATE_", "ABOVE_", "BELOW_", "HIGH_", "IDLE_", "NORMAL_",
+               "REALTIME_",
+               "STARTUPINFO", "DETACHED_", "Handle")
+    missing = [name for name in std.__all__ if name not in pyp.__all__ and not name.startswith(windows)]
+    assert missing == []
+    import inspect
+
+    def params(fn: Any) -> list[tuple[str, Any, Any]]:
+        return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
+
+    for name in ("Popen", "run", "call", "check_call", "check_output", "getoutput", "getstatusoutput"):
+        assert params(getattr(pyp, name)) == params(getattr(std, name)), name
+    for name in ("poll", "wait", "communicate", "send_signal", "terminate", "kill"):
+        assert params(getattr(pyp.Popen, name)) == params(getattr(std.Popen, name)), name
+
+
+def test_threads_spawn_concurrently() -> None:
+    import threading
+
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            for i in range(15):
+                out = pyp.run(["sh", "-c", f"echo {n}-{i}; echo e{n} >&2"], capture_output=True, text=True)
+                assert (out.stdout, out.stderr, out.returncode) == (f"{n}-{i}\n", f"e{n}\n", 0)
+        except BaseException as exc:
+            errors.append(exc)
+
+    with no_fd_leak():
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []
+
+
+@pytest.mark.parametrize("sp", MODULES)
+def test_keyboard_interrupt_during_wait(sp: Any) -> None:
+    """^C in wait(): a short extra wait for the child (it likely got the SIGINT too), then the interrupt."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    p = sp.Popen(["sleep", "10"])
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            p.wait()
+        elapsed = time.monotonic() - t0
+        assert 0.3 <= elapsed < 2  # 0.1 s to the interrupt, then the 0.25 s grace wait
+        assert p.returncode is None and p._sigint_wait_secs == 0
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        p.kill()
+        p.wait()
+    assert p.returncode == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("mask", ["NO_CLONE3", "NO_CLONE3|NO_CLONE_PIDFD", "NO_CLOSE_RANGE|NO_PROC_FD"])
+def test_popen_on_kernel_fallbacks(mask: str) -> None:
+    """Popen works on the paths older kernels take (clone(2), no CLONE_PIDFD, no close_range or /proc)."""
+    from pyproc._lib import lib
+
+    bits = 0
+    for name in mask.split("|"):
+        bits |= getattr(lib, f"PYPROC_FORCE_{name}")
+    r, w = os.pipe()
+    lib.pyproc_set_forced_fallbacks(bits)
+    try:
+        with no_fd_leak():
+            out = pyp.run([PY, "-c", "import os; print(sorted(int(f) for f in os.listdir('/proc/self/fd')))"],
+                          capture_output=True, pass_fds=[w], timeout=30)
+            listed = ast.literal_eval(out.stdout.decode())
+            assert {0, 1, 2, w} <= set(listed) and len(listed) == 5  # and listdir's own fd: nothing else
+            with pytest.raises(FileNotFoundError):
+                pyp.run(["pyproc-no-such-program"])
+            with pyp.Popen(["sleep", "5"]) as p:
+                with pytest.raises(pyp.TimeoutExpired):
+                    p.wait(timeout=0.05)
+                p.terminate()
+            assert p.returncode == -signal.SIGTERM
+    finally:
+        lib.pyproc_set_forced_fallbacks(0)
+        os.close(r)
+        os.close(w)
+
+
+@pytest.mark.parametrize("sp", MODULES)
+def test_path_search_follows_environ(sp: Any, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The PATH search sees changes to os.environ["PATH"] between calls (pyproc keeps searches per PATH)."""
+    prog = tmp_path / "pyproc-path-prog"
+    prog.write_text("#!/bin/sh\necho here\n")
+    prog.chmod(0o755)
+    with pytest.raises(FileNotFoundError):
+        sp.run([prog.name])
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    assert sp.check_output([prog.name]) == b"here\n"
+    prog.unlink()
+    with pytest.raises(FileNotFoundError):
+        sp.run([prog.name])
+    monkeypatch.delenv("PATH")
+    assert sp.check_output(["sh", "-c", "echo default"]) == b"default\n"  # os.defpath
+
+
+@pytest.mark.parametrize("sp", MODULES)
+def test_preexec_fn_from_a_thread(sp: Any) -> None:
+    import threading
+
+    got: list[Any] = []
+
+    def worker() -> None:
+        def setup() -> None:
+            os.environ["X"] = "t"
+
+        got.append(observe(lambda m: m.check_output(["sh", "-c", "echo $X"], preexec_fn=setup), sp))
+
+    with no_fd_leak():
+        t = threading.Thread(target=worker)
+        t.start()
+        t.join()
+    assert got == [("ok", b"t\n")]
