@@ -399,6 +399,30 @@ def _input_view(input: Input, text: tuple[str, str] | None) -> memoryview | None
     return _byte_view(input, "input")
 
 
+def _check_io_arguments(
+    input: Input,
+    capture: object,
+    stdout: FileSpec,
+    stderr: FileSpec,
+    timeout: object,
+    max_output: object,
+    encoding: object,
+    errors: object,
+) -> tuple[tuple[str, str] | None, float | None, int | None, memoryview | None, FileSpec, FileSpec]:
+    """The checks run() and pipeline() share: (text settings, timeout, limit, input bytes, stdout, stderr)."""
+    text = _text_settings(encoding, errors)
+    checked_timeout = _check_timeout(timeout)
+    limit = _check_limit(max_output)
+    data = _input_view(input, text)
+    if not isinstance(capture, (bool, int)):
+        raise TypeError(f"capture must be a bool, not {type(capture).__name__}")
+    if capture:
+        if stdout is not None or stderr is not None:
+            raise ValueError("capture=True conflicts with stdout= / stderr=")
+        stdout = stderr = PIPE
+    return text, checked_timeout, limit, data, stdout, stderr
+
+
 def _decode(data: bytes | None, text: tuple[str, str] | None) -> bytes | str | None:
     if data is None or text is None:
         return data
@@ -441,18 +465,10 @@ def run(
 
     Bad arguments raise TypeError / ValueError before any child exists.
     """
-    text = _text_settings(encoding, errors)
-    timeout = _check_timeout(timeout)
-    limit = _check_limit(max_output)
-    data = _input_view(input, text)
-    if not isinstance(capture, (bool, int)):
-        raise TypeError(f"capture must be a bool, not {type(capture).__name__}")
+    text, timeout, limit, data, stdout, stderr = _check_io_arguments(
+        input, capture, stdout, stderr, timeout, max_output, encoding, errors)
     if not isinstance(check, (bool, int)):
         raise TypeError(f"check must be a bool, not {type(check).__name__}")
-    if capture:
-        if stdout is not None or stderr is not None:
-            raise ValueError("capture=True conflicts with stdout= / stderr=")
-        stdout = stderr = PIPE
     stdin = spawn_options.pop("stdin", None)
     if data is not None and stdin is not None:
         raise ValueError("input= and stdin= both say where the child's stdin comes from")
@@ -613,16 +629,8 @@ def pipeline(
     for key in ("process_group", "new_session", "fds"):
         if key in spawn_options:
             raise ValueError(f"pipeline() does not take {key}=: it sets the stages' process group and stdio")
-    text = _text_settings(encoding, errors)
-    timeout = _check_timeout(timeout)
-    limit = _check_limit(max_output)
-    data = _input_view(input, text)
-    if not isinstance(capture, (bool, int)):
-        raise TypeError(f"capture must be a bool, not {type(capture).__name__}")
-    if capture:
-        if stdout is not None or stderr is not None:
-            raise ValueError("capture=True conflicts with stdout= / stderr=")
-        stdout = stderr = PIPE
+    text, timeout, limit, data, stdout, stderr = _check_io_arguments(
+        input, capture, stdout, stderr, timeout, max_output, encoding, errors)
     if data is not None and stdin is not None:
         raise ValueError("input= and stdin= both say where the first stage's stdin comes from")
     if _is_code(stdin, STDOUT) or _is_code(stdout, STDOUT):
