@@ -38,7 +38,6 @@ const char *pyproc_version(void);
 #define PYPROC_STAGE_PARENT 1
 #define PYPROC_STAGE_SIGNALS 2
 #define PYPROC_STAGE_DUP2 3
-#define PYPROC_STAGE_CLOSE_FDS 4
 #define PYPROC_STAGE_SETSID 5
 #define PYPROC_STAGE_SETPGID 6
 #define PYPROC_STAGE_RLIMIT 7

@@ -752,16 +752,25 @@ static int spawn_with_engine(struct child_ctx *c, int engine, struct pyproc_spaw
     return 0;
 }
 
+/* Marks a failure the parent itself met (unless a step of the child was already named) and returns it. */
+static int parent_failed(struct pyproc_spawn_result *res, int err)
+{
+    if (res->fail_stage == PYPROC_STAGE_NONE)
+        res->fail_stage = PYPROC_STAGE_PARENT;
+    if (!res->fail_errno)
+        res->fail_errno = err;
+    return err;
+}
+
 int pyproc_spawn(const struct pyproc_spawn_request *req, int engine, struct pyproc_spawn_result *res)
 {
     memset(res, 0, sizeof *res);
     res->pidfd = -1;
-    res->fail_stage = PYPROC_STAGE_PARENT;
     if (!req || !req->argv || req->n_exec_paths < 1 || req->n_fd_actions < 0 || req->n_keep_fds < 0 ||
         req->n_rlimits < 0 || req->n_sigmask_signals < 0 || req->n_groups < 0)
-        return EINVAL;
+        return parent_failed(res, EINVAL);
     if (req->before_exec) /* Python code cannot run in a child that shares the parent's memory */
-        return EINVAL;
+        return parent_failed(res, EINVAL);
     struct child_ctx c;
     memset(&c, 0, sizeof c);
     c.req = req;
@@ -771,16 +780,11 @@ int pyproc_spawn(const struct pyproc_spawn_request *req, int engine, struct pypr
     int scratch_on_stack[16];
     c.moved_sources = scratch_on_stack;
     if (req->n_fd_actions > 16 && !(c.moved_sources = malloc(sizeof(int) * (size_t)req->n_fd_actions)))
-        return ENOMEM;
-    res->fail_stage = PYPROC_STAGE_NONE;
+        return parent_failed(res, ENOMEM);
     int err = spawn_with_engine(&c, engine, res);
     if (c.moved_sources != scratch_on_stack)
         free(c.moved_sources);
-    if (err && res->fail_stage == PYPROC_STAGE_NONE)
-        res->fail_stage = PYPROC_STAGE_PARENT;
-    if (err && !res->fail_errno)
-        res->fail_errno = err;
-    return err;
+    return err ? parent_failed(res, err) : 0;
 }
 
 void pyproc_exec_child(const struct pyproc_spawn_request *req, int error_fd)

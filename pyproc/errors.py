@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from typing import Any, NoReturn
+from typing import Any
 
 
 class TimeoutExpired(subprocess.TimeoutExpired, TimeoutError):
@@ -66,11 +66,6 @@ def os_error(err: int, filename: object = None, where: str | None = None) -> OSE
     if filename is None:
         return OSError(err, message)
     return OSError(err, message, filename)
-
-
-def raise_os_error(err: int, filename: object = None, where: str | None = None) -> NoReturn:
-    """Raises os_error(err, filename, where)."""
-    raise os_error(err, filename, where)
 
 
 def check(err: int, filename: object = None, where: str | None = None) -> None:

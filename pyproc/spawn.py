@@ -38,7 +38,6 @@ ENGINE_CODES = {
 
 _STAGE_NAMES = {
     lib.PYPROC_STAGE_SIGNALS: "signal dispositions",
-    lib.PYPROC_STAGE_CLOSE_FDS: "closing fds",
     lib.PYPROC_STAGE_SETSID: "setsid",
     lib.PYPROC_STAGE_SETPGID: "setpgid",
     lib.PYPROC_STAGE_PDEATHSIG: "prctl PR_SET_PDEATHSIG",

@@ -99,8 +99,8 @@ _PREEXEC_FAILED = errno.ECANCELED  # what the before_exec hook returns when pree
 _STDOUT_CHECKED = sys.version_info >= (3, 13)  # stdout=STDOUT: ValueError from 3.13 on
 # Stages of the child at or after the point where the standard library calls preexec_fn: their errors name the
 # executable; earlier ones are its "noexec" reports (see _Naming).
-_EXEC_STAGES = frozenset({lib.PYPROC_STAGE_BEFORE_EXEC, lib.PYPROC_STAGE_CLOSE_FDS, lib.PYPROC_STAGE_SIGMASK,
-                          lib.PYPROC_STAGE_EXEC, lib.PYPROC_STAGE_POSIX_SPAWN})
+_EXEC_STAGES = frozenset({lib.PYPROC_STAGE_BEFORE_EXEC, lib.PYPROC_STAGE_SIGMASK, lib.PYPROC_STAGE_EXEC,
+                          lib.PYPROC_STAGE_POSIX_SPAWN})
 
 
 def _text_encoding() -> str:
