@@ -187,9 +187,13 @@ class NativeExchange:
 
 
 def new_exchange(stdin: IO[Any] | None, data: memoryview | None, stdout_fd: int | None, stderr_fd: int | None,
-                 close_stdin: Callable[[], None]) -> Exchange | NativeExchange:
+                 close_stdin: Callable[[], None], owned_stdin_fd: int | None = None) -> Exchange | NativeExchange:
     """The exchange for one communicate(); stdin is the Popen's stdin file object (None, or already closed,
-    when there is no input to send)."""
+    when there is no input to send).  owned_stdin_fd: instead, the stdin pipe itself (no file object was made),
+    which the C pump takes over (it needs the C pump)."""
+    if owned_stdin_fd is not None:
+        assert _Pump is not None
+        return NativeExchange(owned_stdin_fd, data, stdout_fd, stderr_fd)
     if _Pump is None:
         stdin_fd = None if stdin is None or stdin.closed else stdin.fileno()
         return Exchange(stdin_fd, data, stdout_fd, stderr_fd, close_stdin)

@@ -160,6 +160,36 @@ def _check_open(fd: int, filename: Any) -> None:
         raise OSError(errno.EBADF, os.strerror(errno.EBADF), filename) from None
 
 
+class _PipeState:
+    """Marks a pipe whose file object Popen has not made yet (see Popen._stdin_f)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+_LAZY = _PipeState("<open pipe, no file object yet>")
+_LAZY_CLOSED = _PipeState("<closed pipe, no file object yet>")
+
+
+def _closed_file(fd: int, mode: str) -> IO[bytes]:
+    """A closed file object just like the one the standard library leaves for a pipe (fd) it closed: asked for
+    after communicate() or the with block closed a pipe whose file object was never made (a rare path)."""
+    dummy = os.open(os.devnull, (os.O_WRONLY if mode == "wb" else os.O_RDONLY) | os.O_CLOEXEC)
+    try:
+        f = open(dummy, mode, -1)  # noqa: SIM115
+    except BaseException:
+        os.close(dummy)
+        raise
+    f.raw.name = fd  # type: ignore[attr-defined]  # FileIO keeps its name in its __dict__: what repr shows
+    f.close()
+    return f
+
+
 class Popen(Generic[AnyStr]):
     """Execute a child program in a new process: the standard library's subprocess.Popen, on pyproc's engines.
 
@@ -184,7 +214,31 @@ class Popen(Generic[AnyStr]):
     that closes the pipes and waits.
     """
 
+    # Class-level defaults: a Popen sets only what differs from them (every attribute set costs, on every call).
     _child_created = False  # set here since __del__ checks it
+    _proc: _Child | None = None
+    _input: bytes | None = None
+    _exchange: _subprocess_pump.Exchange | _subprocess_pump.NativeExchange | None = None
+    _communication_started = False
+    _closed_child_pipe_fds = False
+    _devnull: int | None = None
+    _sigint_wait_secs = 0.25  # how long to keep waiting for a child after the first ^C (as subprocess)
+    pid: int | None = None
+    returncode: int | None = None
+    encoding: str | None = None
+    errors: str | None = None
+    pipesize = -1
+    text_mode: Any = None
+    # The parent's pipe ends.  With the default buffering in binary mode the file objects (stdin, stdout, stderr)
+    # are made when first asked for: run() and communicate() hand the fds to the C pump and close them, and most
+    # callers never see the file objects.  _*_f is None (no pipe), _LAZY (the fd is open, no file object yet),
+    # _LAZY_CLOSED (closed by this Popen before any file object was asked for) or the file object itself.
+    _stdin_f: Any = None
+    _stdout_f: Any = None
+    _stderr_f: Any = None
+    _stdin_fd = -1
+    _stdout_fd = -1
+    _stderr_fd = -1
 
     def __init__(
         self,
@@ -218,10 +272,17 @@ class Popen(Generic[AnyStr]):
     ) -> None:
         if abandoned:
             reap_abandoned()
-        self._proc: _Child | None = None
-        self._input: bytes | None = None
-        self._exchange: _subprocess_pump.Exchange | _subprocess_pump.NativeExchange | None = None
-        self._communication_started = False
+        self.args = args
+        # Every option at its default and stdin / stdout / stderr each None or PIPE: the common case, one test.
+        if (bufsize == -1 and executable is None and preexec_fn is None and close_fds is True and shell is False
+                and cwd is None and env is None and universal_newlines is None and startupinfo is None
+                and creationflags == 0 and restore_signals is True and start_new_session is False and not pass_fds
+                and user is None and group is None and extra_groups is None and encoding is None
+                and errors is None and text is None and umask == -1 and pipesize == -1 and process_group is None
+                and (stdin is None or stdin is PIPE) and (stdout is None or stdout is PIPE)
+                and (stderr is None or stderr is PIPE)):
+            self._start_plain(args, stdin is PIPE, stdout is PIPE, stderr is PIPE)
+            return
         if bufsize is None:
             bufsize = -1
         if not isinstance(bufsize, int):
@@ -240,12 +301,6 @@ class Popen(Generic[AnyStr]):
         if creationflags != 0:
             raise ValueError("creationflags is only supported on Windows platforms")
 
-        self.args = args
-        self.stdin: IO[Any] | None = None
-        self.stdout: IO[Any] | None = None
-        self.stderr: IO[Any] | None = None
-        self.pid: int | None = None
-        self.returncode: int | None = None
         self.encoding = encoding
         self.errors = errors
         self.pipesize = pipesize
@@ -257,10 +312,6 @@ class Popen(Generic[AnyStr]):
         if self.text_mode and encoding is None:
             self.encoding = encoding = _text_encoding()
 
-        # How long to keep waiting for a child after the first ^C (as subprocess).
-        self._sigint_wait_secs = 0.25
-        self._closed_child_pipe_fds = False
-
         line_buffering = False
         if self.text_mode and bufsize == 1:
             line_buffering = True
@@ -270,21 +321,28 @@ class Popen(Generic[AnyStr]):
             process_group = -1
         gid, gids, uid = _ids(user, group, extra_groups)
 
-        self._devnull: int | None = None
         p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite = self._get_handles(stdin, stdout, stderr)
         try:
-            if p2cwrite != -1:
+            lazy = bufsize == -1 and not self.text_mode  # the file objects are made when asked for
+            if lazy:
+                if p2cwrite != -1:
+                    self._stdin_fd, self._stdin_f = p2cwrite, _LAZY
+                if c2pread != -1:
+                    self._stdout_fd, self._stdout_f = c2pread, _LAZY
+                if errread != -1:
+                    self._stderr_fd, self._stderr_f = errread, _LAZY
+            elif p2cwrite != -1:
                 self.stdin = open(p2cwrite, "wb", bufsize)  # noqa: SIM115
                 if self.text_mode:
                     self.stdin = io.TextIOWrapper(cast(IO[bytes], self.stdin), write_through=True,
                                                   line_buffering=line_buffering, encoding=encoding,
                                                   errors=errors)
-            if c2pread != -1:
+            if c2pread != -1 and not lazy:
                 self.stdout = open(c2pread, "rb", bufsize)  # noqa: SIM115
                 if self.text_mode:
                     self.stdout = io.TextIOWrapper(cast(IO[bytes], self.stdout), encoding=encoding,
                                                    errors=errors)
-            if errread != -1:
+            if errread != -1 and not lazy:
                 self.stderr = open(errread, "rb", bufsize)  # noqa: SIM115
                 if self.text_mode:
                     self.stderr = io.TextIOWrapper(cast(IO[bytes], self.stderr), encoding=encoding,
@@ -293,10 +351,7 @@ class Popen(Generic[AnyStr]):
                                 p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite, restore_signals,
                                 gid, gids, uid, umask, start_new_session, process_group)
         except BaseException:
-            for stream in (self.stdin, self.stdout, self.stderr):
-                if stream is not None:
-                    with contextlib.suppress(OSError):
-                        stream.close()
+            self._discard_pipes()
             if not self._closed_child_pipe_fds:
                 to_close = []
                 if stdin == PIPE:
@@ -311,6 +366,125 @@ class Popen(Generic[AnyStr]):
                     with contextlib.suppress(OSError):
                         os.close(fd)
             raise
+
+    def _start_plain(self, args: Any, stdin: bool, stdout: bool, stderr: bool) -> None:
+        """__init__ with every option at its default, stdin / stdout / stderr each None or PIPE (True)."""
+        # _execute_child's steps for these options, in the standard library's order (its messages, its audit).
+        argv = [args] if isinstance(args, (str, bytes, os.PathLike)) else list(args)
+        executable = argv[0]
+        sys.audit("subprocess.Popen", executable, argv, None, None)
+        bargs = [_fsencode_checked(arg) for arg in argv]
+        program = bargs[0]
+        p2cread = p2cwrite = c2pread = c2pwrite = errread = errwrite = -1
+        try:
+            if stdin:
+                p2cread, p2cwrite = os.pipe()
+            if stdout:
+                c2pread, c2pwrite = os.pipe()
+            if stderr:
+                errread, errwrite = os.pipe()
+            # spawn's fast path for a program named by a path; a PATH search is kept per program (_exec_paths)
+            direct = b"/" in program
+            request = _prepare(
+                bargs, "auto", None if direct else b"/", None if p2cread == -1 else p2cread,
+                None if c2pwrite == -1 else c2pwrite, None if errwrite == -1 else errwrite, None, (), True, None,
+                None, False, None, None, None, None, False, True, None,
+            )
+            if not direct:
+                c_paths, n_paths, c_strings = _exec_paths(program, None)
+                req = request.c
+                req.exec_paths = request.keep(c_paths)
+                request.keep(c_strings)
+                req.n_exec_paths = n_paths
+            res = ffi.new("struct pyproc_spawn_result *")
+            err = lib.pyproc_spawn(request.c, lib.PYPROC_ENGINE_CLONE, res)
+            child_ends = p2cread, c2pwrite, errwrite
+            p2cread = c2pwrite = errwrite = -1
+            for fd in child_ends:
+                if fd != -1:
+                    os.close(fd)
+            if err:
+                naming = _naming(executable, None, None, True, (), *child_ends, False, -1, None, None, None, -1)
+                raise _child_error(res.fail_stage, err, naming)
+        except BaseException:
+            for fd in (p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite):
+                if fd != -1:
+                    os.close(fd)
+            raise
+        self.pid = pid = res.pid
+        self._proc = _Child(pid, res.pidfd if res.pidfd >= 0 else None, args)
+        self._child_created = True
+        if p2cwrite != -1:
+            self._stdin_fd, self._stdin_f = p2cwrite, _LAZY
+        if c2pread != -1:
+            self._stdout_fd, self._stdout_f = c2pread, _LAZY
+        if errread != -1:
+            self._stderr_fd, self._stderr_f = errread, _LAZY
+
+    # ---- the pipes' file objects: made when first asked for --------------------------------------------
+
+    @property
+    def stdin(self) -> IO[Any] | None:
+        """The parent's end of the child's stdin pipe, a writable file object (None when stdin is not PIPE)."""
+        f = self._stdin_f
+        if f is _LAZY:
+            f = self._stdin_f = open(self._stdin_fd, "wb", -1)  # noqa: SIM115
+        elif f is _LAZY_CLOSED:
+            f = self._stdin_f = _closed_file(self._stdin_fd, "wb")
+        return cast("IO[Any] | None", f)
+
+    @stdin.setter
+    def stdin(self, value: IO[Any] | None) -> None:
+        if self._stdin_f is _LAZY:
+            self.stdin  # noqa: B018 - the pipe's file object: dropped, it is closed as the stdlib's would be
+        self._stdin_f = value
+
+    @property
+    def stdout(self) -> IO[Any] | None:
+        """The parent's end of the child's stdout pipe, a readable file object (None when stdout is not PIPE)."""
+        f = self._stdout_f
+        if f is _LAZY:
+            f = self._stdout_f = open(self._stdout_fd, "rb", -1)  # noqa: SIM115
+        elif f is _LAZY_CLOSED:
+            f = self._stdout_f = _closed_file(self._stdout_fd, "rb")
+        return cast("IO[Any] | None", f)
+
+    @stdout.setter
+    def stdout(self, value: IO[Any] | None) -> None:
+        if self._stdout_f is _LAZY:
+            self.stdout  # noqa: B018
+        self._stdout_f = value
+
+    @property
+    def stderr(self) -> IO[Any] | None:
+        """The parent's end of the child's stderr pipe, a readable file object (None when stderr is not PIPE)."""
+        f = self._stderr_f
+        if f is _LAZY:
+            f = self._stderr_f = open(self._stderr_fd, "rb", -1)  # noqa: SIM115
+        elif f is _LAZY_CLOSED:
+            f = self._stderr_f = _closed_file(self._stderr_fd, "rb")
+        return cast("IO[Any] | None", f)
+
+    @stderr.setter
+    def stderr(self, value: IO[Any] | None) -> None:
+        if self._stderr_f is _LAZY:
+            self.stderr  # noqa: B018
+        self._stderr_f = value
+
+    def _discard_pipes(self) -> None:
+        """Closes the parent's pipe ends, made into file objects or not (a failed __init__)."""
+        for stream in (self._stdin_f, self._stdout_f, self._stderr_f):
+            if stream is not None and not isinstance(stream, _PipeState):
+                with contextlib.suppress(OSError):
+                    stream.close()
+        for f, fd in ((self._stdin_f, self._stdin_fd), (self._stdout_f, self._stdout_fd),
+                      (self._stderr_f, self._stderr_fd)):
+            if f is _LAZY:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._stdin_f = self._stdin_f if self._stdin_f is not _LAZY else _LAZY_CLOSED
+        self._stdout_f = self._stdout_f if self._stdout_f is not _LAZY else _LAZY_CLOSED
+        self._stderr_f = self._stderr_f if self._stderr_f is not _LAZY else _LAZY_CLOSED
 
     def __repr__(self) -> str:
         obj_repr = f"<{self.__class__.__name__}: returncode: {self.returncode} args: {self.args!r}>"
@@ -336,13 +510,25 @@ class Popen(Generic[AnyStr]):
     def __exit__(
         self, exc_type: type[BaseException] | None, value: BaseException | None, traceback: Any
     ) -> None:
-        if self.stdout:
-            self.stdout.close()
-        if self.stderr:
-            self.stderr.close()
+        f = self._stdout_f
+        if f is _LAZY:
+            self._stdout_f = _LAZY_CLOSED
+            os.close(self._stdout_fd)
+        elif f and f is not _LAZY_CLOSED:
+            f.close()
+        f = self._stderr_f
+        if f is _LAZY:
+            self._stderr_f = _LAZY_CLOSED
+            os.close(self._stderr_fd)
+        elif f and f is not _LAZY_CLOSED:
+            f.close()
         try:  # flushing a BufferedWriter may raise
-            if self.stdin:
-                self.stdin.close()
+            f = self._stdin_f
+            if f is _LAZY:
+                self._stdin_f = _LAZY_CLOSED
+                os.close(self._stdin_fd)
+            elif f and f is not _LAZY_CLOSED:
+                f.close()
             if self._exchange is not None:
                 self._exchange.close_input()
         finally:
@@ -360,19 +546,45 @@ class Popen(Generic[AnyStr]):
         # Only what the default arguments hold: at interpreter exit the module's globals may be gone already.
         if not self._child_created:
             return
-        if self.returncode is None:
-            # Not reading the exit status makes a zombie, destroyed only when the parent exits.
-            _warn(f"subprocess {self.pid} is still running", ResourceWarning, source=self)
         try:
-            self._internal_poll(_deadstate=_maxsize)
-        except Exception:  # at interpreter exit: nothing more can be done for the child
-            return
-        proc = self._proc
-        if self.returncode is None and proc is not None:
-            # Still running: reaped without blocking at a later spawn (pyproc's list of abandoned children).
-            with _lock:
-                _abandoned.append((proc.pid, proc.pidfd))
-            proc.pidfd = None
+            if self.returncode is None:
+                # Not reading the exit status makes a zombie, destroyed only when the parent exits.
+                _warn(f"subprocess {self.pid} is still running", ResourceWarning, source=self)
+        finally:  # also when the warning is an error: the child and the pipes are still taken care of
+            self._collected(_maxsize, _warn, _abandoned, _lock)
+
+    def _collected(self, _maxsize: int, _warn: Any, _abandoned: list[tuple[int, int | None]], _lock: Any,
+                   _close: Any = os.close, _suppress: Any = contextlib.suppress, _lazy: Any = _LAZY,
+                   _closed: Any = _LAZY_CLOSED) -> None:
+        try:
+            try:
+                self._internal_poll(_deadstate=_maxsize)
+            except Exception:  # at interpreter exit: nothing more can be done for the child
+                return
+            proc = self._proc
+            if self.returncode is None and proc is not None:
+                # Still running: reaped without blocking at a later spawn (pyproc's list of abandoned children).
+                with _lock:
+                    _abandoned.append((proc.pid, proc.pidfd))
+                proc.pidfd = None
+        finally:
+            # Pipes whose file objects were never made: closed as those file objects would be when collected
+            # (all closed first: a warning may be an error).
+            unclosed = []
+            if self._stdin_f is _lazy:
+                self._stdin_f = _closed
+                unclosed.append(("BufferedWriter", self._stdin_fd))
+            if self._stdout_f is _lazy:
+                self._stdout_f = _closed
+                unclosed.append(("BufferedReader", self._stdout_fd))
+            if self._stderr_f is _lazy:
+                self._stderr_f = _closed
+                unclosed.append(("BufferedReader", self._stderr_fd))
+            for _kind, fd in unclosed:
+                with _suppress(OSError):
+                    _close(fd)
+            for kind, fd in unclosed:
+                _warn(f"unclosed file <_io.{kind} name={fd}>", ResourceWarning, source=self)
 
     # ---- the child's stdio ---------------------------------------------------------------------------------
 
@@ -476,22 +688,8 @@ class Popen(Generic[AnyStr]):
         if executable is None:
             executable = args[0]
         sys.audit("subprocess.Popen", executable, args, cwd, env)
-        # Which way the standard library would start this child decides what its errors name.
-        naming = _Naming(executable, cwd, _STD_USES_POSIX_SPAWN
-                         and bool(os.path.dirname(executable))
-                         and preexec_fn is None
-                         and (not close_fds or _STD_POSIX_SPAWN_CLOSES_FDS)
-                         and not pass_fds
-                         and cwd is None
-                         and (p2cread == -1 or p2cread > 2)
-                         and (c2pwrite == -1 or c2pwrite > 2)
-                         and (errwrite == -1 or errwrite > 2)
-                         and not start_new_session
-                         and process_group == -1
-                         and gid is None
-                         and gids is None
-                         and uid is None
-                         and umask < 0)
+        naming = _naming(executable, cwd, preexec_fn, close_fds, pass_fds, p2cread, c2pwrite, errwrite,
+                         start_new_session, process_group, gid, gids, uid, umask)
 
         # Everything the child needs, converted here with the standard library's checks and messages.
         env_list = None
@@ -708,10 +906,16 @@ class Popen(Generic[AnyStr]):
             raise ValueError("Cannot send input after starting communication")
         # With no timeout, nothing started and at most one pipe, plain blocking I/O is enough (as subprocess).
         if timeout is None and not self._communication_started and \
-                [self.stdin, self.stdout, self.stderr].count(None) >= 2:
+                [self._stdin_f, self._stdout_f, self._stderr_f].count(None) >= 2:
             stdout = None
             stderr = None
-            if self.stdin:
+            if self._stdout_f is _LAZY and _subprocess_pump._Pump is not None:
+                stdout = self._read_lazy_pipe(self._stdout_fd)
+                self._stdout_f = _LAZY_CLOSED
+            elif self._stderr_f is _LAZY and _subprocess_pump._Pump is not None:
+                stderr = self._read_lazy_pipe(self._stderr_fd)
+                self._stderr_f = _LAZY_CLOSED
+            elif self.stdin:
                 self._stdin_write(input)
             elif self.stdout:
                 stdout = self.stdout.read()
@@ -737,6 +941,18 @@ class Popen(Generic[AnyStr]):
         self.wait(timeout=None if endtime is None else endtime - _time())
         return stdout, stderr
 
+    @staticmethod
+    def _read_lazy_pipe(fd: int) -> bytes:
+        """Reads a pipe that has no file object to end of file with the C pump, then closes it."""
+        pump = _subprocess_pump._Pump(None, None, (fd, None), None)
+        try:
+            pump.run(None)
+            data: bytes = pump.take(0)
+        finally:
+            pump.release()
+        os.close(fd)
+        return data
+
     def _close_stdin(self) -> None:
         if self.stdin is not None:
             with contextlib.suppress(BrokenPipeError):  # communicate() ignores a child that stopped reading
@@ -745,36 +961,79 @@ class Popen(Generic[AnyStr]):
     def _communicate(self, input: Any, endtime: float | None, orig_timeout: float | None) -> tuple[Any, Any]:
         ex = self._exchange
         if ex is None:
-            if self.stdin:
-                with contextlib.suppress(BrokenPipeError):
-                    self.stdin.flush()  # what the caller wrote to .stdin goes first
-                if not input:
+            # A pipe that has no file object goes to the C pump as it is (nothing can be buffered in it).
+            native = _subprocess_pump._Pump is not None
+            owned_stdin = None
+            stdin_f = self._stdin_f
+            if stdin_f is _LAZY and native:
+                # binary mode: memoryview() raises the TypeError a write would (str input, ...)
+                view = memoryview(input) if input is not None else None
+                self._stdin_f = _LAZY_CLOSED  # the pump owns the fd now (it closes it once the input is written)
+                if input:
+                    owned_stdin = self._stdin_fd
+                else:
+                    os.close(self._stdin_fd)
+                stdin: Any = None
+            else:
+                stdin = stdin_f = self.stdin
+                if stdin:
                     with contextlib.suppress(BrokenPipeError):
-                        self.stdin.close()
-            data = input
-            if data is not None and self.text_mode and self.stdin:
-                data = data.encode(self.stdin.encoding, self.stdin.errors)  # type: ignore[attr-defined]
-            # memoryview() raises the TypeError a write would (str input in binary mode, ...)
-            view = memoryview(data) if data is not None and self.stdin else None
-            stdout_fd = self.stdout.fileno() if self.stdout and not self.stdout.closed else None
-            stderr_fd = self.stderr.fileno() if self.stderr and not self.stderr.closed else None
-            ex = self._exchange = _subprocess_pump.new_exchange(self.stdin, view, stdout_fd, stderr_fd,
-                                                                self._close_stdin)
+                        stdin.flush()  # what the caller wrote to .stdin goes first
+                    if not input:
+                        with contextlib.suppress(BrokenPipeError):
+                            stdin.close()
+                data = input
+                if data is not None and self.text_mode and stdin:
+                    data = data.encode(stdin.encoding, stdin.errors)
+                # memoryview() raises the TypeError a write would (str input in binary mode, ...)
+                view = memoryview(data) if data is not None and stdin else None
+            f = self._stdout_f
+            if f is _LAZY and native:
+                stdout_fd = self._stdout_fd
+            elif f is None or f is _LAZY_CLOSED:
+                stdout_fd = None
+            else:
+                f = self.stdout
+                stdout_fd = f.fileno() if f and not f.closed else None
+            f = self._stderr_f
+            if f is _LAZY and native:
+                stderr_fd = self._stderr_fd
+            elif f is None or f is _LAZY_CLOSED:
+                stderr_fd = None
+            else:
+                f = self.stderr
+                stderr_fd = f.fileno() if f and not f.closed else None
+            ex = self._exchange = _subprocess_pump.new_exchange(stdin, view, stdout_fd, stderr_fd,
+                                                                self._close_stdin, owned_stdin)
         try:
             finished = ex.run(endtime)
         finally:
-            for stream, done in ((self.stdin, ex.stdin_done), (self.stdout, ex.stdout_done),
-                                 (self.stderr, ex.stderr_done)):
-                if stream is not None and done and not stream.closed:
+            if ex.stdin_done:
+                f = self._stdin_f
+                if f is not None and f is not _LAZY_CLOSED and not f.closed:
                     with contextlib.suppress(BrokenPipeError):
-                        stream.close()
+                        f.close()
+            if ex.stdout_done:
+                f = self._stdout_f
+                if f is _LAZY:
+                    self._stdout_f = _LAZY_CLOSED
+                    os.close(self._stdout_fd)
+                elif f is not None and f is not _LAZY_CLOSED and not f.closed:
+                    f.close()
+            if ex.stderr_done:
+                f = self._stderr_f
+                if f is _LAZY:
+                    self._stderr_f = _LAZY_CLOSED
+                    os.close(self._stderr_fd)
+                elif f is not None and f is not _LAZY_CLOSED and not f.closed:
+                    f.close()
         if not finished:
             partial_out, partial_err = ex.partial()
             raise TimeoutExpired(self.args, cast(float, orig_timeout), output=partial_out, stderr=partial_err)
         self.wait(timeout=None if endtime is None else endtime - _time())
         out, err = ex.output()
-        stdout: Any = None if self.stdout is None else out
-        stderr: Any = None if self.stderr is None else err
+        stdout: Any = None if self._stdout_f is None else out
+        stderr: Any = None if self._stderr_f is None else err
         if self.text_mode:
             if stdout is not None:
                 stdout = self._translate_newlines(stdout, self.stdout.encoding,  # type: ignore[union-attr]
@@ -803,6 +1062,27 @@ class _Naming:
             self.exec = executable
             self.chdir = cwd
             self.noexec = None if _NOEXEC_NAMES_NOTHING else cwd
+
+
+def _naming(executable: Any, cwd: Any, preexec_fn: Any, close_fds: Any, pass_fds: Any, p2cread: int,
+            c2pwrite: int, errwrite: int, start_new_session: Any, process_group: int, gid: int | None,
+            gids: list[int] | None, uid: int | None, umask: int) -> _Naming:
+    """Which way the standard library would start this child (that decides what its errors name)."""
+    return _Naming(executable, cwd, _STD_USES_POSIX_SPAWN
+                   and bool(os.path.dirname(executable))
+                   and preexec_fn is None
+                   and (not close_fds or _STD_POSIX_SPAWN_CLOSES_FDS)
+                   and not pass_fds
+                   and cwd is None
+                   and (p2cread == -1 or p2cread > 2)
+                   and (c2pwrite == -1 or c2pwrite > 2)
+                   and (errwrite == -1 or errwrite > 2)
+                   and not start_new_session
+                   and process_group == -1
+                   and gid is None
+                   and gids is None
+                   and uid is None
+                   and umask < 0)
 
 
 _NOEXEC_NAMES_NOTHING = sys.version_info >= (3, 13)

@@ -17,6 +17,7 @@ import grp
 import os
 import pathlib
 import pwd
+import re
 import select
 import signal
 import subprocess as std
@@ -974,6 +975,159 @@ def case_list2cmdline(sp: Any) -> Any:
     return sp.list2cmdline(["a b", 'c"d', "e\\", "", "f\\\\\"g"])
 
 
+# ---- the pipes' file objects (pyproc makes them when first asked for) ------------------------------------
+
+
+def numbered(text: str) -> str:
+    """text with fd numbers and pids replaced (they may differ between two runs)."""
+    return re.sub(r"\d+", "N", text)
+
+
+def pipe_object(stream: Any) -> Any:
+    """What a caller can see of a pipe's file object, open or closed."""
+    seen: list[Any] = [type(stream).__name__, stream.closed, stream.mode, numbered(repr(stream)),
+                       type(stream.name).__name__]
+    for method, args in (("fileno", ()), ("read" if "r" in stream.mode else "write", () if "r" in stream.mode
+                                          else (b"x",)), ("readable", ()), ("writable", ()), ("flush", ())):
+        try:
+            result = getattr(stream, method)(*args)
+            seen.append((method, type(result).__name__))
+        except Exception as exc:
+            seen.append((method, describe(exc)))
+    return seen
+
+
+@case
+def case_pipe_objects_after_communicate(sp: Any) -> Any:
+    p = sp.Popen(["cat"], stdin=sp.PIPE, stdout=sp.PIPE, stderr=sp.PIPE)
+    out = p.communicate(b"data")
+    streams = (p.stdin, p.stdout, p.stderr)
+    names = [s.name for s in streams]
+    return out, [pipe_object(s) for s in streams], [n - names[0] for n in names], p.returncode
+
+
+@case
+def case_pipe_objects_after_communicate_no_input(sp: Any) -> Any:
+    p = sp.Popen(["sh", "-c", "echo out; echo err >&2"], stdin=sp.PIPE, stdout=sp.PIPE, stderr=sp.PIPE)
+    out = p.communicate()
+    return out, [pipe_object(s) for s in (p.stdin, p.stdout, p.stderr)]
+
+
+@case
+def case_pipe_objects_while_running(sp: Any) -> Any:
+    with sp.Popen(["cat"], stdin=sp.PIPE, stdout=sp.PIPE, stderr=sp.PIPE) as p:
+        seen = [[type(s).__name__, s.closed, s.mode, os.get_blocking(s.fileno()),
+                 stat_kind(s.fileno())] for s in (p.stdin, p.stdout, p.stderr)]
+        same = p.stdout is p.stdout  # made once
+        p.stdin.write(b"line\n")
+        p.stdin.flush()
+        seen.append(p.stdout.readline())
+    return seen, same, [s.closed for s in (p.stdin, p.stdout, p.stderr)], p.returncode
+
+
+def stat_kind(fd: int) -> str:
+    import stat
+
+    return "fifo" if stat.S_ISFIFO(os.fstat(fd).st_mode) else "other"
+
+
+@case
+def case_one_pipe_object_then_communicate(sp: Any) -> Any:
+    # stdout's file object is made (and read from) before communicate(); stdin and stderr are not touched.
+    p = sp.Popen(["sh", "-c", "echo first; read x; echo got $x; echo err >&2"], stdin=sp.PIPE, stdout=sp.PIPE,
+                 stderr=sp.PIPE)
+    first = p.stdout.readline()
+    out = p.communicate(b"more\n")
+    return first, out, [pipe_object(s) for s in (p.stdin, p.stdout, p.stderr)]
+
+
+@case
+def case_stdin_written_then_communicate_no_input(sp: Any) -> Any:
+    p = sp.Popen(["cat"], stdin=sp.PIPE, stdout=sp.PIPE)
+    p.stdin.write(b"buffered, not flushed")
+    return p.communicate(), p.stdin.closed, p.stdout.closed
+
+
+@case
+def case_context_manager_closes_untouched_pipes(sp: Any) -> Any:
+    with sp.Popen(["true"], stdin=sp.PIPE, stdout=sp.PIPE, stderr=sp.PIPE) as p:
+        pass
+    return [pipe_object(s) for s in (p.stdin, p.stdout, p.stderr)], p.returncode
+
+
+@case
+def case_communicate_after_context_exit(sp: Any) -> Any:
+    with sp.Popen(["echo", "x"], stdout=sp.PIPE, stderr=sp.PIPE) as p:
+        pass
+    return p.communicate(), p.stdout.closed
+
+
+@case
+def case_communicate_stdin_after_context_exit(sp: Any) -> Any:
+    with sp.Popen(["cat"], stdin=sp.PIPE, stdout=sp.PIPE) as p:
+        pass
+    return p.communicate(b"late")
+
+
+@case
+def case_single_pipe_objects_after_communicate(sp: Any) -> Any:
+    seen = []
+    for kw in ({"stdout": sp.PIPE}, {"stderr": sp.PIPE}, {"stdin": sp.PIPE}):
+        p = sp.Popen(["sh", "-c", "cat; echo to-out; echo to-err >&2"], **kw)
+        seen.append(p.communicate(b"in" if "stdin" in kw else None))
+        seen.append([None if s is None else pipe_object(s) for s in (p.stdin, p.stdout, p.stderr)])
+    return seen
+
+
+@case
+def case_check_output_then_again(sp: Any) -> Any:
+    p = sp.Popen(["echo", "x"], stdout=sp.PIPE)
+    first = p.communicate()
+    return first, p.communicate(), pipe_object(p.stdout)
+
+
+def collected_warnings(make: Callable[[], Any]) -> list[tuple[str, str]]:
+    """The warnings emitted while the object make() returns is dropped and collected."""
+    gc.collect()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        obj = make()
+        del obj
+        gc.collect()
+    return [(w.category.__name__, numbered(str(w.message))) for w in caught]
+
+
+@case
+def case_unclosed_pipes_warn_when_collected(sp: Any) -> Any:
+    def finished() -> Any:
+        p = sp.Popen(["true"], stdin=sp.PIPE, stdout=sp.PIPE, stderr=sp.PIPE)
+        p.wait()
+        return p
+
+    def closed_by_communicate() -> Any:
+        p = sp.Popen(["true"], stdin=sp.PIPE, stdout=sp.PIPE, stderr=sp.PIPE)
+        p.communicate()
+        return p
+
+    def one_closed() -> Any:
+        p = sp.Popen(["true"], stdin=sp.PIPE, stdout=sp.PIPE, stderr=sp.PIPE)
+        p.stdin.close()
+        p.wait()
+        return p
+
+    return [collected_warnings(make) for make in (finished, closed_by_communicate, one_closed)]
+
+
+@case
+def case_pipe_attribute_replaced(sp: Any) -> Any:
+    p = sp.Popen(["sh", "-c", "echo err >&2"], stdout=sp.PIPE, stderr=sp.PIPE)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        p.stdout = None  # the pipe's file object is dropped: closed, with the warning of an unclosed file
+        gc.collect()
+    return [numbered(str(w.message)) for w in caught], p.communicate(), p.stdout, p.returncode
+
+
 def describe_or(fn: Callable[[], Any], strip: str | None) -> Any:
     """observe() for a nested call, with a temporary path replaced so that results compare across runs."""
     kind, seen = observe(lambda _: fn(), None)
@@ -997,7 +1151,10 @@ def test_same_as_stdlib(name: str) -> None:
 PUMP_CASES = ["communicate_big_both_ways", "timeout_then_context_exit", "communicate_timeout_then_again",
               "communicate_twice",
               "input_child_does_not_read", "run_timeout_partial_output", "stdin_written_then_communicate",
-              "text_input", "str_input_in_binary_mode", "communicate_zero_timeout", "stderr_to_stdout"]
+              "text_input", "str_input_in_binary_mode", "communicate_zero_timeout", "stderr_to_stdout",
+              "pipe_objects_after_communicate", "one_pipe_object_then_communicate",
+              "single_pipe_objects_after_communicate", "context_manager_closes_untouched_pipes",
+              "unclosed_pipes_warn_when_collected"]
 
 
 @pytest.mark.parametrize("name", PUMP_CASES)
