@@ -142,8 +142,18 @@ class _Child(Process):
         pass
 
 
+_FS_ENCODING = sys.getfilesystemencoding()
+_FS_ERRORS = sys.getfilesystemencodeerrors()
+
+
 def _fsencode_checked(value: Any) -> bytes:
-    data = os.fsencode(value)
+    kind = type(value)
+    if kind is str:
+        data = value.encode(_FS_ENCODING, _FS_ERRORS)  # os.fsencode's own conversion
+    elif kind is bytes:
+        data = value
+    else:
+        data = os.fsencode(value)
     if b"\0" in data:
         raise ValueError("embedded null byte")
     return data
@@ -542,10 +552,14 @@ class Popen(Generic[AnyStr]):
             self.wait()
 
     def __del__(self, _maxsize: int = sys.maxsize, _warn: Any = warnings.warn,
-                _abandoned: list[tuple[int, int | None]] = abandoned, _lock: Any = abandoned_lock) -> None:
+                _abandoned: list[tuple[int, int | None]] = abandoned, _lock: Any = abandoned_lock,
+                _lazy: Any = _LAZY) -> None:
         # Only what the default arguments hold: at interpreter exit the module's globals may be gone already.
         if not self._child_created:
             return
+        if (self.returncode is not None and self._stdin_f is not _lazy and self._stdout_f is not _lazy
+                and self._stderr_f is not _lazy):
+            return  # reaped, no pipe left to this method: nothing to do (every finished run() ends here)
         try:
             if self.returncode is None:
                 # Not reading the exit status makes a zombie, destroyed only when the parent exits.
@@ -847,7 +861,12 @@ class Popen(Generic[AnyStr]):
         little longer for the child (which likely got the SIGINT too), then lets the KeyboardInterrupt
         through.
         """
-        endtime = None if timeout is None else _time() + timeout
+        if timeout is None:
+            if self.returncode is not None:
+                return self.returncode
+            endtime = None
+        else:
+            endtime = _time() + timeout
         try:
             return self._wait(timeout=timeout)
         except KeyboardInterrupt:
