@@ -148,6 +148,7 @@ _FS_ERRORS = sys.getfilesystemencodeerrors()
 
 def _fsencode_checked(value: Any) -> bytes:
     kind = type(value)
+    data: bytes
     if kind is str:
         data = value.encode(_FS_ENCODING, _FS_ERRORS)  # os.fsencode's own conversion
     elif kind is bytes:
