@@ -477,18 +477,19 @@ def start(request: Request) -> Process:
     """Starts a prepared request (the GIL is released during the spawn) and returns its Process."""
     if abandoned:
         reap_abandoned()
-    res = ffi.new("struct pyproc_spawn_result *")
+    child = ffi.new("struct pyproc_child *")
     stdio = request.stdio
     try:
-        err = lib.pyproc_spawn(request.c, ENGINE_CODES[request.engine], res)
+        err = lib.pyproc_spawn_child(request.c, ffi.NULL, 0, 0, ENGINE_CODES[request.engine], child)
         if err:
-            where, filename = failure_message(request, res.fail_stage, res.fail_index)
+            where, filename = failure_message(request, child.spawn.fail_stage, child.spawn.fail_index)
             raise os_error(err, filename, where)
     except BaseException:
         stdio.close_all()
         raise
+    res = child.spawn
     if not stdio.child_ends:
-        return Process(res.pid, res.pidfd if res.pidfd >= 0 else None, request.args)
+        return Process(res.pid, res.pidfd if res.pidfd >= 0 else None, request.args, _c=child)
     for fd in stdio.child_ends:
         os.close(fd)
     stdio.child_ends = []
@@ -500,7 +501,40 @@ def start(request: Request) -> Process:
         None if ends[0] is None else open(ends[0], "wb"),
         None if ends[1] is None else open(ends[1], "rb"),
         None if ends[2] is None else open(ends[2], "rb"),
+        _c=child,
     )
+
+
+def _start_direct(argv: Sequence[StrOrBytesPath], engine: str) -> Process | None:
+    """spawn() with every option at its default and argv a list or tuple of str naming a path: the common case.
+
+    The arguments go to C as one packed bytes object (split there, no per-argument allocation) with the shared
+    default request.  None when argv is anything else; the general path then checks and converts it.
+    """
+    if type(argv) is not list and type(argv) is not tuple:
+        return None
+    try:
+        joined = "\0".join(argv)
+    except TypeError:
+        return None  # bytes or os.PathLike items (or bad ones): the general path converts or reports them
+    if not joined or "/" not in argv[0] or joined.count("\0") != len(argv) - 1:
+        return None  # PATH search, an empty argv, a NUL inside an argument
+    try:
+        packed = joined.encode(_FS_ENCODING, _FS_ERRORS)
+    except UnicodeEncodeError:
+        return None
+    if abandoned:
+        reap_abandoned()
+    child = ffi.new("struct pyproc_child *")
+    err = lib.pyproc_spawn_child(_DEFAULT_REQUEST, packed, len(packed), len(argv), ENGINE_CODES[engine], child)
+    res = child.spawn
+    if err:
+        # Rare: the general request (same argv, same defaults) names the failing step and file the usual way.
+        request = _prepare(argv, engine, None, None, None, None, None, (), True, None, None, False, None, None, None,
+                           None, False, True, None)
+        where, filename = failure_message(request, res.fail_stage, res.fail_index)
+        raise os_error(err, filename, where)
+    return Process(res.pid, res.pidfd if res.pidfd >= 0 else None, argv, _c=child)
 
 
 def prepare(
@@ -582,6 +616,14 @@ def spawn(
     (FileNotFoundError, PermissionError, ...) with errno, filename and the failing step when the child cannot
     start; a child that failed has already been reaped.
     """
+    if (executable is None and stdin is None and stdout is None and stderr is None and fds is None
+            and type(pass_fds) is tuple and not pass_fds and close_fds is True and cwd is None and env is None
+            and new_session is False and process_group is None and umask is None and rlimits is None
+            and pdeathsig is None and no_new_privs is False and restore_signals is True and sigmask is None
+            and engine in ENGINE_CODES):
+        proc = _start_direct(argv, engine)
+        if proc is not None:
+            return proc
     return start(_prepare(
         argv, engine, executable, stdin, stdout, stderr, fds, pass_fds, close_fds, cwd, env, new_session,
         process_group, umask, rlimits, pdeathsig, no_new_privs, restore_signals, sigmask,
