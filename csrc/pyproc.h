@@ -52,6 +52,13 @@ const char *pyproc_version(void);
 #define PYPROC_STAGE_EXEC 16
 #define PYPROC_STAGE_POSIX_SPAWN 17
 
+/* pyproc_spawn_piped: which of the child's standard fds get a new pipe (bit i: fd i), and stderr joined to
+   stdout (the child's fd 2 becomes whatever its fd 1 is). */
+#define PYPROC_PIPE_STDIN 1
+#define PYPROC_PIPE_STDOUT 2
+#define PYPROC_PIPE_STDERR 4
+#define PYPROC_STDERR_TO_STDOUT 8
+
 /* Fallbacks that tests can force, to exercise the code older kernels take (bit mask). */
 #define PYPROC_FORCE_NO_CLONE3 1
 #define PYPROC_FORCE_NO_CLONE_PIDFD 2
@@ -148,6 +155,13 @@ struct pyproc_child {
    req->argv is not used; req->exec_paths NULL then means argv[0].  With args NULL, req->argv is used. */
 int pyproc_spawn_child(const struct pyproc_spawn_request *req, const char *args, size_t args_len, int argc,
                        int engine, struct pyproc_child *child);
+
+/* pyproc_spawn_child with pipes made here for the standard fds in `pipes` (PYPROC_PIPE_* | PYPROC_STDERR_TO_STDOUT;
+   req must have no fd actions of its own).  On success parent_ends[i] is the parent's end of fd i's pipe (-1 for
+   fds without one) and the child's ends are closed; on failure nothing stays open.  A failed dup2 names its index
+   in the order stdin, stdout, stderr of the fds that have an action. */
+int pyproc_spawn_piped(const struct pyproc_spawn_request *req, const char *args, size_t args_len, int argc,
+                       int engine, int pipes, struct pyproc_child *child, int parent_ends[3]);
 
 /* The child side alone, for a caller that forked by itself: never returns.  Failures are written to error_fd as
    one record of two int32 (stage | index << 8, errno), then _exit(127). */

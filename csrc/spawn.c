@@ -10,6 +10,7 @@
  */
 #include "pyproc.h"
 
+#include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
 #include <sched.h>
@@ -853,6 +854,59 @@ int pyproc_spawn_child(const struct pyproc_spawn_request *req, const char *args,
     int err = at == end + 1 ? pyproc_spawn(&local, engine, &child->spawn) : parent_failed(&child->spawn, EINVAL);
     if (argv != on_stack)
         free(argv);
+    return err;
+}
+
+int pyproc_spawn_piped(const struct pyproc_spawn_request *req, const char *args, size_t args_len, int argc,
+                       int engine, int pipes, struct pyproc_child *child, int parent_ends[3])
+{
+    int child_ends[3] = {-1, -1, -1};
+    struct pyproc_fd_action actions[3];
+    int n = 0, err = 0;
+    parent_ends[0] = parent_ends[1] = parent_ends[2] = -1;
+    if (!req || req->n_fd_actions != 0 || (pipes & PYPROC_STDERR_TO_STDOUT && pipes & PYPROC_PIPE_STDERR)) {
+        memset(child, 0, sizeof *child);
+        child->spawn.pidfd = -1;
+        return parent_failed(&child->spawn, EINVAL);
+    }
+    for (int fd = 0; fd < 3; fd++) {
+        int ends[2];
+        if (!(pipes & (1 << fd)))
+            continue;
+        if (pipe2(ends, O_CLOEXEC) != 0) {
+            err = errno;
+            break;
+        }
+        child_ends[fd] = fd == 0 ? ends[0] : ends[1];
+        parent_ends[fd] = fd == 0 ? ends[1] : ends[0];
+        actions[n++] = (struct pyproc_fd_action){fd, child_ends[fd], 0};
+    }
+    if (!err && pipes & PYPROC_STDERR_TO_STDOUT)
+        actions[n++] = (struct pyproc_fd_action){2, child_ends[1] >= 0 ? child_ends[1] : 1, 0};
+    /* With the parent's fd 0, 1 or 2 closed a pipe end can land there: move such a source out of the way first,
+       as the general fd plan does. */
+    for (int a = 0; a < n; a++)
+        for (int b = 0; b < n; b++)
+            if (actions[a].source != actions[a].target && actions[a].source == actions[b].target)
+                actions[a].move_first = 1;
+    if (err) {
+        memset(child, 0, sizeof *child);
+        child->spawn.pidfd = -1;
+        parent_failed(&child->spawn, err);
+    } else {
+        struct pyproc_spawn_request local = *req;
+        local.fd_actions = actions;
+        local.n_fd_actions = n;
+        err = pyproc_spawn_child(&local, args, args_len, argc, engine, child);
+    }
+    for (int fd = 0; fd < 3; fd++) {
+        if (child_ends[fd] >= 0)
+            close(child_ends[fd]);
+        if (err && parent_ends[fd] >= 0) {
+            close(parent_ends[fd]);
+            parent_ends[fd] = -1;
+        }
+    }
     return err;
 }
 

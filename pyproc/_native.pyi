@@ -44,6 +44,10 @@ class _Lib:
     PYPROC_STAGE_SIGMASK: int
     PYPROC_STAGE_EXEC: int
     PYPROC_STAGE_POSIX_SPAWN: int
+    PYPROC_PIPE_STDIN: int
+    PYPROC_PIPE_STDOUT: int
+    PYPROC_PIPE_STDERR: int
+    PYPROC_STDERR_TO_STDOUT: int
     PYPROC_FORCE_NO_CLONE3: int
     PYPROC_FORCE_NO_CLONE_PIDFD: int
     PYPROC_FORCE_NO_CLOSE_RANGE: int
@@ -51,6 +55,8 @@ class _Lib:
     def pyproc_spawn(self, req: CData, engine: int, res: CData) -> int: ...
     def pyproc_spawn_child(self, req: CData, args: bytes | CData, args_len: int, argc: int, engine: int,
                            child: CData) -> int: ...
+    def pyproc_spawn_piped(self, req: CData, args: bytes | CData, args_len: int, argc: int, engine: int,
+                           pipes: int, child: CData, parent_ends: CData) -> int: ...
     def pyproc_exec_child(self, req: CData, error_fd: int) -> None: ...
     def pyproc_read_child_error(self, error_fd: int, got: CData, res: CData) -> int: ...
     def pyproc_set_forced_fallbacks(self, mask: int) -> None: ...

@@ -505,23 +505,41 @@ def start(request: Request) -> Process:
     )
 
 
-def _start_direct(argv: Sequence[StrOrBytesPath], engine: str) -> Process | None:
-    """spawn() with every option at its default and argv a list or tuple of str naming a path: the common case.
+def _pack_direct(argv: Sequence[StrOrBytesPath]) -> bytes | None:
+    """argv as the packed bytes pyproc_spawn_child splits, when it is a list or tuple of str naming a path.
 
-    The arguments go to C as one packed bytes object (split there, no per-argument allocation) with the shared
-    default request.  None when argv is anything else; the general path then checks and converts it.
+    None for anything else (bytes or os.PathLike items, a PATH search, a NUL, an empty argv): the general path
+    then checks and converts it, and reports what is wrong.
     """
     if type(argv) is not list and type(argv) is not tuple:
         return None
     try:
         joined = "\0".join(argv)
     except TypeError:
-        return None  # bytes or os.PathLike items (or bad ones): the general path converts or reports them
+        return None
     if not joined or "/" not in argv[0] or joined.count("\0") != len(argv) - 1:
-        return None  # PATH search, an empty argv, a NUL inside an argument
+        return None
     try:
-        packed = joined.encode(_FS_ENCODING, _FS_ERRORS)
+        return joined.encode(_FS_ENCODING, _FS_ERRORS)
     except UnicodeEncodeError:
+        return None
+
+
+def _direct_failure(argv: Sequence[StrOrBytesPath], engine: str, err: int, res: Any) -> OSError:
+    """The exception for a failed direct spawn, named by the general request for the same argv (a rare path)."""
+    request = _prepare(argv, engine, None, None, None, None, None, (), True, None, None, False, None, None, None,
+                       None, False, True, None)
+    where, filename = failure_message(request, res.fail_stage, res.fail_index)
+    return os_error(err, filename, where)
+
+
+def _start_direct(argv: Sequence[StrOrBytesPath], engine: str) -> Process | None:
+    """spawn() with every option at its default: the common case, one packed argv and the shared default request.
+
+    None when argv does not qualify (see _pack_direct).
+    """
+    packed = _pack_direct(argv)
+    if packed is None:
         return None
     if abandoned:
         reap_abandoned()
@@ -529,12 +547,38 @@ def _start_direct(argv: Sequence[StrOrBytesPath], engine: str) -> Process | None
     err = lib.pyproc_spawn_child(_DEFAULT_REQUEST, packed, len(packed), len(argv), ENGINE_CODES[engine], child)
     res = child.spawn
     if err:
-        # Rare: the general request (same argv, same defaults) names the failing step and file the usual way.
-        request = _prepare(argv, engine, None, None, None, None, None, (), True, None, None, False, None, None, None,
-                           None, False, True, None)
-        where, filename = failure_message(request, res.fail_stage, res.fail_index)
-        raise os_error(err, filename, where)
+        raise _direct_failure(argv, engine, err, res)
     return Process(res.pid, res.pidfd if res.pidfd >= 0 else None, argv, _c=child)
+
+
+_GROUP_REQUEST = ffi.new("struct pyproc_spawn_request *", _DEFAULT_REQUEST[0])
+_GROUP_REQUEST.process_group = 0
+_STDIO_TARGETS = ((lib.PYPROC_PIPE_STDIN, 0), (lib.PYPROC_PIPE_STDOUT, 1), (lib.PYPROC_PIPE_STDERR, 2),
+                  (lib.PYPROC_STDERR_TO_STDOUT, 2))
+
+
+def _start_piped(argv: Sequence[StrOrBytesPath], packed: bytes, pipes: int,
+                 new_group: bool) -> tuple[Process, list[int | None]]:
+    """run()'s common case: default options (new_group: process_group=0), argv packed by _pack_direct, new pipes
+    for the standard fds in pipes (PYPROC_PIPE_* | PYPROC_STDERR_TO_STDOUT), made by the C side with the spawn.
+
+    Returns the Process (no file objects) and the parent's pipe ends by child fd.
+    """
+    if abandoned:
+        reap_abandoned()
+    child = ffi.new("struct pyproc_child *")
+    ends = ffi.new("int[3]")
+    err = lib.pyproc_spawn_piped(_GROUP_REQUEST if new_group else _DEFAULT_REQUEST, packed, len(packed),
+                                 len(argv), lib.PYPROC_ENGINE_CLONE, pipes, child, ends)
+    res = child.spawn
+    if err:
+        if res.fail_stage == lib.PYPROC_STAGE_DUP2:
+            targets = [target for flag, target in _STDIO_TARGETS if pipes & flag]
+            target = targets[res.fail_index] if 0 <= res.fail_index < len(targets) else "?"
+            raise os_error(err, None, f"in the child, dup2 of a pipe to fd {target}")
+        raise _direct_failure(argv, "auto", err, res)
+    proc = Process(res.pid, res.pidfd if res.pidfd >= 0 else None, argv, _c=child)
+    return proc, [None if fd < 0 else fd for fd in ends]
 
 
 def prepare(
