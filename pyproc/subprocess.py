@@ -66,7 +66,7 @@ from typing import IO, Any, AnyStr, Generic, cast
 from . import _subprocess_pump
 from ._lib import ffi, lib
 from .process import Process, abandoned, abandoned_lock, reap_abandoned
-from .spawn import _prepare
+from .spawn import _DEFAULT_REQUEST, _prepare
 
 # Private helpers some code imports from subprocess (multiprocessing, test suites).
 _args_from_interpreter_flags = _std._args_from_interpreter_flags  # type: ignore[attr-defined]
@@ -384,6 +384,38 @@ class Popen(Generic[AnyStr]):
         argv = [args] if isinstance(args, (str, bytes, os.PathLike)) else list(args)
         executable = argv[0]
         sys.audit("subprocess.Popen", executable, argv, None, None)
+        packed = _pack_argv(argv)
+        if packed is None:  # bytes or path-like arguments, a NUL, ...: the general conversion and its errors
+            self._start_prepared(args, argv, executable, stdin, stdout, stderr)
+            return
+        # The common case: argv packed in one bytes object, the pipes made by the C side with the spawn.
+        program = packed.partition(b"\0")[0]
+        entry = _DIRECT if b"/" in program else _path_request(program)  # held until the spawn returns
+        pipes = ((lib.PYPROC_PIPE_STDIN if stdin else 0) | (lib.PYPROC_PIPE_STDOUT if stdout else 0)
+                 | (lib.PYPROC_PIPE_STDERR if stderr else 0))
+        child = ffi.new("struct pyproc_child *")
+        ends = ffi.new("int[3]")
+        err = lib.pyproc_spawn_piped(entry[0], packed, len(packed), len(argv), lib.PYPROC_ENGINE_CLONE, pipes, child,
+                                     ends)
+        res = child.spawn
+        if err:
+            # (the child's ends of new pipes are above 2 while the parent's standard fds are open)
+            raise _child_error(res.fail_stage, err, _naming(
+                executable, None, None, True, (), 3 if stdin else -1, 3 if stdout else -1, 3 if stderr else -1,
+                False, -1, None, None, None, -1))
+        self.pid = pid = res.pid
+        self._proc = _Child(pid, res.pidfd if res.pidfd >= 0 else None, args, _c=child)
+        self._child_created = True
+        if stdin:
+            self._stdin_fd, self._stdin_f = ends[0], _LAZY
+        if stdout:
+            self._stdout_fd, self._stdout_f = ends[1], _LAZY
+        if stderr:
+            self._stderr_fd, self._stderr_f = ends[2], _LAZY
+
+    def _start_prepared(self, args: Any, argv: list[Any], executable: Any, stdin: bool, stdout: bool,
+                        stderr: bool) -> None:
+        """_start_plain for arguments that do not pack: converted one by one (bytes, os.PathLike, errors)."""
         bargs = [_fsencode_checked(arg) for arg in argv]
         program = bargs[0]
         p2cread = p2cwrite = c2pread = c2pwrite = errread = errwrite = -1
@@ -1109,6 +1141,44 @@ _NOEXEC_NAMES_NOTHING = sys.version_info >= (3, 13)
 _FLAGS_ARE_INTS = sys.version_info < (3, 12)
 _STD_USES_POSIX_SPAWN = bool(getattr(_std, "_USE_POSIX_SPAWN", False))
 _STD_POSIX_SPAWN_CLOSES_FDS = bool(getattr(_std, "_HAVE_POSIX_SPAWN_CLOSEFROM", False))
+
+
+def _pack_argv(argv: list[Any]) -> bytes | None:
+    """argv as the packed bytes pyproc_spawn_piped splits (NUL-separated), when it is str items only with no NUL
+    and a non-empty program; None for anything else (the general conversion then reports what is wrong)."""
+    try:
+        joined = "\0".join(argv)
+    except TypeError:
+        return None
+    if not argv[0] or joined.count("\0") != len(argv) - 1:
+        return None
+    try:
+        return joined.encode(_FS_ENCODING, _FS_ERRORS)  # os.fsencode's conversion
+    except UnicodeEncodeError:
+        return None
+
+
+_DIRECT = (_DEFAULT_REQUEST,)  # a program named by a path: the shared default request runs argv[0]
+_path_requests: dict[tuple[bytes, str | None], tuple[Any, ...]] = {}
+
+
+def _path_request(program: bytes) -> tuple[Any, ...]:
+    """(the default request with program's PATH candidates, what it points to), kept per program and PATH.
+
+    The caller holds the tuple while the request is in use (the cache may be cleared by another thread).
+    """
+    key = (program, os.environ.get("PATH"))
+    entry = _path_requests.get(key)
+    if entry is None:
+        c_paths, n_paths, c_strings = _exec_paths(program, None)
+        req = ffi.new("struct pyproc_spawn_request *", _DEFAULT_REQUEST[0])
+        req.exec_paths = c_paths
+        req.n_exec_paths = n_paths
+        entry = (req, c_paths, c_strings)
+        if len(_path_requests) >= 256:
+            _path_requests.clear()
+        _path_requests[key] = entry
+    return entry
 
 
 _exec_path_cache: dict[tuple[bytes, str | None], tuple[Any, int, list[Any]]] = {}
