@@ -1029,8 +1029,13 @@ class Popen(Generic[AnyStr]):
             else:
                 stdin = stdin_f = self.stdin
                 if stdin:
-                    with contextlib.suppress(BrokenPipeError):
+                    try:
                         stdin.flush()  # what the caller wrote to .stdin goes first
+                    except BrokenPipeError:
+                        pass
+                    except ValueError:  # flush of closed file: later standard libraries ignore it
+                        if not stdin.closed or not _std_ignores_closed_stdin():
+                            raise
                     if not input:
                         with contextlib.suppress(BrokenPipeError):
                             stdin.close()
@@ -1114,6 +1119,25 @@ class _Naming:
             self.exec = executable
             self.chdir = cwd
             self.noexec = None if _NOEXEC_NAMES_NOTHING else cwd
+
+
+_closed_stdin_ignored: list[bool] = []
+
+
+def _std_ignores_closed_stdin() -> bool:
+    """Whether this standard library's communicate() ignores a .stdin the caller closed (CPython gh-74389, in
+    3.13 and later patch releases) instead of raising "flush of closed file": asked of its own code, once."""
+    if not _closed_stdin_ignored:
+        import inspect
+
+        try:
+            source = inspect.getsource(_std.Popen._communicate)  # type: ignore[attr-defined]
+        except (OSError, TypeError):  # no source: by version (the fix reached 3.13 in a patch release)
+            ignored = sys.version_info >= (3, 14)
+        else:
+            ignored = "except ValueError" in source
+        _closed_stdin_ignored.append(ignored)
+    return _closed_stdin_ignored[0]
 
 
 def _naming(executable: Any, cwd: Any, preexec_fn: Any, close_fds: Any, pass_fds: Any, p2cread: int,
