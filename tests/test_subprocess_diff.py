@@ -1096,6 +1096,19 @@ def case_check_output_then_again(sp: Any) -> Any:
     return first, p.communicate(), pipe_object(p.stdout)
 
 
+@case
+def case_pipe_objects_between_timeout_and_communicate(sp: Any) -> Any:
+    p = sp.Popen(["sh", "-c", "echo a; sleep 0.3; echo b; echo e >&2"], stdout=sp.PIPE, stderr=sp.PIPE)
+    try:
+        p.communicate(timeout=0.05)
+        timed_out = False
+    except sp.TimeoutExpired:
+        timed_out = True
+    between = [type(p.stdout).__name__, p.stdout.closed, isinstance(p.stdout.fileno(), int)]
+    out = p.communicate()
+    return timed_out, between, out, p.stdout.closed, p.stderr.closed, p.returncode
+
+
 def collected_warnings(make: Callable[[], Any]) -> list[tuple[str, str]]:
     """The warnings emitted while the object make() returns is dropped and collected."""
     gc.collect()
