@@ -1459,6 +1459,43 @@ def test_pipes_with_the_parents_stdio_closed(sp: Any, tmp_path: pathlib.Path) ->
 
 
 @pytest.mark.parametrize("sp", MODULES)
+def test_pipes_when_fds_run_out(sp: Any, tmp_path: pathlib.Path) -> None:
+    """EMFILE while making the pipes: OSError without a filename, nothing left open, and the next call works."""
+    out = tmp_path / "out"
+    code = f"""if True:
+        import os, resource
+        import {sp.__name__} as sp
+        report = open({str(out)!r}, "w")
+        filler = []
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        while True:
+            try:
+                filler.append(os.open(os.devnull, os.O_RDONLY))
+            except OSError:
+                break
+        seen = []
+        for free in range(4):  # fewer free fds than the four pipe ends need
+            for fd in filler[:free]:
+                os.close(fd)
+            try:
+                sp.run(["true"], capture_output=True)
+                seen.append(("ok", free))
+            except OSError as exc:
+                seen.append((type(exc).__name__, exc.errno, exc.filename, str(exc), free))
+            filler[:free] = [os.open(os.devnull, os.O_RDONLY) for _ in range(free)]  # all free fds came back
+        for fd in filler[:16]:
+            os.close(fd)
+        seen.append(sp.run(["echo", "x"], capture_output=True).stdout)
+        report.write(repr(seen))
+        report.close()
+    """
+    std.run([PY, "-c", code], check=True)
+    emfile = ("OSError", 24, None, "[Errno 24] Too many open files")
+    assert out.read_text() == repr([(*emfile, free) for free in range(4)] + [b"x\n"])
+
+
+@pytest.mark.parametrize("sp", MODULES)
 def test_path_search_follows_environ(sp: Any, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The PATH search sees changes to os.environ["PATH"] between calls (pyproc keeps searches per PATH)."""
     prog = tmp_path / "pyproc-path-prog"
