@@ -24,8 +24,21 @@ Decisions where the standard library leaves room:
   at a later spawn, as subprocess does.
 - Bad fds (stdin/stdout/stderr, pass_fds) are found in the parent, before any child exists, and reported with
   the exception the standard library's child would have sent back.
+- With the default bufsize in binary mode, the pipes' file objects (.stdin, .stdout, .stderr) are made when
+  first asked for: run(), check_output() and communicate() give the pipes to the C pump as plain fds and close
+  them, and a caller who never looks at the attributes never pays for file objects.  Asked for afterwards, an
+  attribute is the file object the standard library would hold there (open, or closed with the pipe's fd
+  number as its name); a Popen collected with such a pipe still open closes it with the standard library's
+  "unclosed file <_io.BufferedReader name=N>" ResourceWarning.  Popen with every option at its default starts
+  the child through spawn's C-made pipes (pyproc_spawn_piped), the PATH search kept per program and PATH.
 
 Known differences (edge cases):
+
+- stdin / stdout / stderr are properties, not entries of the instance's __dict__ (vars(p) does not show them).
+  When a Popen is collected with some pipes' file objects made and others not, its "unclosed file" warnings
+  come for the unmade ones first (the standard library: in stdin, stdout, stderr order); and a Popen collected
+  while its child runs closes its pipes at once (the standard library keeps it, pipes open, until a later Popen
+  reaps the child).
 
 - After communicate() timed out with input still unsent, .stdin is already closed: the C pump owns the pipe
   until communicate() finishes or the with block exits (which ends the input, as closing .stdin does).
