@@ -971,7 +971,7 @@ class Popen(Generic[AnyStr]):
             raise ValueError("Cannot send input after starting communication")
         # With no timeout, nothing started and at most one pipe, plain blocking I/O is enough (as subprocess).
         if timeout is None and not self._communication_started and \
-                [self._stdin_f, self._stdout_f, self._stderr_f].count(None) >= 2:
+                (self._stdin_f is None) + (self._stdout_f is None) + (self._stderr_f is None) >= 2:
             stdout = None
             stderr = None
             if self._stdout_f is _LAZY and _subprocess_pump._Pump is not None:
@@ -1040,7 +1040,7 @@ class Popen(Generic[AnyStr]):
                     os.close(self._stdin_fd)
                 stdin: Any = None
             else:
-                stdin = stdin_f = self.stdin
+                stdin = stdin_f = None if stdin_f is None else self.stdin
                 if stdin:
                     try:
                         stdin.flush()  # what the caller wrote to .stdin goes first
