@@ -200,18 +200,62 @@ _LAZY = _PipeState("<open pipe, no file object yet>")
 _LAZY_CLOSED = _PipeState("<closed pipe, no file object yet>")
 
 
-def _closed_file(fd: int, mode: str) -> IO[bytes]:
-    """A closed file object just like the one the standard library leaves for a pipe (fd) it closed: asked for
-    after communicate() or the with block closed a pipe whose file object was never made (a rare path)."""
-    dummy = os.open(os.devnull, (os.O_WRONLY if mode == "wb" else os.O_RDONLY) | os.O_CLOEXEC)
+def _pipe_file(fd: int, mode: str, closed: bool, codec: tuple[str, str] | None) -> IO[Any]:
+    """The file object the standard library makes for a pipe's parent end (fd): open(fd, mode, -1), in a
+    TextIOWrapper in text mode (codec: its encoding and errors; stdin's writes through).  closed: fd was closed
+    already (by communicate() or the with block): a closed file object with fd as its name (a rare path)."""
+    raw_fd = fd
+    if closed:
+        raw_fd = os.open(os.devnull, (os.O_WRONLY if mode == "wb" else os.O_RDONLY) | os.O_CLOEXEC)
     try:
-        f = open(dummy, mode, -1)  # noqa: SIM115
+        f: IO[Any] = open(raw_fd, mode, -1)  # noqa: SIM115
     except BaseException:
-        os.close(dummy)
+        if closed:
+            os.close(raw_fd)
         raise
-    f.raw.name = fd  # type: ignore[attr-defined]  # FileIO keeps its name in its __dict__: what repr shows
-    f.close()
+    if closed:
+        f.raw.name = fd  # type: ignore[attr-defined]  # FileIO keeps its name in its __dict__: what repr shows
+    if codec is not None:
+        if mode == "wb":
+            f = io.TextIOWrapper(cast(IO[bytes], f), write_through=True, line_buffering=False, encoding=codec[0],
+                                 errors=codec[1])
+        else:
+            f = io.TextIOWrapper(cast(IO[bytes], f), encoding=codec[0], errors=codec[1])
+    if closed:
+        f.close()
     return f
+
+
+class _Unseekable(io.BytesIO):
+    """A pipe's stand-in for _text_codec's probe: not seekable."""
+
+    def seekable(self) -> bool:
+        return False
+
+
+_text_codecs: dict[tuple[str, str | None], tuple[str, str]] = {}
+
+
+def _text_codec(encoding: Any, errors: Any) -> tuple[str, str]:
+    """(encoding, errors) of the TextIOWrapper(pipe, encoding=encoding, errors=errors) the standard library
+    makes for a pipe in text mode; raises what that constructor raises (LookupError for an unknown encoding, ...).
+
+    A probe wrapper over an unseekable in-memory buffer answers (its checks are the constructor's own); what it
+    accepted is kept, so the check runs once per (encoding, errors).
+    """
+    key = (encoding, errors) if type(encoding) is str and (errors is None or type(errors) is str) else None
+    if key is not None:
+        known = _text_codecs.get(key)
+        if known is not None:
+            return known
+    probe = io.TextIOWrapper(_Unseekable(), encoding=encoding, errors=errors)
+    codec = (probe.encoding, cast(str, probe.errors))
+    probe.detach()
+    if key is not None:
+        if len(_text_codecs) >= 64:
+            _text_codecs.clear()
+        _text_codecs[key] = codec
+    return codec
 
 
 class Popen(Generic[AnyStr]):
@@ -263,6 +307,7 @@ class Popen(Generic[AnyStr]):
     _stdin_fd = -1
     _stdout_fd = -1
     _stderr_fd = -1
+    _text_codec: tuple[str, str] | None = None  # text mode: the pipes' TextIOWrapper (encoding, errors)
 
     def __init__(
         self,
@@ -298,13 +343,16 @@ class Popen(Generic[AnyStr]):
             reap_abandoned()
         self.args = args
         # Every option at its default and stdin / stdout / stderr each None or PIPE: the common case, one test.
+        # (text mode included: text / universal_newlines / encoding / errors only change the file objects).
         if (bufsize == -1 and executable is None and preexec_fn is None and close_fds is True and shell is False
-                and cwd is None and env is None and universal_newlines is None and startupinfo is None
-                and creationflags == 0 and restore_signals is True and start_new_session is False and not pass_fds
-                and user is None and group is None and extra_groups is None and encoding is None
-                and errors is None and text is None and umask == -1 and pipesize == -1 and process_group is None
-                and (stdin is None or stdin is PIPE) and (stdout is None or stdout is PIPE)
+                and cwd is None and env is None and startupinfo is None and creationflags == 0
+                and restore_signals is True and start_new_session is False and not pass_fds and user is None
+                and group is None and extra_groups is None and umask == -1 and pipesize == -1
+                and process_group is None and (stdin is None or stdin is PIPE) and (stdout is None or stdout is PIPE)
                 and (stderr is None or stderr is PIPE)):
+            if encoding is not None or errors is not None or text is not None or universal_newlines is not None:
+                self._text_options(encoding, errors, text, universal_newlines,
+                                   stdin is PIPE or stdout is PIPE or stderr is PIPE)
             self._start_plain(args, stdin is PIPE, stdout is PIPE, stderr is PIPE)
             return
         if bufsize is None:
@@ -347,7 +395,9 @@ class Popen(Generic[AnyStr]):
 
         p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite = self._get_handles(stdin, stdout, stderr)
         try:
-            lazy = bufsize == -1 and not self.text_mode  # the file objects are made when asked for
+            lazy = bufsize == -1 and not line_buffering  # the file objects are made when asked for
+            if lazy and self.text_mode and (p2cwrite != -1 or c2pread != -1 or errread != -1):
+                self._text_codec = _text_codec(encoding, errors)
             if lazy:
                 if p2cwrite != -1:
                     self._stdin_fd, self._stdin_f = p2cwrite, _LAZY
@@ -390,6 +440,20 @@ class Popen(Generic[AnyStr]):
                     with contextlib.suppress(OSError):
                         os.close(fd)
             raise
+
+    def _text_options(self, encoding: Any, errors: Any, text: Any, universal_newlines: Any, pipes: bool) -> None:
+        """__init__'s text-mode settings (its checks and messages, in its order); pipes: some stream is PIPE."""
+        self.encoding = encoding
+        self.errors = errors
+        if text is not None and universal_newlines is not None and bool(universal_newlines) != bool(text):
+            raise SubprocessError("Cannot disambiguate when both text and universal_newlines are supplied "
+                                  "but different. Pass one or the other.")
+        self.text_mode = encoding or errors or text or universal_newlines
+        if self.text_mode:
+            if encoding is None:
+                self.encoding = encoding = _text_encoding()
+            if pipes:  # what making the pipes' TextIOWrappers raises (an unknown encoding, ...)
+                self._text_codec = _text_codec(encoding, errors)
 
     def _start_plain(self, args: Any, stdin: bool, stdout: bool, stderr: bool) -> None:
         """__init__ with every option at its default, stdin / stdout / stderr each None or PIPE (True)."""
@@ -483,10 +547,8 @@ class Popen(Generic[AnyStr]):
     def stdin(self) -> IO[Any] | None:
         """The parent's end of the child's stdin pipe, a writable file object (None when stdin is not PIPE)."""
         f = self._stdin_f
-        if f is _LAZY:
-            f = self._stdin_f = open(self._stdin_fd, "wb", -1)  # noqa: SIM115
-        elif f is _LAZY_CLOSED:
-            f = self._stdin_f = _closed_file(self._stdin_fd, "wb")
+        if f is _LAZY or f is _LAZY_CLOSED:
+            f = self._stdin_f = _pipe_file(self._stdin_fd, "wb", f is _LAZY_CLOSED, self._text_codec)
         return cast("IO[Any] | None", f)
 
     @stdin.setter
@@ -499,10 +561,8 @@ class Popen(Generic[AnyStr]):
     def stdout(self) -> IO[Any] | None:
         """The parent's end of the child's stdout pipe, a readable file object (None when stdout is not PIPE)."""
         f = self._stdout_f
-        if f is _LAZY:
-            f = self._stdout_f = open(self._stdout_fd, "rb", -1)  # noqa: SIM115
-        elif f is _LAZY_CLOSED:
-            f = self._stdout_f = _closed_file(self._stdout_fd, "rb")
+        if f is _LAZY or f is _LAZY_CLOSED:
+            f = self._stdout_f = _pipe_file(self._stdout_fd, "rb", f is _LAZY_CLOSED, self._text_codec)
         return cast("IO[Any] | None", f)
 
     @stdout.setter
@@ -515,10 +575,8 @@ class Popen(Generic[AnyStr]):
     def stderr(self) -> IO[Any] | None:
         """The parent's end of the child's stderr pipe, a readable file object (None when stderr is not PIPE)."""
         f = self._stderr_f
-        if f is _LAZY:
-            f = self._stderr_f = open(self._stderr_fd, "rb", -1)  # noqa: SIM115
-        elif f is _LAZY_CLOSED:
-            f = self._stderr_f = _closed_file(self._stderr_fd, "rb")
+        if f is _LAZY or f is _LAZY_CLOSED:
+            f = self._stderr_f = _pipe_file(self._stderr_fd, "rb", f is _LAZY_CLOSED, self._text_codec)
         return cast("IO[Any] | None", f)
 
     @stderr.setter
@@ -643,8 +701,11 @@ class Popen(Generic[AnyStr]):
             for _kind, fd in unclosed:
                 with _suppress(OSError):
                     _close(fd)
+            codec = self._text_codec
             for kind, fd in unclosed:
-                _warn(f"unclosed file <_io.{kind} name={fd}>", ResourceWarning, source=self)
+                what = f"<_io.{kind} name={fd}>" if codec is None else \
+                    f"<_io.TextIOWrapper name={fd} encoding={codec[0]!r}>"
+                _warn(f"unclosed file {what}", ResourceWarning, source=self)
 
     # ---- the child's stdio ---------------------------------------------------------------------------------
 
@@ -974,10 +1035,11 @@ class Popen(Generic[AnyStr]):
                 (self._stdin_f is None) + (self._stdout_f is None) + (self._stderr_f is None) >= 2:
             stdout = None
             stderr = None
-            if self._stdout_f is _LAZY and _subprocess_pump._Pump is not None:
+            binary = self._text_codec is None and _subprocess_pump._Pump is not None
+            if self._stdout_f is _LAZY and binary:
                 stdout = self._read_lazy_pipe(self._stdout_fd)
                 self._stdout_f = _LAZY_CLOSED
-            elif self._stderr_f is _LAZY and _subprocess_pump._Pump is not None:
+            elif self._stderr_f is _LAZY and binary:
                 stderr = self._read_lazy_pipe(self._stderr_fd)
                 self._stderr_f = _LAZY_CLOSED
             elif self.stdin:
@@ -1031,8 +1093,11 @@ class Popen(Generic[AnyStr]):
             owned_stdin = None
             stdin_f = self._stdin_f
             if stdin_f is _LAZY and native:
-                # binary mode: memoryview() raises the TypeError a write would (str input, ...)
-                view = memoryview(input) if input is not None else None
+                data = input
+                if data is not None and self.text_mode:
+                    data = data.encode(*self._codec_of(stdin_f, "stdin"))
+                # memoryview() raises the TypeError a write would (str input in binary mode, ...)
+                view = memoryview(data) if data is not None else None
                 self._stdin_f = _LAZY_CLOSED  # the pump owns the fd now (it closes it once the input is written)
                 if input:
                     owned_stdin = self._stdin_fd
@@ -1054,7 +1119,7 @@ class Popen(Generic[AnyStr]):
                             stdin.close()
                 data = input
                 if data is not None and self.text_mode and stdin:
-                    data = data.encode(stdin.encoding, stdin.errors)
+                    data = data.encode(stdin.encoding, stdin.errors)  # (a binary stdin: AttributeError)
                 # memoryview() raises the TypeError a write would (str input in binary mode, ...)
                 view = memoryview(data) if data is not None and stdin else None
             f = self._stdout_f
@@ -1106,12 +1171,18 @@ class Popen(Generic[AnyStr]):
         stderr: Any = None if self._stderr_f is None else err
         if self.text_mode:
             if stdout is not None:
-                stdout = self._translate_newlines(stdout, self.stdout.encoding,  # type: ignore[union-attr]
-                                                  self.stdout.errors)  # type: ignore[union-attr]
+                stdout = self._translate_newlines(stdout, *self._codec_of(self._stdout_f, "stdout"))
             if stderr is not None:
-                stderr = self._translate_newlines(stderr, self.stderr.encoding,  # type: ignore[union-attr]
-                                                  self.stderr.errors)  # type: ignore[union-attr]
+                stderr = self._translate_newlines(stderr, *self._codec_of(self._stderr_f, "stderr"))
         return stdout, stderr
+
+    def _codec_of(self, state: Any, name: str) -> tuple[str, str]:
+        """(encoding, errors) of a pipe's file object, as communicate() asks it for them: the TextIOWrapper's own
+        (a binary file object has none: AttributeError, as with the standard library)."""
+        if (state is _LAZY or state is _LAZY_CLOSED) and self._text_codec is not None:
+            return self._text_codec
+        f = getattr(self, name)
+        return f.encoding, f.errors
 
 
 class _Naming:

@@ -995,10 +995,13 @@ def numbered(text: str) -> str:
 
 def pipe_object(stream: Any) -> Any:
     """What a caller can see of a pipe's file object, open or closed."""
-    seen: list[Any] = [type(stream).__name__, stream.closed, stream.mode, numbered(repr(stream)),
+    mode = getattr(stream, "mode", None)  # (a TextIOWrapper made by hand has none)
+    reading = mode == "rb" or (mode is None and stream.buffer.mode == "rb")
+    seen: list[Any] = [type(stream).__name__, stream.closed, mode, numbered(repr(stream)),
                        type(stream.name).__name__]
-    for method, args in (("fileno", ()), ("read" if "r" in stream.mode else "write", () if "r" in stream.mode
-                                          else (b"x",)), ("readable", ()), ("writable", ()), ("flush", ())):
+    data = b"x" if mode is not None else "x"
+    for method, args in (("fileno", ()), ("read", ()) if reading else ("write", (data,)), ("readable", ()),
+                         ("writable", ()), ("flush", ())):
         try:
             result = getattr(stream, method)(*args)
             seen.append((method, type(result).__name__))
@@ -1109,6 +1112,82 @@ def case_pipe_objects_between_timeout_and_communicate(sp: Any) -> Any:
     return timed_out, between, out, p.stdout.closed, p.stderr.closed, p.returncode
 
 
+def text_pipe_object(stream: Any) -> Any:
+    """pipe_object() for a text-mode pipe: the wrapper's settings and its buffer too."""
+    return [pipe_object(stream), stream.encoding, stream.errors, stream.line_buffering,
+            getattr(stream, "write_through", None), type(stream.buffer).__name__, stream.buffer.closed]
+
+
+@case
+def case_text_pipe_objects_after_communicate(sp: Any) -> Any:
+    seen = []
+    for kw in ({"text": True}, {"encoding": "latin-1", "errors": "replace"}, {"universal_newlines": True},
+               {"errors": "strict"}, {"encoding": "locale"}):
+        p = sp.Popen(["sh", "-c", "cat; printf 'a\\r\\nb\\xe9\\n' >&2"], stdin=sp.PIPE, stdout=sp.PIPE,
+                     stderr=sp.PIPE, **kw)
+        seen.append((p.communicate("in\r\n"), p.encoding == "locale" or p.encoding == p.stdout.encoding))
+        seen.append([text_pipe_object(s) for s in (p.stdin, p.stdout, p.stderr)])
+    return seen
+
+
+@case
+def case_text_pipe_objects_while_running(sp: Any) -> Any:
+    with sp.Popen(["cat"], stdin=sp.PIPE, stdout=sp.PIPE, text=True, encoding="utf-8") as p:
+        seen = [[type(s).__name__, s.closed, s.encoding, s.errors, getattr(s, "write_through", None)]
+                for s in (p.stdin, p.stdout)]
+        p.stdin.write("é\n")
+        p.stdin.flush()
+        seen.append(p.stdout.readline())
+    return seen, [s.closed for s in (p.stdin, p.stdout)]
+
+
+@case
+def case_text_options_checked(sp: Any) -> Any:
+    seen = []
+    for kw in ({"stdout": sp.PIPE, "encoding": "rot13"}, {"stdout": sp.PIPE, "encoding": 1},
+               {"stdout": sp.PIPE, "text": True, "errors": 1}, {"encoding": "no-such-codec"},
+               {"stdin": sp.PIPE, "encoding": "no-such-codec"}, {"stdout": sp.PIPE, "text": True, "errors": "bogus"}):
+        def run(kw: dict[str, Any] = kw) -> Any:
+            with sp.Popen(["true"], **kw) as p:
+                return p.communicate()
+        seen.append(describe_or(run, None))
+    return seen
+
+
+@case
+def case_text_mode_switched_after_start(sp: Any) -> Any:
+    seen = []
+    p = sp.Popen(["cat"], stdin=sp.PIPE, stdout=sp.PIPE, stderr=sp.PIPE)
+    p.universal_newlines = True  # the pipes stay binary
+    seen.append(describe_or(lambda: p.communicate("x"), None))
+    p.kill()
+    p.wait()
+    p.stdin.close()
+    p.stdout.close()
+    p.stderr.close()
+    q = sp.Popen(["cat"], stdin=sp.PIPE, stdout=sp.PIPE, stderr=sp.PIPE, text=True)
+    q.universal_newlines = False  # the pipes stay text
+    seen.append(q.communicate(b"y\r\n"))
+    return seen
+
+
+@case
+def case_text_pipes_warn_when_collected(sp: Any) -> Any:
+    def finished() -> Any:
+        p = sp.Popen(["true"], stdin=sp.PIPE, stdout=sp.PIPE, stderr=sp.PIPE, encoding="latin-1")
+        p.wait()
+        return p
+
+    return collected_warnings(finished)
+
+
+@case
+def case_text_single_pipe(sp: Any) -> Any:
+    return (sp.check_output(["printf", "a\\r\\nb"], text=True),
+            sp.run(["sh", "-c", "printf 'e\\r' >&2"], stderr=sp.PIPE, encoding="ascii").stderr,
+            sp.run(["sh", "-c", "cat >/dev/null"], input="i\n", text=True).returncode)
+
+
 def collected_warnings(make: Callable[[], Any]) -> list[tuple[str, str]]:
     """The warnings emitted while the object make() returns is dropped and collected."""
     gc.collect()
@@ -1200,7 +1279,8 @@ PUMP_CASES = ["communicate_big_both_ways", "timeout_then_context_exit", "communi
               "text_input", "str_input_in_binary_mode", "communicate_zero_timeout", "stderr_to_stdout",
               "pipe_objects_after_communicate", "one_pipe_object_then_communicate",
               "single_pipe_objects_after_communicate", "context_manager_closes_untouched_pipes",
-              "unclosed_pipes_warn_when_collected"]
+              "unclosed_pipes_warn_when_collected", "text_pipe_objects_after_communicate",
+              "text_mode_switched_after_start"]
 
 
 @pytest.mark.parametrize("name", PUMP_CASES)
