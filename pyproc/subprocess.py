@@ -342,18 +342,21 @@ class Popen(Generic[AnyStr]):
         if abandoned:
             reap_abandoned()
         self.args = args
-        # Every option at its default and stdin / stdout / stderr each None or PIPE: the common case, one test.
+        # Every option at its default, stdin / stdout / stderr each None, PIPE or DEVNULL (stderr: or STDOUT with
+        # stdout PIPE or DEVNULL): the common case, one test
         # (text mode included: text / universal_newlines / encoding / errors only change the file objects).
         if (bufsize == -1 and executable is None and preexec_fn is None and close_fds is True and shell is False
                 and cwd is None and env is None and startupinfo is None and creationflags == 0
                 and restore_signals is True and start_new_session is False and not pass_fds and user is None
                 and group is None and extra_groups is None and umask == -1 and pipesize == -1
-                and process_group is None and (stdin is None or stdin is PIPE) and (stdout is None or stdout is PIPE)
-                and (stderr is None or stderr is PIPE)):
+                and process_group is None and (stdin is None or stdin is PIPE or stdin is DEVNULL)
+                and (stdout is None or stdout is PIPE or stdout is DEVNULL)
+                and (stderr is None or stderr is PIPE or stderr is DEVNULL
+                     or (stderr is STDOUT and stdout is not None))):
             if encoding is not None or errors is not None or text is not None or universal_newlines is not None:
                 self._text_options(encoding, errors, text, universal_newlines,
                                    stdin is PIPE or stdout is PIPE or stderr is PIPE)
-            self._start_plain(args, stdin is PIPE, stdout is PIPE, stderr is PIPE)
+            self._start_plain(args, stdin, stdout, stderr)
             return
         if bufsize is None:
             bufsize = -1
@@ -455,21 +458,24 @@ class Popen(Generic[AnyStr]):
             if pipes:  # what making the pipes' TextIOWrappers raises (an unknown encoding, ...)
                 self._text_codec = _text_codec(encoding, errors)
 
-    def _start_plain(self, args: Any, stdin: bool, stdout: bool, stderr: bool) -> None:
-        """__init__ with every option at its default, stdin / stdout / stderr each None or PIPE (True)."""
+    def _start_plain(self, args: Any, stdin: Any, stdout: Any, stderr: Any) -> None:
+        """__init__ with every option at its default but the text mode's; stdin / stdout / stderr each None, PIPE
+        or DEVNULL, or stderr STDOUT with stdout PIPE or DEVNULL."""
         # _execute_child's steps for these options, in the standard library's order (its messages, its audit).
         argv = [args] if isinstance(args, (str, bytes, os.PathLike)) else list(args)
         executable = argv[0]
         sys.audit("subprocess.Popen", executable, argv, None, None)
         packed = _pack_argv(argv)
-        if packed is None:  # bytes or path-like arguments, a NUL, ...: the general conversion and its errors
+        if packed is None or stdin is DEVNULL or stdout is DEVNULL or stderr is DEVNULL:
+            # bytes or path-like arguments, a NUL, ... (the general conversion and its errors), /dev/null
             self._start_prepared(args, argv, executable, stdin, stdout, stderr)
             return
         # The common case: argv packed in one bytes object, the pipes made by the C side with the spawn.
         program = packed.partition(b"\0")[0]
         entry = _DIRECT if b"/" in program else _path_request(program)  # held until the spawn returns
-        pipes = ((lib.PYPROC_PIPE_STDIN if stdin else 0) | (lib.PYPROC_PIPE_STDOUT if stdout else 0)
-                 | (lib.PYPROC_PIPE_STDERR if stderr else 0))
+        pipes = ((lib.PYPROC_PIPE_STDIN if stdin is PIPE else 0) | (lib.PYPROC_PIPE_STDOUT if stdout is PIPE else 0)
+                 | (lib.PYPROC_PIPE_STDERR if stderr is PIPE else lib.PYPROC_STDERR_TO_STDOUT if stderr is STDOUT
+                    else 0))
         child = ffi.new("struct pyproc_child *")
         ends = ffi.new("int[3]")
         err = lib.pyproc_spawn_piped(entry[0], packed, len(packed), len(argv), lib.PYPROC_ENGINE_CLONE, pipes, child,
@@ -478,31 +484,44 @@ class Popen(Generic[AnyStr]):
         if err:
             # (the child's ends of new pipes are above 2 while the parent's standard fds are open)
             raise _child_error(res.fail_stage, err, _naming(
-                executable, None, None, True, (), 3 if stdin else -1, 3 if stdout else -1, 3 if stderr else -1,
-                False, -1, None, None, None, -1))
+                executable, None, None, True, (), 3 if stdin is PIPE else -1, 3 if stdout is PIPE else -1,
+                3 if stderr is not None else -1, False, -1, None, None, None, -1))
         self.pid = pid = res.pid
         self._proc = _Child(pid, res.pidfd if res.pidfd >= 0 else None, args, _c=child)
         self._child_created = True
-        if stdin:
+        if stdin is PIPE:
             self._stdin_fd, self._stdin_f = ends[0], _LAZY
-        if stdout:
+        if stdout is PIPE:
             self._stdout_fd, self._stdout_f = ends[1], _LAZY
-        if stderr:
+        if stderr is PIPE:
             self._stderr_fd, self._stderr_f = ends[2], _LAZY
 
-    def _start_prepared(self, args: Any, argv: list[Any], executable: Any, stdin: bool, stdout: bool,
-                        stderr: bool) -> None:
-        """_start_plain for arguments that do not pack: converted one by one (bytes, os.PathLike, errors)."""
+    def _start_prepared(self, args: Any, argv: list[Any], executable: Any, stdin: Any, stdout: Any,
+                        stderr: Any) -> None:
+        """_start_plain for arguments that do not pack (converted one by one: bytes, os.PathLike, errors) and for
+        DEVNULL: spawn's checked request, the pipes and /dev/null opened here (in _get_handles' order)."""
         bargs = [_fsencode_checked(arg) for arg in argv]
         program = bargs[0]
-        p2cread = p2cwrite = c2pread = c2pwrite = errread = errwrite = -1
+        p2cread = p2cwrite = c2pread = c2pwrite = errread = errwrite = devnull = -1
         try:
-            if stdin:
+            if stdin is PIPE:
                 p2cread, p2cwrite = os.pipe()
-            if stdout:
+            elif stdin is DEVNULL:
+                p2cread = devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            if stdout is PIPE:
                 c2pread, c2pwrite = os.pipe()
-            if stderr:
+            elif stdout is DEVNULL:
+                if devnull == -1:
+                    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+                c2pwrite = devnull
+            if stderr is PIPE:
                 errread, errwrite = os.pipe()
+            elif stderr is STDOUT:
+                errwrite = c2pwrite
+            elif stderr is DEVNULL:
+                if devnull == -1:
+                    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+                errwrite = devnull
             # spawn's fast path for a program named by a path; a PATH search is kept per program (_exec_paths)
             direct = b"/" in program
             request = _prepare(
@@ -518,18 +537,20 @@ class Popen(Generic[AnyStr]):
                 req.n_exec_paths = n_paths
             res = ffi.new("struct pyproc_spawn_result *")
             err = lib.pyproc_spawn(request.c, lib.PYPROC_ENGINE_CLONE, res)
-            child_ends = p2cread, c2pwrite, errwrite
-            p2cread = c2pwrite = errwrite = -1
+            child_fds = p2cread, c2pwrite, errwrite
+            child_ends = [fd for fd, parent_end in ((p2cread, p2cwrite), (c2pwrite, c2pread), (errwrite, errread))
+                          if parent_end != -1]
+            if devnull != -1:
+                child_ends.append(devnull)
+            p2cread = c2pwrite = errwrite = devnull = -1
             for fd in child_ends:
-                if fd != -1:
-                    os.close(fd)
+                os.close(fd)
             if err:
-                naming = _naming(executable, None, None, True, (), *child_ends, False, -1, None, None, None, -1)
+                naming = _naming(executable, None, None, True, (), *child_fds, False, -1, None, None, None, -1)
                 raise _child_error(res.fail_stage, err, naming)
         except BaseException:
-            for fd in (p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite):
-                if fd != -1:
-                    os.close(fd)
+            for fd in {p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite, devnull} - {-1}:
+                os.close(fd)
             raise
         self.pid = pid = res.pid
         self._proc = _Child(pid, res.pidfd if res.pidfd >= 0 else None, args)

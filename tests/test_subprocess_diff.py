@@ -1188,6 +1188,23 @@ def case_text_single_pipe(sp: Any) -> Any:
             sp.run(["sh", "-c", "cat >/dev/null"], input="i\n", text=True).returncode)
 
 
+@case
+def case_devnull_and_stdout_combinations(sp: Any) -> Any:
+    # where the child's fds 0-2 lead (pipe / /dev/null / the parent's), for str and bytes argv (two paths)
+    script = "for f in 0 1 2; do readlink /proc/$$/fd/$f; done; cat; echo err >&2"
+    seen = []
+    for kw in ({"stdin": sp.DEVNULL, "stdout": sp.PIPE}, {"stdout": sp.PIPE, "stderr": sp.STDOUT},
+               {"stdin": sp.PIPE, "stdout": sp.DEVNULL, "stderr": sp.STDOUT},
+               {"stdin": sp.DEVNULL, "stdout": sp.PIPE, "stderr": sp.DEVNULL},
+               {"stdin": sp.PIPE, "stdout": sp.PIPE, "stderr": sp.PIPE}):
+        for argv in (["sh", "-c", script], [b"sh", "-c", script], ["/bin/sh", "-c", script]):
+            with sp.Popen(argv, **kw) as p:
+                out = p.communicate(b"in" if kw.get("stdin") == sp.PIPE else None)
+            seen.append((sorted(kw.items()), [None if o is None else numbered(o.decode()) for o in out],
+                         p.returncode, [s is None for s in (p.stdin, p.stdout, p.stderr)]))
+    return seen
+
+
 def collected_warnings(make: Callable[[], Any]) -> list[tuple[str, str]]:
     """The warnings emitted while the object make() returns is dropped and collected."""
     gc.collect()
