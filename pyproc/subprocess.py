@@ -59,6 +59,7 @@ import os
 import signal
 import subprocess as _std
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -198,6 +199,10 @@ class _PipeState:
 
 _LAZY = _PipeState("<open pipe, no file object yet>")
 _LAZY_CLOSED = _PipeState("<closed pipe, no file object yet>")
+# Every change of a pipe from _LAZY (made into its file object, or closed / handed to the pump by this Popen) is
+# made under this lock, so that a thread asking for .stdout never gets a file object whose fd another thread
+# closes at the same time.
+_pipes_lock = threading.Lock()
 
 
 def _pipe_file(fd: int, mode: str, closed: bool, codec: tuple[str, str] | None) -> IO[Any]:
@@ -569,7 +574,10 @@ class Popen(Generic[AnyStr]):
         """The parent's end of the child's stdin pipe, a writable file object (None when stdin is not PIPE)."""
         f = self._stdin_f
         if f is _LAZY or f is _LAZY_CLOSED:
-            f = self._stdin_f = _pipe_file(self._stdin_fd, "wb", f is _LAZY_CLOSED, self._text_codec)
+            with _pipes_lock:
+                f = self._stdin_f
+                if f is _LAZY or f is _LAZY_CLOSED:
+                    f = self._stdin_f = _pipe_file(self._stdin_fd, "wb", f is _LAZY_CLOSED, self._text_codec)
         return cast("IO[Any] | None", f)
 
     @stdin.setter
@@ -583,7 +591,10 @@ class Popen(Generic[AnyStr]):
         """The parent's end of the child's stdout pipe, a readable file object (None when stdout is not PIPE)."""
         f = self._stdout_f
         if f is _LAZY or f is _LAZY_CLOSED:
-            f = self._stdout_f = _pipe_file(self._stdout_fd, "rb", f is _LAZY_CLOSED, self._text_codec)
+            with _pipes_lock:
+                f = self._stdout_f
+                if f is _LAZY or f is _LAZY_CLOSED:
+                    f = self._stdout_f = _pipe_file(self._stdout_fd, "rb", f is _LAZY_CLOSED, self._text_codec)
         return cast("IO[Any] | None", f)
 
     @stdout.setter
@@ -597,7 +608,10 @@ class Popen(Generic[AnyStr]):
         """The parent's end of the child's stderr pipe, a readable file object (None when stderr is not PIPE)."""
         f = self._stderr_f
         if f is _LAZY or f is _LAZY_CLOSED:
-            f = self._stderr_f = _pipe_file(self._stderr_fd, "rb", f is _LAZY_CLOSED, self._text_codec)
+            with _pipes_lock:
+                f = self._stderr_f
+                if f is _LAZY or f is _LAZY_CLOSED:
+                    f = self._stderr_f = _pipe_file(self._stderr_fd, "rb", f is _LAZY_CLOSED, self._text_codec)
         return cast("IO[Any] | None", f)
 
     @stderr.setter
@@ -605,6 +619,15 @@ class Popen(Generic[AnyStr]):
         if self._stderr_f is _LAZY:
             self.stderr  # noqa: B018
         self._stderr_f = value
+
+    def _take_lazy(self, state: str) -> bool:
+        """Marks the pipe whose state attribute is `state` closed if it has no file object (True: the caller
+        then closes its fd or hands it to the pump); False if it is not such a pipe (none, or a file object)."""
+        with _pipes_lock:
+            if getattr(self, state) is _LAZY:
+                setattr(self, state, _LAZY_CLOSED)
+                return True
+        return False
 
     def _discard_pipes(self) -> None:
         """Closes the parent's pipe ends, made into file objects or not (a failed __init__)."""
@@ -645,24 +668,18 @@ class Popen(Generic[AnyStr]):
     def __exit__(
         self, exc_type: type[BaseException] | None, value: BaseException | None, traceback: Any
     ) -> None:
-        f = self._stdout_f
-        if f is _LAZY:
-            self._stdout_f = _LAZY_CLOSED
+        if self._stdout_f is _LAZY and self._take_lazy("_stdout_f"):
             os.close(self._stdout_fd)
-        elif f and f is not _LAZY_CLOSED:
+        elif (f := self._stdout_f) and f is not _LAZY_CLOSED:
             f.close()
-        f = self._stderr_f
-        if f is _LAZY:
-            self._stderr_f = _LAZY_CLOSED
+        if self._stderr_f is _LAZY and self._take_lazy("_stderr_f"):
             os.close(self._stderr_fd)
-        elif f and f is not _LAZY_CLOSED:
+        elif (f := self._stderr_f) and f is not _LAZY_CLOSED:
             f.close()
         try:  # flushing a BufferedWriter may raise
-            f = self._stdin_f
-            if f is _LAZY:
-                self._stdin_f = _LAZY_CLOSED
+            if self._stdin_f is _LAZY and self._take_lazy("_stdin_f"):
                 os.close(self._stdin_fd)
-            elif f and f is not _LAZY_CLOSED:
+            elif (f := self._stdin_f) and f is not _LAZY_CLOSED:
                 f.close()
             if self._exchange is not None:
                 self._exchange.close_input()
@@ -1057,12 +1074,10 @@ class Popen(Generic[AnyStr]):
             stdout = None
             stderr = None
             binary = self._text_codec is None and _subprocess_pump._Pump is not None
-            if self._stdout_f is _LAZY and binary:
-                stdout = self._read_lazy_pipe(self._stdout_fd)
-                self._stdout_f = _LAZY_CLOSED
-            elif self._stderr_f is _LAZY and binary:
-                stderr = self._read_lazy_pipe(self._stderr_fd)
-                self._stderr_f = _LAZY_CLOSED
+            if binary and self._stdout_f is _LAZY and self._take_lazy("_stdout_f"):
+                stdout = self._read_lazy_pipe(self._stdout_fd, "_stdout_f")
+            elif binary and self._stderr_f is _LAZY and self._take_lazy("_stderr_f"):
+                stderr = self._read_lazy_pipe(self._stderr_fd, "_stderr_f")
             elif self.stdin:
                 self._stdin_write(input)
             elif self.stdout:
@@ -1089,13 +1104,21 @@ class Popen(Generic[AnyStr]):
         self.wait(timeout=None if endtime is None else endtime - _time())
         return stdout, stderr
 
-    @staticmethod
-    def _read_lazy_pipe(fd: int) -> bytes:
-        """Reads a pipe that has no file object to end of file with the C pump, then closes it."""
+    def _read_lazy_pipe(self, fd: int, state: str) -> bytes:
+        """Reads a pipe taken by _take_lazy (no file object) to end of file with the C pump, then closes it.  If
+        that is interrupted (^C) the pipe is left open, as the file object's read() would leave it."""
         pump = _subprocess_pump._Pump(None, None, (fd, None), None)
         try:
             pump.run(None)
             data: bytes = pump.take(0)
+        except BaseException:
+            with _pipes_lock:
+                if getattr(self, state) is _LAZY_CLOSED:
+                    setattr(self, state, _LAZY)
+                    fd = -1
+            if fd != -1:  # a closed file object was asked for meanwhile: it is closed
+                os.close(fd)
+            raise
         finally:
             pump.release()
         os.close(fd)
@@ -1113,20 +1136,22 @@ class Popen(Generic[AnyStr]):
             native = _subprocess_pump._Pump is not None
             owned_stdin = None
             stdin_f = self._stdin_f
+            taken = False
             if stdin_f is _LAZY and native:
                 data = input
                 if data is not None and self.text_mode:
                     data = data.encode(*self._codec_of(stdin_f, "stdin"))
                 # memoryview() raises the TypeError a write would (str input in binary mode, ...)
                 view = memoryview(data) if data is not None else None
-                self._stdin_f = _LAZY_CLOSED  # the pump owns the fd now (it closes it once the input is written)
-                if input:
-                    owned_stdin = self._stdin_fd
-                else:
-                    os.close(self._stdin_fd)
-                stdin: Any = None
-            else:
-                stdin = stdin_f = None if stdin_f is None else self.stdin
+                taken = self._take_lazy("_stdin_f")  # the pump owns the fd now: it closes it once the input is in
+                if taken:
+                    if input:
+                        owned_stdin = self._stdin_fd
+                    else:
+                        os.close(self._stdin_fd)
+                    stdin: Any = None
+            if not taken:  # a file object (made by the caller, perhaps by another thread just now) or no pipe
+                stdin = stdin_f = None if self._stdin_f is None else self.stdin
                 if stdin:
                     try:
                         stdin.flush()  # what the caller wrote to .stdin goes first
@@ -1170,18 +1195,14 @@ class Popen(Generic[AnyStr]):
                     with contextlib.suppress(BrokenPipeError):
                         f.close()
             if ex.stdout_done:
-                f = self._stdout_f
-                if f is _LAZY:
-                    self._stdout_f = _LAZY_CLOSED
+                if self._stdout_f is _LAZY and self._take_lazy("_stdout_f"):
                     os.close(self._stdout_fd)
-                elif f is not None and f is not _LAZY_CLOSED and not f.closed:
+                elif (f := self._stdout_f) is not None and f is not _LAZY_CLOSED and not f.closed:
                     f.close()
             if ex.stderr_done:
-                f = self._stderr_f
-                if f is _LAZY:
-                    self._stderr_f = _LAZY_CLOSED
+                if self._stderr_f is _LAZY and self._take_lazy("_stderr_f"):
                     os.close(self._stderr_fd)
-                elif f is not None and f is not _LAZY_CLOSED and not f.closed:
+                elif (f := self._stderr_f) is not None and f is not _LAZY_CLOSED and not f.closed:
                     f.close()
         if not finished:
             partial_out, partial_err = ex.partial()

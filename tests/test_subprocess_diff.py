@@ -1534,6 +1534,33 @@ def test_popen_on_kernel_fallbacks(mask: str) -> None:
         os.close(w)
 
 
+def test_pipe_objects_made_once_across_threads() -> None:
+    """Threads asking for a pipe's file object at once (pyproc makes it on first access) all get the same one,
+    and one closing the Popen while another asks never leaves a file object on a closed fd."""
+    import threading
+
+    with no_fd_leak():
+        for _ in range(100):
+            p = pyp.Popen(["true"], stdout=pyp.PIPE, stderr=pyp.PIPE)
+            barrier = threading.Barrier(3)
+            got: list[Any] = []
+
+            def ask(p: Any = p, barrier: threading.Barrier = barrier, got: list[Any] = got) -> None:
+                barrier.wait()
+                got.append(p.stdout)
+
+            threads = [threading.Thread(target=ask) for _ in range(2)]
+            for t in threads:
+                t.start()
+            barrier.wait()
+            with p:
+                stderr = p.stderr  # the with block closes both pipes, whichever side made the file object
+            for t in threads:
+                t.join()
+            assert got[0] is got[1] is p.stdout
+            assert p.stdout.closed and stderr.closed
+
+
 @pytest.mark.parametrize("sp", MODULES)
 def test_pipes_with_the_parents_stdio_closed(sp: Any, tmp_path: pathlib.Path) -> None:
     """New pipes land on fds 0-2 when the parent has them closed: the child still gets each at the right fd."""
