@@ -467,7 +467,11 @@ class Popen(Generic[AnyStr]):
         """__init__ with every option at its default but the text mode's; stdin / stdout / stderr each None, PIPE
         or DEVNULL, or stderr STDOUT with stdout PIPE or DEVNULL."""
         # _execute_child's steps for these options, in the standard library's order (its messages, its audit).
-        argv = [args] if isinstance(args, (str, bytes, os.PathLike)) else list(args)
+        kind = type(args)
+        if kind is list or kind is tuple:  # (neither str, bytes nor path-like: no isinstance of an ABC)
+            argv = list(args)
+        else:
+            argv = [args] if isinstance(args, (str, bytes, os.PathLike)) else list(args)
         executable = argv[0]
         sys.audit("subprocess.Popen", executable, argv, None, None)
         packed = _pack_argv(argv)
@@ -478,13 +482,11 @@ class Popen(Generic[AnyStr]):
         # The common case: argv packed in one bytes object, the pipes made by the C side with the spawn.
         program = packed.partition(b"\0")[0]
         entry = _DIRECT if b"/" in program else _path_request(program)  # held until the spawn returns
-        pipes = ((lib.PYPROC_PIPE_STDIN if stdin is PIPE else 0) | (lib.PYPROC_PIPE_STDOUT if stdout is PIPE else 0)
-                 | (lib.PYPROC_PIPE_STDERR if stderr is PIPE else lib.PYPROC_STDERR_TO_STDOUT if stderr is STDOUT
-                    else 0))
+        pipes = ((_PIPE_STDIN if stdin is PIPE else 0) | (_PIPE_STDOUT if stdout is PIPE else 0)
+                 | (_PIPE_STDERR if stderr is PIPE else _STDERR_TO_STDOUT if stderr is STDOUT else 0))
         child = ffi.new("struct pyproc_child *")
         ends = ffi.new("int[3]")
-        err = lib.pyproc_spawn_piped(entry[0], packed, len(packed), len(argv), lib.PYPROC_ENGINE_CLONE, pipes, child,
-                                     ends)
+        err = lib.pyproc_spawn_piped(entry[0], packed, len(packed), len(argv), _ENGINE_CLONE, pipes, child, ends)
         res = child.spawn
         if err:
             # (the child's ends of new pipes are above 2 while the parent's standard fds are open)
@@ -1194,16 +1196,23 @@ class Popen(Generic[AnyStr]):
                 if f is not None and f is not _LAZY_CLOSED and not f.closed:
                     with contextlib.suppress(BrokenPipeError):
                         f.close()
-            if ex.stdout_done:
-                if self._stdout_f is _LAZY and self._take_lazy("_stdout_f"):
-                    os.close(self._stdout_fd)
-                elif (f := self._stdout_f) is not None and f is not _LAZY_CLOSED and not f.closed:
-                    f.close()
-            if ex.stderr_done:
-                if self._stderr_f is _LAZY and self._take_lazy("_stderr_f"):
-                    os.close(self._stderr_fd)
-                elif (f := self._stderr_f) is not None and f is not _LAZY_CLOSED and not f.closed:
-                    f.close()
+            out_done = ex.stdout_done
+            err_done = ex.stderr_done
+            if (out_done and self._stdout_f is _LAZY) or (err_done and self._stderr_f is _LAZY):
+                done_fds = []
+                with _pipes_lock:  # (see _take_lazy: both pipes at once)
+                    if out_done and self._stdout_f is _LAZY:
+                        self._stdout_f = _LAZY_CLOSED
+                        done_fds.append(self._stdout_fd)
+                    if err_done and self._stderr_f is _LAZY:
+                        self._stderr_f = _LAZY_CLOSED
+                        done_fds.append(self._stderr_fd)
+                for fd in done_fds:
+                    os.close(fd)
+            if out_done and (f := self._stdout_f) is not None and f is not _LAZY_CLOSED and not f.closed:
+                f.close()
+            if err_done and (f := self._stderr_f) is not None and f is not _LAZY_CLOSED and not f.closed:
+                f.close()
         if not finished:
             partial_out, partial_err = ex.partial()
             raise TimeoutExpired(self.args, cast(float, orig_timeout), output=partial_out, stderr=partial_err)
@@ -1308,6 +1317,11 @@ def _pack_argv(argv: list[Any]) -> bytes | None:
         return None
 
 
+_PIPE_STDIN = lib.PYPROC_PIPE_STDIN
+_PIPE_STDOUT = lib.PYPROC_PIPE_STDOUT
+_PIPE_STDERR = lib.PYPROC_PIPE_STDERR
+_STDERR_TO_STDOUT = lib.PYPROC_STDERR_TO_STDOUT
+_ENGINE_CLONE = lib.PYPROC_ENGINE_CLONE
 _DIRECT = (_DEFAULT_REQUEST,)  # a program named by a path: the shared default request runs argv[0]
 _path_requests: dict[tuple[bytes, str | None], tuple[Any, ...]] = {}
 
