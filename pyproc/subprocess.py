@@ -834,7 +834,9 @@ class Popen(Generic[AnyStr]):
         restore_signals: bool, gid: int | None, gids: list[int] | None, uid: int | None, umask: int,
         start_new_session: bool, process_group: int,
     ) -> None:
-        if isinstance(args, (str, bytes)):
+        if type(args) is list or type(args) is tuple:  # (no isinstance of the os.PathLike ABC)
+            args = list(args)
+        elif isinstance(args, (str, bytes)):
             args = [args]
         elif isinstance(args, os.PathLike):
             if shell:
