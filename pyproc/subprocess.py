@@ -205,6 +205,14 @@ _LAZY_CLOSED = _PipeState("<closed pipe, no file object yet>")
 _pipes_lock = threading.Lock()
 
 
+def _new_pipes_lock() -> None:
+    global _pipes_lock
+    _pipes_lock = threading.Lock()  # a forked child must not inherit it held by a thread that is not there
+
+
+os.register_at_fork(after_in_child=_new_pipes_lock)
+
+
 def _pipe_file(fd: int, mode: str, closed: bool, codec: tuple[str, str] | None) -> IO[Any]:
     """The file object the standard library makes for a pipe's parent end (fd): open(fd, mode, -1), in a
     TextIOWrapper in text mode (codec: its encoding and errors; stdin's writes through).  closed: fd was closed
