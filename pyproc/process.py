@@ -87,16 +87,22 @@ abandoned_lock = threading.Lock()
 
 def reap_abandoned() -> None:
     """Reaps, without blocking, the children of collected Process objects that have finished since."""
+    # The list is taken out under the lock and worked on outside it: allocating here can run the cyclic GC, whose
+    # finalizers (a collected Process's __del__) append to the list under the same lock.
     with abandoned_lock:
-        still_running = []
-        for pid, pidfd in abandoned:
-            out = ffi.new("struct pyproc_exit *")
-            err = lib.pyproc_wait(pid, 1, out)
-            if err == 0 and not out.reaped:
-                still_running.append((pid, pidfd))
-            elif pidfd is not None:
-                os.close(pidfd)
-        abandoned[:] = still_running
+        pending = abandoned[:]
+        abandoned.clear()
+    still_running = []
+    out = ffi.new("struct pyproc_exit *")
+    for pid, pidfd in pending:
+        err = lib.pyproc_wait(pid, 1, out)
+        if err == 0 and not out.reaped:
+            still_running.append((pid, pidfd))
+        elif pidfd is not None:
+            os.close(pidfd)
+    if still_running:
+        with abandoned_lock:
+            abandoned.extend(still_running)
 
 
 class Process:
