@@ -32,8 +32,8 @@
 #include <unistd.h>
 #include <sys/mman.h>
 
-#define SMALL_MAX ((size_t)256 << 10)       /* malloc below this capacity, a mapping above */
-#define FIRST_CAP ((size_t)16 << 10)
+#define CHUNK ((size_t)PYPROC_OUT_CHUNK)
+#define POOL_KEEP ((size_t)PYPROC_OUT_CHUNK_MAX / PYPROC_OUT_CHUNK)  /* most free chunks the pool keeps */
 #define MIN_FREE ((size_t)64 << 10)          /* room for at least this much per read once output is flowing */
 #define BOOST_AFTER ((size_t)256 << 10)      /* enlarge a pipe once this much went through it */
 #define PIPE_BIG (1 << 20)                   /* the size asked for (the unprivileged maximum by default) */
@@ -160,24 +160,140 @@ int pyproc_write_full(int fd, const char *buf, size_t n, size_t *done)
 
 static size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
 
-/* Makes room for at least `need` bytes from data. */
+/* Faults in [from, from + n) (writable anonymous memory) with one madvise instead of a page fault per 4 KiB.
+   Kernels before 5.14 refuse MADV_POPULATE_WRITE: then the writes fault the pages in as usual. */
+static void populate_range(char *from, size_t n)
+{
+#ifdef MADV_POPULATE_WRITE
+    static int refused;
+    size_t page = page_size();
+    uintptr_t lo = (uintptr_t)from / page * page, hi = round_up((uintptr_t)from + n, page);
+    if (!refused && n && madvise((void *)lo, hi - lo, MADV_POPULATE_WRITE) != 0 && errno == EINVAL)
+        refused = 1;
+#else
+    (void)from;
+    (void)n;
+#endif
+}
+
+/* ---- the chunk pool ---------------------------------------------------------------------------------------- *
+ * Outputs up to the crossover (pyproc_pump.chunk_max) are read into CHUNK-byte chunks that come from, and go back
+ * to, a pool kept for the life of the process (at most POOL_KEEP chunks; more are unmapped).  So repeated runs
+ * read into memory whose pages are already faulted in, and the result costs one copy into the bytes object --
+ * which, at these sizes, glibc usually places in recycled heap memory.  Without the pool, each run paid the
+ * kernel for zeroing and mapping fresh pages (more than the copy), and lost to subprocess (issue 3).
+ * The lock is held across fork() (pthread_atfork), so a forked child never inherits it locked. */
+
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
+static int pool_usable;   /* pthread_atfork succeeded: the pool may keep chunks */
+static char *pool_head;   /* free chunks, linked through their first word */
+static size_t pool_count;
+
+static void pool_lock_for_fork(void) { pthread_mutex_lock(&pool_lock); }
+static void pool_unlock_after_fork(void) { pthread_mutex_unlock(&pool_lock); }
+
+static void pool_setup(void)
+{
+    pool_usable = pthread_atfork(pool_lock_for_fork, pool_unlock_after_fork, pool_unlock_after_fork) == 0;
+}
+
+/* A chunk: from the pool, else freshly mapped (faulted in at once when `fill`: output is flowing). */
+static char *chunk_get(int fill, int *err)
+{
+    char *chunk = NULL;
+    pthread_once(&pool_once, pool_setup);
+    if (pool_usable) {
+        pthread_mutex_lock(&pool_lock);
+        if (pool_head) {
+            chunk = pool_head;
+            memcpy(&pool_head, chunk, sizeof pool_head);
+            pool_count--;
+        }
+        pthread_mutex_unlock(&pool_lock);
+        if (chunk)
+            return chunk;
+    }
+    chunk = mmap(NULL, CHUNK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (chunk == MAP_FAILED) {
+        *err = errno;
+        return NULL;
+    }
+    if (fill)
+        populate_range(chunk, CHUNK);
+    return chunk;
+}
+
+static void chunk_put(char *chunk)
+{
+    if (pool_usable) {
+        pthread_mutex_lock(&pool_lock);
+        if (pool_count < POOL_KEEP) {
+            memcpy(chunk, &pool_head, sizeof pool_head);
+            pool_head = chunk;
+            pool_count++;
+            chunk = NULL;
+        }
+        pthread_mutex_unlock(&pool_lock);
+    }
+    if (chunk)
+        munmap(chunk, CHUNK);  /* cannot fail for a whole mapping of ours */
+}
+
+/* Gives b's chunks back to the pool and leaves b empty. */
+static void chunks_release(struct pyproc_outbuf *b)
+{
+    for (size_t k = 0; k < b->nchunks; k++)
+        chunk_put(b->chunks[k]);
+    free(b->chunks);
+    b->chunks = NULL;
+    b->nchunks = b->chunk_slots = 0;
+}
+
+/* Appends one chunk to b. */
+static int chunks_add(struct pyproc_outbuf *b)
+{
+    if (b->nchunks == b->chunk_slots) {
+        size_t slots = b->chunk_slots ? 2 * b->chunk_slots : 8;
+        char **grown = realloc(b->chunks, slots * sizeof *grown);
+        if (!grown)
+            return ENOMEM;
+        b->chunks = grown;
+        b->chunk_slots = slots;
+    }
+    int err = 0;
+    char *chunk = chunk_get(b->len > 0, &err);
+    if (!chunk)
+        return err;
+    b->chunks[b->nchunks++] = chunk;
+    b->data = b->chunks[0];
+    return 0;
+}
+
+/* Copies the first n bytes of b's chunks to dest (faulting dest in ahead of the copy, a chunk at a time, when it
+   is large: it may be fresh memory). */
+static void chunks_copy(const struct pyproc_outbuf *b, char *dest, size_t n)
+{
+    for (size_t k = 0, at = 0; at < n; k++, at += CHUNK) {
+        size_t step = n - at < CHUNK ? n - at : CHUNK;
+        if (n > CHUNK)
+            populate_range(dest + at, step);
+        memcpy(dest + at, b->chunks[k], step);
+    }
+}
+
+/* ---- map mode ---------------------------------------------------------------------------------------------- */
+
+/* Makes room for at least `need` bytes from data in b's mapping (mapped now, or grown by mremap). */
 static int outbuf_reserve(struct pyproc_outbuf *b, size_t need, size_t lead)
 {
     if (need <= b->cap)
         return 0;
-    size_t cap = b->cap ? b->cap : FIRST_CAP;
+    size_t cap = b->cap ? b->cap : CHUNK;
     while (cap < need) {
         if (cap > SIZE_MAX / 2)
             return ENOMEM;
         cap *= 2;
-    }
-    if (cap <= SMALL_MAX) {
-        char *grown = realloc(b->base, cap);
-        if (!grown)
-            return ENOMEM;
-        b->base = b->data = grown;
-        b->cap = cap;
-        return 0;
     }
     size_t page = page_size();
     lead %= page;
@@ -195,12 +311,16 @@ static int outbuf_reserve(struct pyproc_outbuf *b, size_t need, size_t lead)
             return err;
         }
     } else {
+        /* Leaving chunk mode: what the chunks hold is copied once into the mapping's first pages. */
         base = mmap(NULL, map_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (base == MAP_FAILED)
             return errno;
-        if (b->len)
-            memcpy(base + lead, b->data, b->len);
-        free(b->base);
+        if (b->len) {
+            populate_range(base + lead, b->len);
+            chunks_copy(b, base + lead, b->len);
+            b->populated = b->len;
+        }
+        chunks_release(b);
     }
     b->base = base;
     b->data = base + lead;
@@ -211,26 +331,17 @@ static int outbuf_reserve(struct pyproc_outbuf *b, size_t need, size_t lead)
     return 0;
 }
 
-/* Faults in (zeroed, writable) the buffer's pages up to `upto` bytes from data, with one madvise instead of a
-   page fault per 4 KiB.  Kernels before 5.14 refuse MADV_POPULATE_WRITE: then the reads fault as usual. */
+/* Faults in the mapping's pages up to `upto` bytes from data (see populate_range). */
 static void populate(struct pyproc_outbuf *b, size_t upto)
 {
-#ifdef MADV_POPULATE_WRITE
-    static int refused;
-    size_t page = page_size();
-    if (refused || upto <= b->populated)
+    if (upto <= b->populated)
         return;
-    uintptr_t from = (uintptr_t)(b->data + b->populated) / page * page;
-    uintptr_t to = round_up((uintptr_t)(b->data + upto), page);
-    if (to > (uintptr_t)(b->base + b->map_size))
-        to = (uintptr_t)(b->base + b->map_size);
-    if (to > from && madvise((void *)from, to - from, MADV_POPULATE_WRITE) != 0 && errno == EINVAL)
-        refused = 1;
+    char *from = b->data + b->populated, *to = b->data + upto, *end = b->base + b->map_size;
+    if (to > end)
+        to = end;
+    if (to > from)
+        populate_range(from, (size_t)(to - from));
     b->populated = upto;
-#else
-    (void)b;
-    (void)upto;
-#endif
 }
 
 /* ---- the helper: a thread that pays for the page faults of a big output on the other CPU ------------------ *
@@ -319,8 +430,7 @@ static void outbuf_free(struct pyproc_outbuf *b)
     helper_stop(b);
     if (b->map_size)
         munmap(b->base, b->map_size);
-    else
-        free(b->base);
+    chunks_release(b);
     memset(b, 0, sizeof *b);
 }
 
@@ -333,6 +443,7 @@ void pyproc_pump_init(struct pyproc_pump *p)
     p->out_fd[0] = p->out_fd[1] = -1;
     p->max_output = UINT64_MAX;
     p->deadline_ns = -1;
+    p->chunk_max = PYPROC_OUT_CHUNK_MAX;
 }
 
 /* The pump's fds are the parent's ends of pipes pyproc made (no O_APPEND, O_ASYNC, O_DIRECT to keep), so one
@@ -410,39 +521,52 @@ static int pump_read(struct pyproc_pump *p, int i, int *ready)
 {
     struct pyproc_outbuf *b = &p->out[i];
     uint64_t allowed = p->max_output == UINT64_MAX ? UINT64_MAX : p->max_output + 1;  /* one more: to see it */
-    size_t want_free = MIN_FREE;
-    if (b->cap - b->len < want_free) {
-        size_t need = b->len + want_free;
-        if (allowed != UINT64_MAX && need > allowed)
-            need = allowed > b->len ? (size_t)allowed : b->len + 1;
-        int err = outbuf_reserve(b, need, p->lead);
-        if (err)
-            return err;
-    }
-    size_t room = b->cap - b->len;
-    if (allowed != UINT64_MAX && allowed - b->len < room)
-        room = (size_t)(allowed - b->len);
-    if (room == 0) {  /* at the limit (only while draining): nothing more is taken */
+    if (allowed != UINT64_MAX && b->len >= allowed) {  /* at the limit (only while draining): nothing more */
         *ready = 0;
         return 0;
     }
-    if (b->map_size && !b->helper && b->len >= HELPER_AFTER)
-        helper_start(b);
-    if (b->helper) {
-        if (room > HELPER_READ)
-            room = HELPER_READ;
-        helper_poke(b->helper, b->len + HELPER_AHEAD);
-    } else if (b->map_size) {
-        /* A big buffer is faulted in a whole stretch at a time, by one call instead of a fault per page, once
-           less than MIN_FREE of it is left ahead of the reads: writers often send 4 KiB at a time, and one
-           madvise per small read cost more than the faults it saved.  Reads stay inside the populated part, so
-           the pages were just zeroed (still in the cache) when the pipe's data is copied in. */
-        if (b->populated < b->len + MIN_FREE)
-            populate(b, b->len + POPULATE_STEP);
-        if (b->populated > b->len && room > b->populated - b->len)
-            room = b->populated - b->len;
+    char *at;
+    size_t room;
+    if (!b->map_size && b->len < p->chunk_max) {
+        size_t k = b->len / CHUNK, off = b->len % CHUNK;
+        if (k == b->nchunks) {
+            int err = chunks_add(b);
+            if (err)
+                return err;
+        }
+        at = b->chunks[k] + off;
+        room = CHUNK - off;
+    } else {
+        if (!b->map_size || b->cap - b->len < MIN_FREE) {  /* !map_size: leaving chunk mode */
+            size_t need = b->len + MIN_FREE;
+            if (allowed != UINT64_MAX && need > allowed)
+                need = (size_t)allowed;
+            int err = outbuf_reserve(b, need, p->lead);
+            if (err)
+                return err;
+        }
+        at = b->data + b->len;
+        room = b->cap - b->len;
+        if (!b->helper && b->len >= HELPER_AFTER)
+            helper_start(b);
+        if (b->helper) {
+            if (room > HELPER_READ)
+                room = HELPER_READ;
+            helper_poke(b->helper, b->len + HELPER_AHEAD);
+        } else {
+            /* A big buffer is faulted in a whole stretch at a time, by one call instead of a fault per page, once
+               less than MIN_FREE of it is left ahead of the reads: writers often send 4 KiB at a time, and one
+               madvise per small read cost more than the faults it saved.  Reads stay inside the populated part,
+               so the pages were just zeroed (still in the cache) when the pipe's data is copied in. */
+            if (b->populated < b->len + MIN_FREE)
+                populate(b, b->len + POPULATE_STEP);
+            if (b->populated > b->len && room > b->populated - b->len)
+                room = b->populated - b->len;
+        }
     }
-    ssize_t got = read(p->out_fd[i], b->data + b->len, room);
+    if (allowed != UINT64_MAX && allowed - b->len < room)
+        room = (size_t)(allowed - b->len);
+    ssize_t got = read(p->out_fd[i], at, room);
     if (got < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK) {
             *ready = 0;
@@ -581,10 +705,15 @@ int pyproc_pump_take(struct pyproc_pump *p, int stream, char *dest, size_t n)
     struct pyproc_outbuf *b = &p->out[stream];
     if (n > b->len)
         return EINVAL;
+    if (!b->map_size) {
+        chunks_copy(b, dest, n);
+        outbuf_free(b);
+        return 0;
+    }
     size_t page = page_size();
     uintptr_t src = (uintptr_t)b->data, dst = (uintptr_t)dest;
     size_t head = (page - src % page) % page;
-    if (b->map_size && src % page == dst % page && n >= head + 16 * page) {
+    if (src % page == dst % page && n >= head + 16 * page) {
         size_t moved = (n - head) / page * page;
         memcpy(dest, b->data, head);
         void *to = mremap(b->data + head, moved, moved, MREMAP_MAYMOVE | MREMAP_FIXED, dest + head);
@@ -602,14 +731,26 @@ int pyproc_pump_take(struct pyproc_pump *p, int stream, char *dest, size_t n)
         }
     }
     /* Copied: in steps whose destination pages are faulted in at once first (dest is fresh memory). */
-    struct pyproc_outbuf target = {.base = dest, .data = dest, .map_size = n};
     for (size_t at = 0; at < n; at += POPULATE_STEP) {
         size_t step = n - at < POPULATE_STEP ? n - at : POPULATE_STEP;
-        if (n >= SMALL_MAX)
-            populate(&target, at + step);
+        populate_range(dest + at, step);
         memcpy(dest + at, b->data + at, step);
     }
     outbuf_free(b);
+    return 0;
+}
+
+int pyproc_pump_copy(const struct pyproc_pump *p, int stream, char *dest, size_t n)
+{
+    if (stream < 0 || stream > 1)
+        return EINVAL;
+    const struct pyproc_outbuf *b = &p->out[stream];
+    if (n > b->len)
+        return EINVAL;
+    if (b->map_size)
+        memcpy(dest, b->data, n);
+    else
+        chunks_copy(b, dest, n);
     return 0;
 }
 

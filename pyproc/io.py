@@ -48,9 +48,13 @@ from .spawn import PIPE, STDOUT, FileSpec, prepare, start
 
 _EINTR = errno.EINTR
 _NO_LIMIT = (1 << 64) - 1
-_BIG = 1 << 20  # outputs at least this large are handed over by pyproc_pump_take (pages moved, not copied)
+_SMALL = 64 << 10  # smaller outputs are sliced out of the pump's first chunk; larger ones are copied (or their
+# pages moved) into a new bytes object by C, with the GIL released
+assert _SMALL <= lib.PYPROC_OUT_CHUNK
 _PAGE = os.sysconf("SC_PAGESIZE")
 _page_lead: int | None = None
+_chunk_max = lib.PYPROC_OUT_CHUNK_MAX  # outputs below this stay in the pump's reused chunks (tests lower it)
+_new_bytes: Any = None
 
 Input = Union[bytes, bytearray, memoryview, str, None]  # noqa: UP007 - a runtime alias on 3.10
 
@@ -67,6 +71,28 @@ def _lead() -> int:
         _page_lead = int(ffi.cast("uintptr_t", ffi.from_buffer("char[]", probe))) % _PAGE
         del probe
     return _page_lead
+
+
+def _uninitialized_bytes(n: int) -> bytes:
+    """A new bytes object of n bytes that the caller fills at once (through ffi.from_buffer) before anyone sees it.
+
+    CPython's PyBytes_FromStringAndSize(NULL, n) (through ctypes, imported on first use): unlike bytes(n), it does
+    not zero memory that is about to be overwritten -- glibc's calloc clears recycled heap memory, a whole extra
+    pass over a medium output.  Falls back to bytes(n) where ctypes or that function is missing.
+    """
+    global _new_bytes
+    if _new_bytes is None:
+        try:
+            import ctypes
+
+            func = ctypes.pythonapi.PyBytes_FromStringAndSize
+            func.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
+            func.restype = ctypes.py_object
+            _new_bytes = lambda size: func(None, size)  # noqa: E731
+        except (ImportError, AttributeError):
+            _new_bytes = bytes
+    result: bytes = _new_bytes(n)
+    return result
 
 
 # ---- read_full / write_full --------------------------------------------------------------------------------
@@ -167,6 +193,7 @@ class _Pump:
         if max_output is not None:
             self.c.max_output = max_output
         self.c.lead = _lead()
+        self.c.chunk_max = _chunk_max
         self.released = False
 
     def run(self, deadline: float | None) -> int:
@@ -192,20 +219,25 @@ class _Pump:
 
     def peek(self, stream: int) -> bytes:
         """A copy of what was read so far (the state is kept)."""
-        out = self.c.out[stream]
-        return ffi.buffer(out.data, out.len)[:] if out.len else b""
+        n = int(self.c.out[stream].len)
+        if n < _SMALL:
+            return ffi.buffer(self.c.out[stream].data, n)[:] if n else b""
+        result = _uninitialized_bytes(n)
+        check(lib.pyproc_pump_copy(self.c, stream, ffi.from_buffer("char[]", result), n), None,
+              "copying the output")
+        return result
 
     def take(self, stream: int, limit: int | None = None) -> bytes:
         """What was read, handed over once (at most limit bytes); the buffer is freed."""
         out = self.c.out[stream]
         n = int(out.len) if limit is None else min(int(out.len), limit)
-        if n < _BIG:
+        if n < _SMALL:  # contiguous: the first chunk (or the mapping) holds it
             data = ffi.buffer(out.data, n)[:] if n else b""
             lib.pyproc_pump_take(self.c, stream, ffi.NULL, 0)
             return data
-        # A fresh, not yet shared bytes object (calloc'd, untouched) receives the output: its pages are moved
-        # there when the offsets agree, else copied with the GIL released.
-        result = bytes(n)
+        # A new bytes object, not yet shared, receives the output with the GIL released: copied from the chunks,
+        # or, from a large mapping, its pages moved there when the offsets in a page agree (else copied).
+        result = _uninitialized_bytes(n)
         dest = ffi.from_buffer("char[]", result)
         check(lib.pyproc_pump_take(self.c, stream, dest, n), None, "handing over the output")
         return result
