@@ -270,13 +270,15 @@ static int chunks_add(struct pyproc_outbuf *b)
     return 0;
 }
 
-/* Copies the first n bytes of b's chunks to dest (faulting dest in ahead of the copy, a chunk at a time, when it
-   is large: it may be fresh memory). */
-static void chunks_copy(const struct pyproc_outbuf *b, char *dest, size_t n)
+/* Copies the first n bytes of b's chunks to dest.  fresh: dest is fresh memory, faulted in a chunk at a time
+   ahead of the copy.  Otherwise it is not populated: below PYPROC_OUT_CHUNK_MAX a result is usually recycled heap
+   memory, whose pages are present, and MADV_POPULATE_WRITE still walks every one of them (it cost more than it
+   saved, measured). */
+static void chunks_copy(const struct pyproc_outbuf *b, char *dest, size_t n, int fresh)
 {
     for (size_t k = 0, at = 0; at < n; k++, at += CHUNK) {
         size_t step = n - at < CHUNK ? n - at : CHUNK;
-        if (n > CHUNK)
+        if (fresh)
             populate_range(dest + at, step);
         memcpy(dest + at, b->chunks[k], step);
     }
@@ -316,8 +318,7 @@ static int outbuf_reserve(struct pyproc_outbuf *b, size_t need, size_t lead)
         if (base == MAP_FAILED)
             return errno;
         if (b->len) {
-            populate_range(base + lead, b->len);
-            chunks_copy(b, base + lead, b->len);
+            chunks_copy(b, base + lead, b->len, 1);
             b->populated = b->len;
         }
         chunks_release(b);
@@ -527,7 +528,7 @@ static int pump_read(struct pyproc_pump *p, int i, int *ready)
     }
     char *at;
     size_t room;
-    if (!b->map_size && b->len < p->chunk_max) {
+    if (!b->map_size && b->len <= p->chunk_max) {  /* at chunk_max: one more chunk, for the end of file */
         size_t k = b->len / CHUNK, off = b->len % CHUNK;
         if (k == b->nchunks) {
             int err = chunks_add(b);
@@ -640,7 +641,6 @@ static int pump_run(struct pyproc_pump *p, int drain)
         }
         if (progressed && (in_ready || out_ready[0] || out_ready[1]))
             continue;
-
         /* Nothing can move without waiting: poll every live fd together. */
         struct pollfd fds[3];
         int which[3];
@@ -706,7 +706,8 @@ int pyproc_pump_take(struct pyproc_pump *p, int stream, char *dest, size_t n)
     if (n > b->len)
         return EINVAL;
     if (!b->map_size) {
-        chunks_copy(b, dest, n);
+        /* glibc's malloc maps anything this large afresh (its largest mmap threshold) */
+        chunks_copy(b, dest, n, n >= (size_t)PYPROC_OUT_CHUNK_MAX);
         outbuf_free(b);
         return 0;
     }
@@ -750,7 +751,7 @@ int pyproc_pump_copy(const struct pyproc_pump *p, int stream, char *dest, size_t
     if (b->map_size)
         memcpy(dest, b->data, n);
     else
-        chunks_copy(b, dest, n);
+        chunks_copy(b, dest, n, 0);
     return 0;
 }
 
