@@ -11,16 +11,22 @@
  * output pipes hold, and only when no fd can make progress, poll them all together until the deadline.  A short
  * read or write means the pipe is empty or full, so that fd waits for poll; nothing is retried just to see EAGAIN.
  *
- * Output buffers: malloc'd while small; past SMALL_MAX an anonymous mapping grown by mremap, which moves page
- * tables and never copies what was read.  Fresh pages cost the kernel more (zeroing, accounting, a fault per
- * 4 KiB) than copying the pipe's data into them, so: up to HELPER_AFTER, each read asks for at most POPULATE_STEP
- * bytes whose pages were just faulted in by one MADV_POPULATE_WRITE (one call instead of a fault per page, and
- * the zeroed pages are still in the cache when the data lands); past it, a helper thread faults the buffer in
- * ahead of the reads, on the other CPU, while this thread only copies.  Transparent huge pages were measured and
- * left out: zeroing 2 MiB at a time (cache-cold) cost more here than the faults it saves.  Pipes that carry a
- * lot are enlarged with F_SETPIPE_SZ (fewer wake-ups, bigger reads).  pyproc_pump_take hands a large buffer to
- * Python by moving its pages (mremap MREMAP_FIXED) into a fresh bytes object's storage when both start at the
- * same offset in a page (the Python side arranges it), so 1 GiB of output is never copied in user space.
+ * Output buffers have two modes, with the crossover at pyproc_pump.chunk_max (32 MiB by default, glibc's largest
+ * mmap threshold; measured, issue 3):
+ * - Chunk mode (below it): 256 KiB chunks from a process-wide pool, faulted in once and reused by later runs.
+ *   The result is one copy into a new bytes object, which at these sizes glibc places in recycled heap memory.
+ *   Before, a medium output went to a fresh mapping whose pages the kernel had to zero and fault in (more than
+ *   the copy costs), and then to a heap bytes object by a copy anyway: 15-25% slower than subprocess.
+ * - Map mode (past it; the chunks are copied into it once): an anonymous mapping grown by mremap, which moves
+ *   page tables and never copies what was read.  Fresh pages cost the kernel more (zeroing, accounting, a fault
+ *   per 4 KiB) than copying the pipe's data into them, so a helper thread faults the buffer in ahead of the
+ *   reads, on the other CPU, while this thread only copies (without one -- it could not start, or chunk_max was
+ *   lowered -- each read asks for at most POPULATE_STEP bytes whose pages one MADV_POPULATE_WRITE just faulted
+ *   in).  Transparent huge pages were measured and left out: zeroing 2 MiB at a time (cache-cold) cost more here
+ *   than the faults it saves.  pyproc_pump_take hands the buffer to Python by moving its pages (mremap
+ *   MREMAP_FIXED) into a fresh bytes object's storage (always a fresh mapping at this size) when both start at
+ *   the same offset in a page (the Python side arranges it), so 1 GiB of output is never copied in user space.
+ * Pipes that carry a lot are enlarged with F_SETPIPE_SZ (fewer wake-ups, bigger reads).
  */
 #include "pyproc.h"
 

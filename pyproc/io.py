@@ -24,14 +24,18 @@ the
 - A child in its own group (run() with a timeout) that reads the terminal is stopped by SIGTTIN: give it
   input= or stdin=, or keep it in pyproc's group with process_group=os.getpgrp() (then a timeout kills the
   child alone).
-- Outputs past 4 MiB are read with a short-lived helper thread (all signals blocked) that faults the buffer's
-  pages in ahead of the reads on the other CPU; it never outlives the C call.  A large output reaches Python by
-  moving its pages into the bytes object (mremap), not by copying them.
+- Captured output below 32 MiB per stream is read into 256 KiB chunks from a process-wide pool (reused by later
+  runs, so their pages are faulted in once; the pool keeps at most 32 MiB) and copied once, with the GIL
+  released, into the result.  Past 32 MiB (glibc's largest mmap threshold, above which a bytes object is always a
+  fresh mapping) the output goes to one growing mapping, read with a short-lived helper thread (all signals
+  blocked) that faults its pages in ahead of the reads on the other CPU (it never outlives the C call), and
+  reaches Python by moving its pages into the bytes object (mremap), not by copying them.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import locale
 import math
 import os
@@ -48,9 +52,9 @@ from .spawn import PIPE, STDOUT, FileSpec, prepare, start
 
 _EINTR = errno.EINTR
 _NO_LIMIT = (1 << 64) - 1
-_SMALL = 64 << 10  # smaller outputs are sliced out of the pump's first chunk; larger ones are copied (or their
-# pages moved) into a new bytes object by C, with the GIL released
-assert _SMALL <= lib.PYPROC_OUT_CHUNK
+# Smaller outputs are sliced out of the pump's first chunk (one contiguous piece); larger ones are copied (or
+# their pages moved) into a new bytes object by C, with the GIL released.
+_SMALL = min(64 << 10, lib.PYPROC_OUT_CHUNK)
 _PAGE = os.sysconf("SC_PAGESIZE")
 _page_lead: int | None = None
 _chunk_max = lib.PYPROC_OUT_CHUNK_MAX  # outputs below this stay in the pump's reused chunks (tests lower it)
@@ -88,7 +92,7 @@ def _uninitialized_bytes(n: int) -> bytes:
             func = ctypes.pythonapi.PyBytes_FromStringAndSize
             func.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
             func.restype = ctypes.py_object
-            _new_bytes = lambda size: func(None, size)  # noqa: E731
+            _new_bytes = functools.partial(func, None)
         except (ImportError, AttributeError):
             _new_bytes = bytes
     result: bytes = _new_bytes(n)
