@@ -49,8 +49,10 @@
    and the reads since the last wait brought at least NAP_MIN bytes, the pump sleeps NAP_NS instead of polling,
    then reads what gathered.  Polling, it was woken by nearly every write to the emptied pipe: the wake-up pulled
    it onto the writer's CPU and preempted the writer, hundreds of times per 4 MiB (measured: 5x the context
-   switches of a nap, and slower than subprocess, whose slower reads leave the pipe less often empty).  A nap that
-   brings less than NAP_MIN goes back to poll, so a quiet child costs nothing. */
+   switches of a nap, and slower than subprocess, whose slower reads leave the pipe less often empty).  The nap is
+   a ppoll that asks for no event: writes do not end it, the writer's close (POLLHUP) does, so the end of the
+   output is seen at once.  A nap that brings less than NAP_MIN goes back to poll, so a quiet child costs
+   nothing. */
 #define NAP_NS ((int64_t)60000)
 #define NAP_MIN ((size_t)4096)
 #define BIG_PIPE_MIN (PIPE_BIG / 2)         /* a pipe that holds this much can be left alone for a nap */
@@ -532,6 +534,12 @@ static int pump_write(struct pyproc_pump *p, int *ready)
     return 0;
 }
 
+/* Output b flows into an enlarged pipe, in chunk mode (in map mode, naps were measured slower: 1 GiB capture). */
+static int napping(const struct pyproc_outbuf *b)
+{
+    return b->big_pipe && !b->map_size;
+}
+
 /* Reads once from output i; *ready = 0 when the pipe is (now) empty. */
 static int pump_read(struct pyproc_pump *p, int i, int *ready)
 {
@@ -661,7 +669,7 @@ static int pump_run(struct pyproc_pump *p, int drain)
         /* A stream is flowing into an enlarged pipe: nap, then read what gathered, instead of poll (see NAP_NS). */
         size_t total = p->out[0].len + p->out[1].len, got_since = total - seen;
         seen = total;
-        if (!drain && p->in_fd < 0 && got_since >= NAP_MIN && (p->out[0].big_pipe || p->out[1].big_pipe)) {
+        if (!drain && p->in_fd < 0 && got_since >= NAP_MIN && (napping(&p->out[0]) || napping(&p->out[1]))) {
             int64_t nap = NAP_NS;
             if (p->deadline_ns >= 0) {
                 int64_t left = p->deadline_ns - pyproc_monotonic_ns();
@@ -672,10 +680,18 @@ static int pump_run(struct pyproc_pump *p, int drain)
                 if (left < nap)
                     nap = left;
             }
+            /* No events asked: a write does not wake this poll, the writer's close (POLLHUP) does. */
+            struct pollfd fds[2];
+            nfds_t n = 0;
+            for (int i = 0; i < 2; i++)
+                if (!p->out_eof[i])
+                    fds[n++] = (struct pollfd){p->out_fd[i], 0, 0};
             struct timespec ts = {0, (long)nap};
-            int err = clock_nanosleep(CLOCK_MONOTONIC, 0, &ts, NULL);
-            if (err)
-                return err;  /* EINTR: the caller runs its handlers and calls again */
+            if (ppoll(fds, n, &ts, NULL) < 0)
+                return errno;  /* EINTR included: the caller runs its handlers and calls again */
+            for (nfds_t k = 0; k < n; k++)
+                if (fds[k].revents & POLLNVAL)
+                    return EBADF;
             out_ready[0] = !p->out_eof[0];
             out_ready[1] = !p->out_eof[1];
             continue;
