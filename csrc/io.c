@@ -41,7 +41,7 @@
 #define CHUNK ((size_t)PYPROC_OUT_CHUNK)
 #define POOL_KEEP ((size_t)PYPROC_OUT_CHUNK_MAX / PYPROC_OUT_CHUNK)  /* most free chunks the pool keeps */
 #define MIN_FREE ((size_t)64 << 10)          /* room for at least this much per read once output is flowing */
-#define BOOST_AFTER ((size_t)256 << 10)      /* enlarge a pipe once this much went through it */
+#define BOOST_AFTER ((size_t)64 << 10)       /* enlarge a pipe once this much went through it (then naps) */
 #define PIPE_BIG (1 << 20)                   /* the size asked for (the unprivileged maximum by default) */
 #define WRITE_CHUNK ((size_t)1 << 20)
 #define DRAIN_ROUNDS 64
