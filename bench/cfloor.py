@@ -100,6 +100,15 @@ int floor_spawn_once(char *const argv[])
     return reap(pid);
 }
 
+/* One spawn+wait timed in C (ns), or -1: the floor from whatever process calls it (the Python worker). */
+long long floor_spawn_timed(char *const argv[])
+{
+    long long t0 = now_ns();
+    if (floor_spawn_once(argv) != 0)
+        return -1;
+    return now_ns() - t0;
+}
+
 #ifndef FLOOR_LIB
 /* Runs n iterations; prints their times (ns) on one line. */
 static int batch(long n, char *const argv[])

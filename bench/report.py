@@ -179,6 +179,12 @@ def _reading(results: dict[str, Any], tg: list[dict[str, Any]]) -> list[str]:
         out.append(f"From a small parent, starting and reaping the minimal static executable costs "
                    f"{fmt_ns(floor.median)} in plain C (vfork+execve+waitpid) and {fmt_ns(default.median)} through "
                    f"pyproc.spawn(argv).wait() from Python ({default.median / floor.median:.2f}x the C floor).")
+    inproc = sp.get("C floor, in this process")
+    if inproc is not None and inproc.samples and floor.samples and default.samples:
+        out.append(f"The same C vfork+execve+waitpid, timed in C but called from the Python worker, takes "
+                   f"{fmt_ns(inproc.median)} ({inproc.median / floor.median:.2f}x the C floor's own process): the "
+                   f"kernel work of a spawn from a Python parent; pyproc's default is "
+                   f"{default.median / inproc.median:.2f}x that.")
     conly = sp.get("pyproc clone, C only")
     clone = sp.get("pyproc clone")
     if conly is not None and clone is not None and conly.samples and clone.samples and floor.samples:

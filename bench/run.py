@@ -69,7 +69,7 @@ def _skip_reason(method: str, apis: dict[str, str | None]) -> str | None:
 def _spawn_runner(worker: Worker, method: str, argv: list[str], floors: cfloor.Floors) -> Runner:
     def run(n: int) -> list[int]:
         ns: list[int] = worker.request(op="spawn", method=method, argv=argv, n=n,
-                                       floor=str(floors.spawnloop))["ns"]
+                                       floor=str(floors.spawnloop), libfloor=str(floors.libfloor))["ns"]
         return ns
     return run
 

@@ -13,6 +13,8 @@ keeps its imports light at the top.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
 import mmap
 import os
@@ -211,10 +213,25 @@ def c_floor_spawn(floor: str, argv: list[str], n: int) -> list[int]:
     return server.spawn_times()
 
 
+@functools.cache
+def in_process_floor(libfloor: str) -> Any:
+    """libfloor.so's floor_spawn_timed: vfork+execve+waitpid timed in C, from this (Python) process."""
+    func = ctypes.CDLL(libfloor).floor_spawn_timed
+    func.restype = ctypes.c_longlong
+    return func
+
+
 def op_spawn(req: dict[str, Any]) -> dict[str, Any]:
     method, argv, n = req["method"], req["argv"], int(req["n"])
     if method == "C floor":
         return {"ns": c_floor_spawn(req["floor"], argv, n)}
+    if method == "C floor, in this process":
+        timed = in_process_floor(req["libfloor"])
+        c_argv = (ctypes.c_char_p * (len(argv) + 1))(*[os.fsencode(a) for a in argv], None)
+        samples = [int(timed(c_argv)) for _ in range(n)]
+        if min(samples) < 0:
+            raise RuntimeError(f"C floor (in this process): spawn of {argv} failed")
+        return {"ns": samples}
     if method == "pyproc clone, C only":
         # pyproc's clone engine timed in C around the spawn and the reap (pyproc.cow.ForkTimer): the same call
         # with no Python in the timed part, from this same parent.

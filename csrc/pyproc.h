@@ -52,6 +52,13 @@ const char *pyproc_version(void);
 #define PYPROC_STAGE_EXEC 16
 #define PYPROC_STAGE_POSIX_SPAWN 17
 
+/* pyproc_spawn_piped: which of the child's standard fds get a new pipe (bit i: fd i), and stderr joined to
+   stdout (the child's fd 2 becomes whatever its fd 1 is). */
+#define PYPROC_PIPE_STDIN 1
+#define PYPROC_PIPE_STDOUT 2
+#define PYPROC_PIPE_STDERR 4
+#define PYPROC_STDERR_TO_STDOUT 8
+
 /* Fallbacks that tests can force, to exercise the code older kernels take (bit mask). */
 #define PYPROC_FORCE_NO_CLONE3 1
 #define PYPROC_FORCE_NO_CLONE_PIDFD 2
@@ -121,6 +128,41 @@ struct pyproc_spawn_result {
    with res->fail_stage / fail_index saying where; a child that failed before exec has been reaped. */
 int pyproc_spawn(const struct pyproc_spawn_request *req, int engine, struct pyproc_spawn_result *res);
 
+/* Resources a child used (wait4's rusage; times in ns, maxrss in KiB). */
+struct pyproc_rusage {
+    int64_t utime_ns;
+    int64_t stime_ns;
+    int64_t maxrss_kib;
+    int64_t minflt;
+    int64_t majflt;
+    int64_t inblock;
+    int64_t oublock;
+    int64_t nvcsw;
+    int64_t nivcsw;
+};
+
+/* One child as the Python layer holds it: how it started, and once reaped how it ended (one allocation). */
+struct pyproc_child {
+    struct pyproc_spawn_result spawn;
+    int reaped;          /* 0: still running (nohang) */
+    int wait_status;     /* wait4's status word */
+    int returncode;      /* as subprocess: the exit code, or minus the signal that killed it */
+    struct pyproc_rusage rusage;
+};
+
+/* pyproc_spawn into child->spawn.  With args != NULL the argv is argc NUL-terminated strings packed back to back
+   in args (args_len bytes, the last one's NUL at args[args_len]: a Python bytes object passes as is, no copy) and
+   req->argv is not used; req->exec_paths NULL then means argv[0].  With args NULL, req->argv is used. */
+int pyproc_spawn_child(const struct pyproc_spawn_request *req, const char *args, size_t args_len, int argc,
+                       int engine, struct pyproc_child *child);
+
+/* pyproc_spawn_child with pipes made here for the standard fds in `pipes` (PYPROC_PIPE_* | PYPROC_STDERR_TO_STDOUT;
+   req must have no fd actions of its own).  On success parent_ends[i] is the parent's end of fd i's pipe (-1 for
+   fds without one) and the child's ends are closed; on failure nothing stays open.  A failed dup2 names its index
+   in the order stdin, stdout, stderr of the fds that have an action. */
+int pyproc_spawn_piped(const struct pyproc_spawn_request *req, const char *args, size_t args_len, int argc,
+                       int engine, int pipes, struct pyproc_child *child, int parent_ends[3]);
+
 /* The child side alone, for a caller that forked by itself: never returns.  Failures are written to error_fd as
    one record of two int32 (stage | index << 8, errno), then _exit(127). */
 void pyproc_exec_child(const struct pyproc_spawn_request *req, int error_fd);
@@ -134,18 +176,6 @@ int pyproc_get_forced_fallbacks(void);
 
 /* ---- wait.c: reaping, status, rusage, signals to a child ------------------------------------------------------- */
 
-struct pyproc_rusage {
-    int64_t utime_ns;
-    int64_t stime_ns;
-    int64_t maxrss_kib;
-    int64_t minflt;
-    int64_t majflt;
-    int64_t inblock;
-    int64_t oublock;
-    int64_t nvcsw;
-    int64_t nivcsw;
-};
-
 /* What reaping a child gave: its wait status and the resources it used. */
 struct pyproc_exit {
     int reaped;          /* 0: still running (nohang) */
@@ -156,6 +186,10 @@ struct pyproc_exit {
 /* Reaps pid with wait4 (rusage with the status).  nohang: out->reaped = 0 while it runs.  EINTR is returned, not
    retried, so that the caller can run its signal handlers. */
 int pyproc_wait(int pid, int nohang, struct pyproc_exit *out);
+
+/* Reaps pid into child like pyproc_wait (EINTR returned, not retried); once it is reaped also closes pidfd when
+   >= 0 (the caller's pidfd for that child: it refers to nothing afterwards). */
+int pyproc_child_reap(struct pyproc_child *child, int pid, int pidfd, int nohang);
 
 /* Waits until the child behind pidfd has exited, at most timeout_ns (< 0: no limit); *exited = 0 on timeout.
    EINTR is returned with *remaining_ns set so that the caller can retry after its handlers ran. */

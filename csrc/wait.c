@@ -11,8 +11,22 @@
 #include <unistd.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 
 static int64_t timeval_ns(struct timeval tv) { return (int64_t)tv.tv_sec * 1000000000 + (int64_t)tv.tv_usec * 1000; }
+
+static void copy_rusage(struct pyproc_rusage *ru, const struct rusage *usage)
+{
+    ru->utime_ns = timeval_ns(usage->ru_utime);
+    ru->stime_ns = timeval_ns(usage->ru_stime);
+    ru->maxrss_kib = usage->ru_maxrss;
+    ru->minflt = usage->ru_minflt;
+    ru->majflt = usage->ru_majflt;
+    ru->inblock = usage->ru_inblock;
+    ru->oublock = usage->ru_oublock;
+    ru->nvcsw = usage->ru_nvcsw;
+    ru->nivcsw = usage->ru_nivcsw;
+}
 
 int pyproc_wait(int pid, int nohang, struct pyproc_exit *out)
 {
@@ -26,16 +40,27 @@ int pyproc_wait(int pid, int nohang, struct pyproc_exit *out)
         return 0;
     out->reaped = 1;
     out->wait_status = status;
-    struct pyproc_rusage *ru = &out->rusage;
-    ru->utime_ns = timeval_ns(usage.ru_utime);
-    ru->stime_ns = timeval_ns(usage.ru_stime);
-    ru->maxrss_kib = usage.ru_maxrss;
-    ru->minflt = usage.ru_minflt;
-    ru->majflt = usage.ru_majflt;
-    ru->inblock = usage.ru_inblock;
-    ru->oublock = usage.ru_oublock;
-    ru->nvcsw = usage.ru_nvcsw;
-    ru->nivcsw = usage.ru_nivcsw;
+    copy_rusage(&out->rusage, &usage);
+    return 0;
+}
+
+int pyproc_child_reap(struct pyproc_child *child, int pid, int pidfd, int nohang)
+{
+    struct rusage usage;
+    int status = 0;
+    child->reaped = 0;
+    pid_t got = wait4(pid, &status, nohang ? WNOHANG : 0, &usage);
+    if (got < 0)
+        return errno;
+    if (got == 0)
+        return 0;
+    child->reaped = 1;
+    child->wait_status = status;
+    child->returncode = WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+    copy_rusage(&child->rusage, &usage);
+    /* A failed close leaves nothing to undo: the child is reaped and the fd number is released either way. */
+    if (pidfd >= 0)
+        close(pidfd);
     return 0;
 }
 

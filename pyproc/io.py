@@ -48,7 +48,7 @@ from typing import Any, Union
 from ._lib import ffi, lib
 from .errors import CalledProcessError, OutputLimitExceeded, TimeoutExpired, check
 from .process import Process, Rusage, Status
-from .spawn import PIPE, STDOUT, FileSpec, prepare, start
+from .spawn import PIPE, STDOUT, FileSpec, _pack_direct, _start_piped, prepare, start
 
 _EINTR = errno.EINTR
 _NO_LIMIT = (1 << 64) - 1
@@ -515,26 +515,36 @@ def run(
         spawn_options["process_group"] = 0
     own_group = spawn_options.get("process_group") == 0 or bool(spawn_options.get("new_session"))
 
-    # The pipes are made here, not by spawn(PIPE): the parent's ends go to the pump as plain fds (no file
-    # objects to build and tear down), and each child end is closed as soon as the child has it.
-    open_fds: list[int] = []
-    parent: list[int | None] = [None, None, None]
-    try:
-        if data is not None or _is_code(stdin, PIPE):
-            stdin, parent[0] = _pipe(open_fds)
-        if _is_code(stdout, PIPE):
-            parent[1], stdout = _pipe(open_fds)
-        if _is_code(stderr, PIPE):
-            parent[2], stderr = _pipe(open_fds)
-        request = prepare(argv, stdin=stdin, stdout=stdout, stderr=stderr, **spawn_options)
-        started = time.monotonic()
-        proc = start(request)
-    except BaseException:
-        _close_fds(open_fds)
-        raise
-    for fd in list(open_fds):
-        if fd not in parent:
-            _close_fds(open_fds, fd)
+    # The pipes are made here or by the C side, not by spawn(PIPE): the parent's ends go to the pump as plain fds
+    # (no file objects to build and tear down), and each child end is closed as soon as the child has it.
+    started = time.monotonic()
+    pipes = _pipe_flags(stdin, data, stdout, stderr)
+    packed = None
+    if pipes >= 0 and (not spawn_options or (len(spawn_options) == 1 and own_group
+                                             and type(spawn_options.get("process_group")) is int)):
+        packed = _pack_direct(argv)  # None unless argv is a plain list of str naming a path
+    if packed is not None:
+        proc, parent = _start_piped(argv, packed, pipes, own_group)  # the common case: pipes and spawn in C
+        open_fds = [fd for fd in parent if fd is not None]
+    else:
+        open_fds = []
+        parent = [None, None, None]
+        try:
+            if data is not None or _is_code(stdin, PIPE):
+                stdin, parent[0] = _pipe(open_fds)
+            if _is_code(stdout, PIPE):
+                parent[1], stdout = _pipe(open_fds)
+            if _is_code(stderr, PIPE):
+                parent[2], stderr = _pipe(open_fds)
+            request = prepare(argv, stdin=stdin, stdout=stdout, stderr=stderr, **spawn_options)
+            started = time.monotonic()
+            proc = start(request)
+        except BaseException:
+            _close_fds(open_fds)
+            raise
+        for fd in list(open_fds):
+            if fd not in parent:
+                _close_fds(open_fds, fd)
     deadline = None if timeout is None else started + timeout
     try:
         result = _run_started(proc, parent, open_fds, data, deadline, timeout, limit, own_group)
@@ -551,6 +561,27 @@ def run(
     if check:
         result.check_returncode()
     return result
+
+
+def _pipe_flags(stdin: object, data: memoryview | None, stdout: object, stderr: object) -> int:
+    """The PYPROC_PIPE_* flags when every stream is inherited, a new pipe or stderr=STDOUT (what the C side can
+    set up with the spawn); -1 when one is an fd, a file or DEVNULL."""
+    flags = 0
+    if data is not None or _is_code(stdin, PIPE):
+        flags |= lib.PYPROC_PIPE_STDIN
+    elif stdin is not None:
+        return -1
+    if _is_code(stdout, PIPE):
+        flags |= lib.PYPROC_PIPE_STDOUT
+    elif stdout is not None:
+        return -1
+    if _is_code(stderr, PIPE):
+        flags |= lib.PYPROC_PIPE_STDERR
+    elif _is_code(stderr, STDOUT):
+        flags |= lib.PYPROC_STDERR_TO_STDOUT
+    elif stderr is not None:
+        return -1
+    return flags
 
 
 def _run_started(proc: Process, parent: list[int | None], open_fds: list[int], data: memoryview | None,

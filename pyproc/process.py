@@ -116,8 +116,7 @@ class Process:
     stdout: IO[bytes] | None = None
     stderr: IO[bytes] | None = None
     returncode: int | None = None
-    _wait_status: int | None = None
-    _exit_c: Any = None
+    _c: Any = None  # the struct pyproc_child: spawn result, then wait status and rusage
     _status: Status | None = None
     _rusage: Rusage | None = None
     _reap_lock: threading.Lock | None = None
@@ -131,6 +130,7 @@ class Process:
         stdin: IO[bytes] | None = None,
         stdout: IO[bytes] | None = None,
         stderr: IO[bytes] | None = None,
+        _c: Any = None,
     ) -> None:
         self.pid = pid
         self.pidfd = pidfd
@@ -141,20 +141,22 @@ class Process:
             self.stdout = stdout
         if stderr is not None:
             self.stderr = stderr
+        if _c is not None:
+            self._c = _c  # start()'s struct pyproc_child, which the reap fills in
         self._reap_lock = threading.Lock()
 
     @property
     def status(self) -> Status | None:
         """How the child ended (None until it is reaped, or when another waiter took its status)."""
-        if self._status is None and self._wait_status is not None:
-            self._status = Status.from_wait_status(self._wait_status)
+        if self._status is None and self._c is not None and self._c.reaped:
+            self._status = Status.from_wait_status(self._c.wait_status)
         return self._status
 
     @property
     def rusage(self) -> Rusage | None:
         """The resources the child used, from wait4 (None until it is reaped)."""
-        if self._rusage is None and self._exit_c is not None:
-            self._rusage = Rusage.from_c(self._exit_c.rusage)
+        if self._rusage is None and self._c is not None and self._c.reaped:
+            self._rusage = Rusage.from_c(self._c.rusage)
         return self._rusage
 
     def __repr__(self) -> str:
@@ -171,30 +173,32 @@ class Process:
         try:
             if self.returncode is not None:
                 return True
-            out = ffi.new("struct pyproc_exit *")
+            c = self._c
+            if c is None:  # a Process made by hand (not by start()) gets its struct at the first reap
+                c = self._c = ffi.new("struct pyproc_child *")
+            pidfd = -1 if self.pidfd is None else self.pidfd
             while True:
-                err = lib.pyproc_wait(self.pid, nohang, out)
+                # Once reaped, the C side also closes the pidfd. Status and Rusage objects are built when asked
+                # for: this is the hot path of every spawn.
+                err = lib.pyproc_child_reap(c, self.pid, pidfd, nohang)
                 if err != errno.EINTR:  # EINTR: go round, so that Python's signal handlers run (and may raise)
                     break
-            if err == errno.ECHILD:  # reaped behind our back (SIGCHLD ignored, someone's waitpid(-1))
-                self._finish(0, None, None)
+            if err:
+                if err != errno.ECHILD:
+                    check(err)
+                # Reaped behind our back (SIGCHLD ignored, someone's waitpid(-1)): no status to give.
+                if self.pidfd is not None:
+                    os.close(self.pidfd)
+                    self.pidfd = None
+                self.returncode = 0
                 return True
-            check(err)
-            if not out.reaped:
+            if not c.reaped:
                 return False
-            # Status and Rusage objects are built when asked for: this is the hot path of every spawn.
-            self._finish(os.waitstatus_to_exitcode(out.wait_status), out.wait_status, out)
+            self.pidfd = None
+            self.returncode = c.returncode
             return True
         finally:
             lock.release()
-
-    def _finish(self, returncode: int, wait_status: int | None, exit_c: Any) -> None:
-        self._wait_status = wait_status
-        self._exit_c = exit_c  # the struct pyproc_exit itself: a field's cdata would not keep it alive
-        self.returncode = returncode
-        if self.pidfd is not None:
-            os.close(self.pidfd)
-            self.pidfd = None
 
     def poll(self) -> int | None:
         """The returncode if the child has finished (reaping it), else None; never blocks."""

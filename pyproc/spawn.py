@@ -477,18 +477,19 @@ def start(request: Request) -> Process:
     """Starts a prepared request (the GIL is released during the spawn) and returns its Process."""
     if abandoned:
         reap_abandoned()
-    res = ffi.new("struct pyproc_spawn_result *")
+    child = ffi.new("struct pyproc_child *")
     stdio = request.stdio
     try:
-        err = lib.pyproc_spawn(request.c, ENGINE_CODES[request.engine], res)
+        err = lib.pyproc_spawn_child(request.c, ffi.NULL, 0, 0, ENGINE_CODES[request.engine], child)
         if err:
-            where, filename = failure_message(request, res.fail_stage, res.fail_index)
+            where, filename = failure_message(request, child.spawn.fail_stage, child.spawn.fail_index)
             raise os_error(err, filename, where)
     except BaseException:
         stdio.close_all()
         raise
+    res = child.spawn
     if not stdio.child_ends:
-        return Process(res.pid, res.pidfd if res.pidfd >= 0 else None, request.args)
+        return Process(res.pid, res.pidfd if res.pidfd >= 0 else None, request.args, _c=child)
     for fd in stdio.child_ends:
         os.close(fd)
     stdio.child_ends = []
@@ -500,7 +501,84 @@ def start(request: Request) -> Process:
         None if ends[0] is None else open(ends[0], "wb"),
         None if ends[1] is None else open(ends[1], "rb"),
         None if ends[2] is None else open(ends[2], "rb"),
+        _c=child,
     )
+
+
+def _pack_direct(argv: Sequence[StrOrBytesPath]) -> bytes | None:
+    """argv as the packed bytes pyproc_spawn_child splits, when it is a list or tuple of str naming a path.
+
+    None for anything else (bytes or os.PathLike items, a PATH search, a NUL, an empty argv): the general path
+    then checks and converts it, and reports what is wrong.
+    """
+    if type(argv) is not list and type(argv) is not tuple:
+        return None
+    try:
+        joined = "\0".join(argv)
+    except TypeError:
+        return None
+    if not joined or "/" not in argv[0] or joined.count("\0") != len(argv) - 1:
+        return None
+    try:
+        return joined.encode(_FS_ENCODING, _FS_ERRORS)
+    except UnicodeEncodeError:
+        return None
+
+
+def _direct_failure(argv: Sequence[StrOrBytesPath], engine: str, err: int, res: Any) -> OSError:
+    """The exception for a failed direct spawn, named by the general request for the same argv (a rare path)."""
+    request = _prepare(argv, engine, None, None, None, None, None, (), True, None, None, False, None, None, None,
+                       None, False, True, None)
+    where, filename = failure_message(request, res.fail_stage, res.fail_index)
+    return os_error(err, filename, where)
+
+
+def _start_direct(argv: Sequence[StrOrBytesPath], engine: str) -> Process | None:
+    """spawn() with every option at its default: the common case, one packed argv and the shared default request.
+
+    None when argv does not qualify (see _pack_direct).
+    """
+    packed = _pack_direct(argv)
+    if packed is None:
+        return None
+    if abandoned:
+        reap_abandoned()
+    child = ffi.new("struct pyproc_child *")
+    err = lib.pyproc_spawn_child(_DEFAULT_REQUEST, packed, len(packed), len(argv), ENGINE_CODES[engine], child)
+    res = child.spawn
+    if err:
+        raise _direct_failure(argv, engine, err, res)
+    return Process(res.pid, res.pidfd if res.pidfd >= 0 else None, argv, _c=child)
+
+
+_GROUP_REQUEST = ffi.new("struct pyproc_spawn_request *", _DEFAULT_REQUEST[0])
+_GROUP_REQUEST.process_group = 0
+_STDIO_TARGETS = ((lib.PYPROC_PIPE_STDIN, 0), (lib.PYPROC_PIPE_STDOUT, 1), (lib.PYPROC_PIPE_STDERR, 2),
+                  (lib.PYPROC_STDERR_TO_STDOUT, 2))
+
+
+def _start_piped(argv: Sequence[StrOrBytesPath], packed: bytes, pipes: int,
+                 new_group: bool) -> tuple[Process, list[int | None]]:
+    """run()'s common case: default options (new_group: process_group=0), argv packed by _pack_direct, new pipes
+    for the standard fds in pipes (PYPROC_PIPE_* | PYPROC_STDERR_TO_STDOUT), made by the C side with the spawn.
+
+    Returns the Process (no file objects) and the parent's pipe ends by child fd.
+    """
+    if abandoned:
+        reap_abandoned()
+    child = ffi.new("struct pyproc_child *")
+    ends = ffi.new("int[3]")
+    err = lib.pyproc_spawn_piped(_GROUP_REQUEST if new_group else _DEFAULT_REQUEST, packed, len(packed),
+                                 len(argv), lib.PYPROC_ENGINE_CLONE, pipes, child, ends)
+    res = child.spawn
+    if err:
+        if res.fail_stage == lib.PYPROC_STAGE_DUP2:
+            targets = [target for flag, target in _STDIO_TARGETS if pipes & flag]
+            target = targets[res.fail_index] if 0 <= res.fail_index < len(targets) else "?"
+            raise os_error(err, None, f"in the child, dup2 of a pipe to fd {target}")
+        raise _direct_failure(argv, "auto", err, res)
+    proc = Process(res.pid, res.pidfd if res.pidfd >= 0 else None, argv, _c=child)
+    return proc, [None if fd < 0 else fd for fd in ends]
 
 
 def prepare(
@@ -582,6 +660,14 @@ def spawn(
     (FileNotFoundError, PermissionError, ...) with errno, filename and the failing step when the child cannot
     start; a child that failed has already been reaped.
     """
+    if (executable is None and stdin is None and stdout is None and stderr is None and fds is None
+            and type(pass_fds) is tuple and not pass_fds and close_fds is True and cwd is None and env is None
+            and new_session is False and process_group is None and umask is None and rlimits is None
+            and pdeathsig is None and no_new_privs is False and restore_signals is True and sigmask is None
+            and engine in ENGINE_CODES):
+        proc = _start_direct(argv, engine)
+        if proc is not None:
+            return proc
     return start(_prepare(
         argv, engine, executable, stdin, stdout, stderr, fds, pass_fds, close_fds, cwd, env, new_session,
         process_group, umask, rlimits, pdeathsig, no_new_privs, restore_signals, sigmask,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -90,6 +91,7 @@ def no_start(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         raise AssertionError("a child was started for bad input")
 
     monkeypatch.setattr(pyproc.io, "start", refuse)
+    monkeypatch.setattr(pyproc.io, "_start_piped", refuse)  # the direct path (pipes made by the C side)
     yield
 
 
@@ -294,6 +296,70 @@ def test_result_fields_and_check() -> None:
     res = pyproc.run(["sh", "-c", "kill -9 $$"])
     assert res.returncode == -9
     assert res.stdout is None
+
+
+SH = shutil.which("sh") or "/bin/sh"
+PGRP = "read -r _ _ _ _ pgrp _ < /proc/$$/stat; echo $$ $pgrp"  # the child's pid and process group
+
+
+@pytest.mark.parametrize(
+    ("script", "options"),
+    [
+        ("echo out; echo err >&2; exit 3", {"capture": True}),
+        ("echo out; echo err >&2", {"stdout": pyproc.PIPE, "stderr": pyproc.STDOUT}),
+        ("echo out", {"stdout": pyproc.PIPE}),
+        ("echo err >&2", {"stderr": pyproc.PIPE}),
+        ("cat; echo err >&2", {"input": b"in\x00put", "capture": True}),
+        ("cat >&2", {"input": "t\u00e9xt", "capture": True, "encoding": "utf-8"}),
+        ("exec 0<&-; echo closed", {"input": b"x" * 200_000, "capture": True}),
+        (PGRP, {"capture": True, "timeout": 30}),  # a timeout puts the child in its own group
+        (PGRP, {"capture": True, "process_group": 0}),
+    ],
+)
+def test_run_direct_and_general_paths_agree(script: str, options: dict[str, object]) -> None:
+    # An absolute program with default spawn options takes the direct path (argv packed, pipes made by the C
+    # side with the spawn); a bare name the general one (PATH search, pipes made in Python).  Same results.
+    results = []
+    for program in (SH, "sh"):
+        res = pyproc.run([program, "-c", script], **options)  # type: ignore[arg-type]
+        out = res.stdout
+        if script == PGRP:
+            assert isinstance(out, bytes)
+            pid, pgrp = out.split()
+            assert pid == pgrp  # its own group on both paths
+            out = b"own group"
+        results.append((res.returncode, out, res.stderr))
+    assert results[0] == results[1]
+
+
+DIRECT_RUN_IN_CHILD = r"""
+import os, resource, sys, pyproc
+mode = sys.argv[1]
+if mode == "closed-stdio":
+    os.close(0)
+    os.close(1)  # the pipes made for the child may now land on fds 0 and 1: the plan must move them first
+    res = pyproc.run(["/bin/sh", "-c", "cat; echo err >&2"], input=b"in", capture=True)
+    assert (res.returncode, res.stdout, res.stderr) == (0, b"in", b"err\n"), res
+elif mode == "emfile":
+    before = sorted(os.listdir("/proc/self/fd"))
+    highest = max(int(fd) for fd in before)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 3, highest + 3))  # room for one pipe, not two
+    try:
+        pyproc.run(["/bin/true"], capture=True)
+    except OSError as exc:
+        assert exc.errno == 24, exc  # EMFILE
+    else:
+        raise AssertionError("no EMFILE")
+    assert sorted(os.listdir("/proc/self/fd")) == before  # the first pipe was closed again
+os.write(2, b"ok")
+"""
+
+
+@pytest.mark.parametrize("mode", ["closed-stdio", "emfile"])
+def test_run_direct_path_edges(mode: str) -> None:
+    # Run in a fresh Python: one whose fds 0 and 1 are closed, one with no room for the second pipe.
+    res = pyproc.run([sys.executable, "-c", DIRECT_RUN_IN_CHILD, mode], stderr=pyproc.PIPE, timeout=60)
+    assert (res.returncode, res.stderr) == (0, b"ok")
 
 
 def test_run_passes_spawn_options() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib
 import json
 import os
 import resource
@@ -20,7 +21,7 @@ import pytest
 from conftest import child_pids, open_fds, settle_children
 
 import pyproc
-from pyproc._lib import lib
+from pyproc._lib import ffi, lib
 
 ENGINES = [engine for engine in pyproc.ENGINES]
 PY = sys.executable
@@ -99,6 +100,44 @@ def test_exit_code_and_argv(engine: str, no_leaks: None) -> None:
     assert pyproc.spawn(["sh", "-c", "exit 7"], engine=engine).wait() == 7
     seen = probe(engine, args=("a b", "", "\u00e9"))
     assert seen["argv"] == ["a b", "", "\u00e9"]
+
+
+ARGV_TO_FILE = "import json, sys; open(sys.argv[1], 'w').write(json.dumps(sys.argv[2:]))"
+
+
+@pytest.mark.parametrize("count", [0, 1, 27, 28, 29, 1000])
+def test_direct_argv(count: int, tmp_path: Path, no_leaks: None) -> None:
+    # No options and str arguments: spawn() passes argv as one packed bytes object that C splits (an array on the
+    # stack below 32 arguments, malloc'd from 32 on: 27..29 extra arguments straddle that).  Every argument,
+    # empty ones and non-ASCII ones included, must arrive exactly.
+    out = tmp_path / "argv.json"
+    args = ["" if i % 7 == 0 else f"arg {i} \u00e9" * (i % 3 + 1) for i in range(count)]
+    proc = pyproc.spawn((PY, "-S", "-c", ARGV_TO_FILE, str(out), *args))
+    assert proc.wait() == 0
+    assert json.loads(out.read_text()) == args
+    assert proc.status is not None and proc.status.exit_code == 0 and proc.rusage is not None
+
+
+def test_direct_exec_failure(tmp_path: Path, no_leaks: None) -> None:
+    missing = str(tmp_path / "missing")
+    children_before = child_pids()
+    with pytest.raises(FileNotFoundError) as info:
+        pyproc.spawn([missing, "x"])
+    assert info.value.filename == missing
+    assert "exec" in str(info.value)
+    assert child_pids() == children_before  # the failed child was reaped
+
+
+def test_packed_argv_must_match_argc(no_leaks: None) -> None:
+    # The C side checks that argc strings fill the packed buffer exactly; a mismatch starts nothing.
+    request = importlib.import_module("pyproc.spawn")._DEFAULT_REQUEST
+    child = ffi.new("struct pyproc_child *")
+    children_before = child_pids()
+    for argc in (1, 3):  # two strings packed: one too few, one too many
+        err = lib.pyproc_spawn_child(request, b"/bin/true\0x", 11, argc, lib.PYPROC_ENGINE_CLONE, child)
+        assert err == errno.EINVAL
+        assert child.spawn.pid == 0 and child.spawn.fail_stage == lib.PYPROC_STAGE_PARENT
+    assert child_pids() == children_before
 
 
 def test_stdio_pipes(engine: str, no_leaks: None) -> None:
@@ -366,6 +405,11 @@ BAD_INPUTS: list[tuple[str, list[Any], dict[str, Any], type[Exception], str]] = 
     ("rlimit type", ["true"], {"rlimits": {resource.RLIMIT_NOFILE: "x"}}, TypeError, "must be an int"),
     ("posix_spawn umask", ["true"], {"engine": "posix_spawn", "umask": 0}, ValueError, "cannot express umask"),
     ("empty program", [""], {}, ValueError, "empty"),
+    # A path and no options: spawn() tries its packed-argv path first, which must hand these to the same checks.
+    ("NUL in argv, direct", ["/bin/true", "a\0b"], {}, ValueError, r"argv\[1\] contains a NUL"),
+    ("NUL in program, direct", ["/bin/tr\0ue"], {}, ValueError, r"argv\[0\] contains a NUL"),
+    ("int in argv, direct", ("/bin/true", 3), {}, TypeError, r"argv\[1\] must be"),
+    ("empty argv tuple", (), {}, ValueError, "argv is empty"),
 ]
 
 
