@@ -54,6 +54,10 @@ class Config:
     sweep_batch: int
     io_size: int
     io_rounds: int
+    medium_io_size: int
+    """capture of a medium output (issue 3's regression guard: pyproc must not lose to subprocess there)."""
+    medium_io_rounds: int
+    medium_io_batch: int
     minimal_io_rounds: int
     minimal_io_batch: int
     throughput_seconds: float
@@ -71,7 +75,8 @@ def default() -> Config:
     """This machine's run: about five minutes."""
     return Config(name="default", spawn_rounds=60, spawn_batch=10,
                   sizes=[16 * MiB, 64 * MiB, 256 * MiB, 1 * GiB, 4 * GiB], states=["dirty", "clean", "thp"],
-                  sweep_rounds=8, sweep_batch=3, io_size=1 * GiB, io_rounds=5, minimal_io_rounds=30,
+                  sweep_rounds=8, sweep_batch=3, io_size=1 * GiB, io_rounds=5, medium_io_size=4 * MiB,
+                  medium_io_rounds=30, medium_io_batch=10, minimal_io_rounds=30,
                   minimal_io_batch=20, throughput_seconds=1.0, throughput_rounds=3, cow_sizes=[256 * MiB],
                   cow_repeat=7)
 
@@ -80,6 +85,7 @@ def quick() -> Config:
     """CI: the same shape, small sizes and few samples (under a minute)."""
     return Config(name="quick", spawn_rounds=5, spawn_batch=5, sizes=[16 * MiB, 256 * MiB],
                   states=["dirty", "clean"], sweep_rounds=3, sweep_batch=2, io_size=32 * MiB, io_rounds=3,
+                  medium_io_size=4 * MiB, medium_io_rounds=4, medium_io_batch=5,
                   minimal_io_rounds=4, minimal_io_batch=5, throughput_seconds=0.3, throughput_rounds=1,
                   cow_sizes=[32 * MiB], cow_repeat=2)
 

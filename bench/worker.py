@@ -314,7 +314,7 @@ def _input(size: int) -> bytes:
 def io_call(kind: str, method: str, size: int, minimal: str) -> Callable[[], int]:
     """One I/O call; returns the number of bytes that came back (checked by the caller)."""
     head = ["head", "-c", str(size), "/dev/zero"]
-    if kind == "capture":
+    if kind in ("capture", "capture_medium"):
         argv = head
     elif kind == "cat":
         argv = ["cat"]
@@ -353,7 +353,7 @@ def op_io(req: dict[str, Any]) -> dict[str, Any]:
 
         if kind == "cat":
             cmd = [req["pipeloop"], "-", str(size), which("cat") or "/bin/cat"]
-        elif kind == "capture":
+        elif kind in ("capture", "capture_medium"):
             cmd = [req["readloop"], "-", which("head") or "/usr/bin/head", "-c", str(size), "/dev/zero"]
         else:
             cmd = [req["readloop"], "-", req["minimal"]]

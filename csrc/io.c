@@ -11,16 +11,22 @@
  * output pipes hold, and only when no fd can make progress, poll them all together until the deadline.  A short
  * read or write means the pipe is empty or full, so that fd waits for poll; nothing is retried just to see EAGAIN.
  *
- * Output buffers: malloc'd while small; past SMALL_MAX an anonymous mapping grown by mremap, which moves page
- * tables and never copies what was read.  Fresh pages cost the kernel more (zeroing, accounting, a fault per
- * 4 KiB) than copying the pipe's data into them, so: up to HELPER_AFTER, each read asks for at most POPULATE_STEP
- * bytes whose pages were just faulted in by one MADV_POPULATE_WRITE (one call instead of a fault per page, and
- * the zeroed pages are still in the cache when the data lands); past it, a helper thread faults the buffer in
- * ahead of the reads, on the other CPU, while this thread only copies.  Transparent huge pages were measured and
- * left out: zeroing 2 MiB at a time (cache-cold) cost more here than the faults it saves.  Pipes that carry a
- * lot are enlarged with F_SETPIPE_SZ (fewer wake-ups, bigger reads).  pyproc_pump_take hands a large buffer to
- * Python by moving its pages (mremap MREMAP_FIXED) into a fresh bytes object's storage when both start at the
- * same offset in a page (the Python side arranges it), so 1 GiB of output is never copied in user space.
+ * Output buffers have two modes, with the crossover at pyproc_pump.chunk_max (32 MiB by default, glibc's largest
+ * mmap threshold; measured, issue 3):
+ * - Chunk mode (below it): 256 KiB chunks from a process-wide pool, faulted in once and reused by later runs.
+ *   The result is one copy into a new bytes object, which at these sizes glibc places in recycled heap memory.
+ *   Before, a medium output went to a fresh mapping whose pages the kernel had to zero and fault in (more than
+ *   the copy costs), and then to a heap bytes object by a copy anyway: 15-25% slower than subprocess.
+ * - Map mode (past it; the chunks are copied into it once): an anonymous mapping grown by mremap, which moves
+ *   page tables and never copies what was read.  Fresh pages cost the kernel more (zeroing, accounting, a fault
+ *   per 4 KiB) than copying the pipe's data into them, so a helper thread faults the buffer in ahead of the
+ *   reads, on the other CPU, while this thread only copies (without one -- it could not start, or chunk_max was
+ *   lowered -- each read asks for at most POPULATE_STEP bytes whose pages one MADV_POPULATE_WRITE just faulted
+ *   in).  Transparent huge pages were measured and left out: zeroing 2 MiB at a time (cache-cold) cost more here
+ *   than the faults it saves.  pyproc_pump_take hands the buffer to Python by moving its pages (mremap
+ *   MREMAP_FIXED) into a fresh bytes object's storage (always a fresh mapping at this size) when both start at
+ *   the same offset in a page (the Python side arranges it), so 1 GiB of output is never copied in user space.
+ * Pipes that carry a lot are enlarged with F_SETPIPE_SZ (fewer wake-ups, bigger reads).
  */
 #include "pyproc.h"
 
@@ -32,13 +38,25 @@
 #include <unistd.h>
 #include <sys/mman.h>
 
-#define SMALL_MAX ((size_t)256 << 10)       /* malloc below this capacity, a mapping above */
-#define FIRST_CAP ((size_t)16 << 10)
+#define CHUNK ((size_t)PYPROC_OUT_CHUNK)
+#define POOL_KEEP ((size_t)PYPROC_OUT_CHUNK_MAX / PYPROC_OUT_CHUNK)  /* most free chunks the pool keeps */
 #define MIN_FREE ((size_t)64 << 10)          /* room for at least this much per read once output is flowing */
-#define BOOST_AFTER ((size_t)256 << 10)      /* enlarge a pipe once this much went through it */
+#define BOOST_AFTER ((size_t)64 << 10)       /* enlarge a pipe once this much went through it (then naps) */
 #define PIPE_BIG (1 << 20)                   /* the size asked for (the unprivileged maximum by default) */
 #define WRITE_CHUNK ((size_t)1 << 20)
 #define DRAIN_ROUNDS 64
+#define PARALLEL_COPY_MIN ((size_t)2 << 20)  /* results this large are copied out of the chunks by two threads */
+/* Reading a stream that flows: once a pipe was enlarged (PIPE_BIG, so its writer does not block for a long while)
+   and the reads since the last wait brought at least NAP_MIN bytes, the pump sleeps NAP_NS instead of polling,
+   then reads what gathered.  Polling, it was woken by nearly every write to the emptied pipe: the wake-up pulled
+   it onto the writer's CPU and preempted the writer, hundreds of times per 4 MiB (measured: 5x the context
+   switches of a nap, and slower than subprocess, whose slower reads leave the pipe less often empty).  The nap is
+   a ppoll that asks for no event: writes do not end it, the writer's close (POLLHUP) does, so the end of the
+   output is seen at once.  A nap that brings less than NAP_MIN goes back to poll, so a quiet child costs
+   nothing. */
+#define NAP_NS ((int64_t)60000)
+#define NAP_MIN ((size_t)4096)
+#define BIG_PIPE_MIN (PIPE_BIG / 2)         /* a pipe that holds this much can be left alone for a nap */
 #define POPULATE_STEP ((size_t)256 << 10)    /* most bytes a read into a big buffer asks for */
 #define HELPER_AFTER ((size_t)4 << 20)       /* output this large gets a helper thread that faults pages in */
 #define HELPER_AHEAD ((size_t)16 << 20)      /* how far ahead of the reads it keeps the buffer faulted in */
@@ -160,24 +178,183 @@ int pyproc_write_full(int fd, const char *buf, size_t n, size_t *done)
 
 static size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
 
-/* Makes room for at least `need` bytes from data. */
+/* Faults in [from, from + n) (writable anonymous memory) with one madvise instead of a page fault per 4 KiB.
+   Kernels before 5.14 refuse MADV_POPULATE_WRITE: then the writes fault the pages in as usual. */
+static void populate_range(char *from, size_t n)
+{
+#ifdef MADV_POPULATE_WRITE
+    static int refused;
+    size_t page = page_size();
+    uintptr_t lo = (uintptr_t)from / page * page, hi = round_up((uintptr_t)from + n, page);
+    if (!refused && n && madvise((void *)lo, hi - lo, MADV_POPULATE_WRITE) != 0 && errno == EINVAL)
+        refused = 1;
+#else
+    (void)from;
+    (void)n;
+#endif
+}
+
+/* ---- the chunk pool ---------------------------------------------------------------------------------------- *
+ * Outputs up to the crossover (pyproc_pump.chunk_max) are read into CHUNK-byte chunks that come from, and go back
+ * to, a pool kept for the life of the process (at most POOL_KEEP chunks; more are unmapped).  So repeated runs
+ * read into memory whose pages are already faulted in, and the result costs one copy into the bytes object --
+ * which, at these sizes, glibc usually places in recycled heap memory.  Without the pool, each run paid the
+ * kernel for zeroing and mapping fresh pages (more than the copy), and lost to subprocess (issue 3).
+ * The lock is held across fork() (pthread_atfork), so a forked child never inherits it locked. */
+
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
+static int pool_usable;   /* pthread_atfork succeeded: the pool may keep chunks */
+static char *pool_head;   /* free chunks, linked through their first word */
+static size_t pool_count;
+
+static void pool_lock_for_fork(void) { pthread_mutex_lock(&pool_lock); }
+static void pool_unlock_after_fork(void) { pthread_mutex_unlock(&pool_lock); }
+
+static void pool_setup(void)
+{
+    pool_usable = pthread_atfork(pool_lock_for_fork, pool_unlock_after_fork, pool_unlock_after_fork) == 0;
+}
+
+/* A chunk: from the pool, else freshly mapped (faulted in at once when `fill`: output is flowing). */
+static char *chunk_get(int fill, int *err)
+{
+    char *chunk = NULL;
+    pthread_once(&pool_once, pool_setup);
+    if (pool_usable) {
+        pthread_mutex_lock(&pool_lock);
+        if (pool_head) {
+            chunk = pool_head;
+            memcpy(&pool_head, chunk, sizeof pool_head);
+            pool_count--;
+        }
+        pthread_mutex_unlock(&pool_lock);
+        if (chunk)
+            return chunk;
+    }
+    chunk = mmap(NULL, CHUNK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (chunk == MAP_FAILED) {
+        *err = errno;
+        return NULL;
+    }
+    if (fill)
+        populate_range(chunk, CHUNK);
+    return chunk;
+}
+
+static void chunk_put(char *chunk)
+{
+    if (pool_usable) {
+        pthread_mutex_lock(&pool_lock);
+        if (pool_count < POOL_KEEP) {
+            memcpy(chunk, &pool_head, sizeof pool_head);
+            pool_head = chunk;
+            pool_count++;
+            chunk = NULL;
+        }
+        pthread_mutex_unlock(&pool_lock);
+    }
+    if (chunk)
+        munmap(chunk, CHUNK);  /* cannot fail for a whole mapping of ours */
+}
+
+/* Gives b's chunks back to the pool and leaves b empty. */
+static void chunks_release(struct pyproc_outbuf *b)
+{
+    for (size_t k = 0; k < b->nchunks; k++)
+        chunk_put(b->chunks[k]);
+    free(b->chunks);
+    b->chunks = NULL;
+    b->nchunks = b->chunk_slots = 0;
+}
+
+/* Appends one chunk to b. */
+static int chunks_add(struct pyproc_outbuf *b)
+{
+    if (b->nchunks == b->chunk_slots) {
+        size_t slots = b->chunk_slots ? 2 * b->chunk_slots : 8;
+        char **grown = realloc(b->chunks, slots * sizeof *grown);
+        if (!grown)
+            return ENOMEM;
+        b->chunks = grown;
+        b->chunk_slots = slots;
+    }
+    int err = 0;
+    char *chunk = chunk_get(b->len > 0, &err);
+    if (!chunk)
+        return err;
+    b->chunks[b->nchunks++] = chunk;
+    b->data = b->chunks[0];
+    return 0;
+}
+
+/* Copies the first n bytes of b's chunks to dest.  fresh: dest is fresh memory, faulted in a chunk at a time
+   ahead of the copy.  Otherwise it is not populated: below PYPROC_OUT_CHUNK_MAX a result is usually recycled heap
+   memory, whose pages are present, and MADV_POPULATE_WRITE still walks every one of them (it cost more than it
+   saved, measured). */
+static void chunks_copy(const struct pyproc_outbuf *b, char *dest, size_t n, int fresh)
+{
+    for (size_t k = 0, at = 0; at < n; k++, at += CHUNK) {
+        size_t step = n - at < CHUNK ? n - at : CHUNK;
+        if (fresh)
+            populate_range(dest + at, step);
+        memcpy(dest + at, b->chunks[k], step);
+    }
+}
+
+/* The same, the second half by a short-lived thread (all signals blocked) on the other CPU, when dest is large
+   enough for that to pay (measured: 2-5% of a whole run() from 4 to 16 MiB; the producer has exited by then, so
+   the other CPU is usually free); in this thread alone when the thread cannot start. */
+struct copy_job {
+    const struct pyproc_outbuf *b;
+    char *dest;
+    size_t from_chunk, n;  /* bytes n of the output, from chunk from_chunk on */
+    int fresh;
+};
+
+static void *copy_main(void *arg)
+{
+    struct copy_job *job = arg;
+    for (size_t k = job->from_chunk, at = 0; at < job->n; k++, at += CHUNK) {
+        size_t step = job->n - at < CHUNK ? job->n - at : CHUNK;
+        if (job->fresh)
+            populate_range(job->dest + at, step);
+        memcpy(job->dest + at, job->b->chunks[k], step);
+    }
+    return NULL;
+}
+
+static void chunks_copy_parallel(const struct pyproc_outbuf *b, char *dest, size_t n, int fresh)
+{
+    size_t half_chunks = (n / CHUNK) / 2, first = half_chunks * CHUNK;
+    if (n < PARALLEL_COPY_MIN || !half_chunks) {
+        chunks_copy(b, dest, n, fresh);
+        return;
+    }
+    struct copy_job job = {b, dest + first, half_chunks, n - first, fresh};
+    pthread_t thread;
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    int err = pthread_create(&thread, NULL, copy_main, &job);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    chunks_copy(b, dest, err ? n : first, fresh);
+    if (!err)
+        pthread_join(thread, NULL);
+}
+
+/* ---- map mode ---------------------------------------------------------------------------------------------- */
+
+/* Makes room for at least `need` bytes from data in b's mapping (mapped now, or grown by mremap). */
 static int outbuf_reserve(struct pyproc_outbuf *b, size_t need, size_t lead)
 {
     if (need <= b->cap)
         return 0;
-    size_t cap = b->cap ? b->cap : FIRST_CAP;
+    size_t cap = b->cap ? b->cap : CHUNK;
     while (cap < need) {
         if (cap > SIZE_MAX / 2)
             return ENOMEM;
         cap *= 2;
-    }
-    if (cap <= SMALL_MAX) {
-        char *grown = realloc(b->base, cap);
-        if (!grown)
-            return ENOMEM;
-        b->base = b->data = grown;
-        b->cap = cap;
-        return 0;
     }
     size_t page = page_size();
     lead %= page;
@@ -195,12 +372,15 @@ static int outbuf_reserve(struct pyproc_outbuf *b, size_t need, size_t lead)
             return err;
         }
     } else {
+        /* Leaving chunk mode: what the chunks hold is copied once into the mapping's first pages. */
         base = mmap(NULL, map_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (base == MAP_FAILED)
             return errno;
-        if (b->len)
-            memcpy(base + lead, b->data, b->len);
-        free(b->base);
+        if (b->len) {
+            chunks_copy(b, base + lead, b->len, 1);
+            b->populated = b->len;
+        }
+        chunks_release(b);
     }
     b->base = base;
     b->data = base + lead;
@@ -211,26 +391,17 @@ static int outbuf_reserve(struct pyproc_outbuf *b, size_t need, size_t lead)
     return 0;
 }
 
-/* Faults in (zeroed, writable) the buffer's pages up to `upto` bytes from data, with one madvise instead of a
-   page fault per 4 KiB.  Kernels before 5.14 refuse MADV_POPULATE_WRITE: then the reads fault as usual. */
+/* Faults in the mapping's pages up to `upto` bytes from data (see populate_range). */
 static void populate(struct pyproc_outbuf *b, size_t upto)
 {
-#ifdef MADV_POPULATE_WRITE
-    static int refused;
-    size_t page = page_size();
-    if (refused || upto <= b->populated)
+    if (upto <= b->populated)
         return;
-    uintptr_t from = (uintptr_t)(b->data + b->populated) / page * page;
-    uintptr_t to = round_up((uintptr_t)(b->data + upto), page);
-    if (to > (uintptr_t)(b->base + b->map_size))
-        to = (uintptr_t)(b->base + b->map_size);
-    if (to > from && madvise((void *)from, to - from, MADV_POPULATE_WRITE) != 0 && errno == EINVAL)
-        refused = 1;
+    char *from = b->data + b->populated, *to = b->data + upto, *end = b->base + b->map_size;
+    if (to > end)
+        to = end;
+    if (to > from)
+        populate_range(from, (size_t)(to - from));
     b->populated = upto;
-#else
-    (void)b;
-    (void)upto;
-#endif
 }
 
 /* ---- the helper: a thread that pays for the page faults of a big output on the other CPU ------------------ *
@@ -319,8 +490,7 @@ static void outbuf_free(struct pyproc_outbuf *b)
     helper_stop(b);
     if (b->map_size)
         munmap(b->base, b->map_size);
-    else
-        free(b->base);
+    chunks_release(b);
     memset(b, 0, sizeof *b);
 }
 
@@ -333,6 +503,7 @@ void pyproc_pump_init(struct pyproc_pump *p)
     p->out_fd[0] = p->out_fd[1] = -1;
     p->max_output = UINT64_MAX;
     p->deadline_ns = -1;
+    p->chunk_max = PYPROC_OUT_CHUNK_MAX;
 }
 
 /* The pump's fds are the parent's ends of pipes pyproc made (no O_APPEND, O_ASYNC, O_DIRECT to keep), so one
@@ -405,44 +576,63 @@ static int pump_write(struct pyproc_pump *p, int *ready)
     return 0;
 }
 
+/* Output b flows into an enlarged pipe, in chunk mode (in map mode, naps were measured slower: 1 GiB capture). */
+static int napping(const struct pyproc_outbuf *b)
+{
+    return b->big_pipe && !b->map_size;
+}
+
 /* Reads once from output i; *ready = 0 when the pipe is (now) empty. */
 static int pump_read(struct pyproc_pump *p, int i, int *ready)
 {
     struct pyproc_outbuf *b = &p->out[i];
     uint64_t allowed = p->max_output == UINT64_MAX ? UINT64_MAX : p->max_output + 1;  /* one more: to see it */
-    size_t want_free = MIN_FREE;
-    if (b->cap - b->len < want_free) {
-        size_t need = b->len + want_free;
-        if (allowed != UINT64_MAX && need > allowed)
-            need = allowed > b->len ? (size_t)allowed : b->len + 1;
-        int err = outbuf_reserve(b, need, p->lead);
-        if (err)
-            return err;
-    }
-    size_t room = b->cap - b->len;
-    if (allowed != UINT64_MAX && allowed - b->len < room)
-        room = (size_t)(allowed - b->len);
-    if (room == 0) {  /* at the limit (only while draining): nothing more is taken */
+    if (allowed != UINT64_MAX && b->len >= allowed) {  /* at the limit (only while draining): nothing more */
         *ready = 0;
         return 0;
     }
-    if (b->map_size && !b->helper && b->len >= HELPER_AFTER)
-        helper_start(b);
-    if (b->helper) {
-        if (room > HELPER_READ)
-            room = HELPER_READ;
-        helper_poke(b->helper, b->len + HELPER_AHEAD);
-    } else if (b->map_size) {
-        /* A big buffer is faulted in a whole stretch at a time, by one call instead of a fault per page, once
-           less than MIN_FREE of it is left ahead of the reads: writers often send 4 KiB at a time, and one
-           madvise per small read cost more than the faults it saved.  Reads stay inside the populated part, so
-           the pages were just zeroed (still in the cache) when the pipe's data is copied in. */
-        if (b->populated < b->len + MIN_FREE)
-            populate(b, b->len + POPULATE_STEP);
-        if (b->populated > b->len && room > b->populated - b->len)
-            room = b->populated - b->len;
+    char *at;
+    size_t room;
+    if (!b->map_size && b->len <= p->chunk_max) {  /* at chunk_max: one more chunk, for the end of file */
+        size_t k = b->len / CHUNK, off = b->len % CHUNK;
+        if (k == b->nchunks) {
+            int err = chunks_add(b);
+            if (err)
+                return err;
+        }
+        at = b->chunks[k] + off;
+        room = CHUNK - off;
+    } else {
+        if (!b->map_size || b->cap - b->len < MIN_FREE) {  /* !map_size: leaving chunk mode */
+            size_t need = b->len + MIN_FREE;
+            if (allowed != UINT64_MAX && need > allowed)
+                need = (size_t)allowed;
+            int err = outbuf_reserve(b, need, p->lead);
+            if (err)
+                return err;
+        }
+        at = b->data + b->len;
+        room = b->cap - b->len;
+        if (!b->helper && b->len >= HELPER_AFTER)
+            helper_start(b);
+        if (b->helper) {
+            if (room > HELPER_READ)
+                room = HELPER_READ;
+            helper_poke(b->helper, b->len + HELPER_AHEAD);
+        } else {
+            /* A big buffer is faulted in a whole stretch at a time, by one call instead of a fault per page, once
+               less than MIN_FREE of it is left ahead of the reads: writers often send 4 KiB at a time, and one
+               madvise per small read cost more than the faults it saved.  Reads stay inside the populated part,
+               so the pages were just zeroed (still in the cache) when the pipe's data is copied in. */
+            if (b->populated < b->len + MIN_FREE)
+                populate(b, b->len + POPULATE_STEP);
+            if (b->populated > b->len && room > b->populated - b->len)
+                room = b->populated - b->len;
+        }
     }
-    ssize_t got = read(p->out_fd[i], b->data + b->len, room);
+    if (allowed != UINT64_MAX && allowed - b->len < room)
+        room = (size_t)(allowed - b->len);
+    ssize_t got = read(p->out_fd[i], at, room);
     if (got < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK) {
             *ready = 0;
@@ -459,7 +649,8 @@ static int pump_read(struct pyproc_pump *p, int i, int *ready)
         *ready = 0;
     if (!b->boosted && b->len >= BOOST_AFTER) {
         b->boosted = 1;
-        (void)fcntl(p->out_fd[i], F_SETPIPE_SZ, PIPE_BIG);  /* best effort */
+        /* best effort: EPERM past the user's quota (then the pump keeps polling this pipe) */
+        b->big_pipe = fcntl(p->out_fd[i], F_SETPIPE_SZ, PIPE_BIG) >= BIG_PIPE_MIN;
     }
     if (p->max_output != UINT64_MAX && b->len > p->max_output) {
         p->outcome = PYPROC_PUMP_LIMIT;
@@ -478,6 +669,7 @@ static int pump_run(struct pyproc_pump *p, int drain)
             return err;
     }
     int in_ready = 1, out_ready[2] = {0, 0};  /* outputs: poll first (a child rarely has written yet) */
+    size_t seen = p->out[0].len + p->out[1].len;
     int rounds = 0;
     for (;;) {
         if (drain && rounds++ >= DRAIN_ROUNDS)
@@ -516,6 +708,36 @@ static int pump_run(struct pyproc_pump *p, int drain)
         }
         if (progressed && (in_ready || out_ready[0] || out_ready[1]))
             continue;
+        /* A stream is flowing into an enlarged pipe: nap, then read what gathered, instead of poll (see NAP_NS). */
+        size_t total = p->out[0].len + p->out[1].len, got_since = total - seen;
+        seen = total;
+        if (!drain && p->in_fd < 0 && got_since >= NAP_MIN && (napping(&p->out[0]) || napping(&p->out[1]))) {
+            int64_t nap = NAP_NS;
+            if (p->deadline_ns >= 0) {
+                int64_t left = p->deadline_ns - pyproc_monotonic_ns();
+                if (left <= 0) {
+                    p->outcome = PYPROC_PUMP_TIMEOUT;
+                    return 0;
+                }
+                if (left < nap)
+                    nap = left;
+            }
+            /* No events asked: a write does not wake this poll, the writer's close (POLLHUP) does. */
+            struct pollfd fds[2];
+            nfds_t n = 0;
+            for (int i = 0; i < 2; i++)
+                if (!p->out_eof[i])
+                    fds[n++] = (struct pollfd){p->out_fd[i], 0, 0};
+            struct timespec ts = {0, (long)nap};
+            if (ppoll(fds, n, &ts, NULL) < 0)
+                return errno;  /* EINTR included: the caller runs its handlers and calls again */
+            for (nfds_t k = 0; k < n; k++)
+                if (fds[k].revents & POLLNVAL)
+                    return EBADF;
+            out_ready[0] = !p->out_eof[0];
+            out_ready[1] = !p->out_eof[1];
+            continue;
+        }
 
         /* Nothing can move without waiting: poll every live fd together. */
         struct pollfd fds[3];
@@ -581,10 +803,16 @@ int pyproc_pump_take(struct pyproc_pump *p, int stream, char *dest, size_t n)
     struct pyproc_outbuf *b = &p->out[stream];
     if (n > b->len)
         return EINVAL;
+    if (!b->map_size) {
+        /* glibc's malloc maps anything this large afresh (its largest mmap threshold) */
+        chunks_copy_parallel(b, dest, n, n >= (size_t)PYPROC_OUT_CHUNK_MAX);
+        outbuf_free(b);
+        return 0;
+    }
     size_t page = page_size();
     uintptr_t src = (uintptr_t)b->data, dst = (uintptr_t)dest;
     size_t head = (page - src % page) % page;
-    if (b->map_size && src % page == dst % page && n >= head + 16 * page) {
+    if (src % page == dst % page && n >= head + 16 * page) {
         size_t moved = (n - head) / page * page;
         memcpy(dest, b->data, head);
         void *to = mremap(b->data + head, moved, moved, MREMAP_MAYMOVE | MREMAP_FIXED, dest + head);
@@ -602,14 +830,26 @@ int pyproc_pump_take(struct pyproc_pump *p, int stream, char *dest, size_t n)
         }
     }
     /* Copied: in steps whose destination pages are faulted in at once first (dest is fresh memory). */
-    struct pyproc_outbuf target = {.base = dest, .data = dest, .map_size = n};
     for (size_t at = 0; at < n; at += POPULATE_STEP) {
         size_t step = n - at < POPULATE_STEP ? n - at : POPULATE_STEP;
-        if (n >= SMALL_MAX)
-            populate(&target, at + step);
+        populate_range(dest + at, step);
         memcpy(dest + at, b->data + at, step);
     }
     outbuf_free(b);
+    return 0;
+}
+
+int pyproc_pump_copy(const struct pyproc_pump *p, int stream, char *dest, size_t n)
+{
+    if (stream < 0 || stream > 1)
+        return EINVAL;
+    const struct pyproc_outbuf *b = &p->out[stream];
+    if (n > b->len)
+        return EINVAL;
+    if (b->map_size)
+        memcpy(dest, b->data, n);
+    else
+        chunks_copy(b, dest, n, 0);
     return 0;
 }
 

@@ -220,16 +220,29 @@ int pyproc_write_full(int fd, const char *buf, size_t n, size_t *done);
 #define PYPROC_PUMP_TIMEOUT 2
 #define PYPROC_PUMP_LIMIT 3
 
-/* One output stream: a buffer that grows by mremap (no copy of what was read) once it is large. */
+/* Bytes per chunk of an output buffer in chunk mode (see struct pyproc_outbuf). */
+#define PYPROC_OUT_CHUNK 262144
+/* The default crossover from chunk mode to map mode (pyproc_pump.chunk_max): glibc's largest mmap threshold,
+   above which a result bytes object is always a fresh mapping that pages can be moved into. */
+#define PYPROC_OUT_CHUNK_MAX 33554432
+
+/* One output stream.  Chunk mode (up to a crossover): PYPROC_OUT_CHUNK-byte chunks, filled in order, taken from
+   and given back to a process-wide pool, so that repeated runs read into memory that is already faulted in.
+   Past the crossover, map mode: one anonymous mapping that grows by mremap (no copy of what was read), whose
+   pages pyproc_pump_take can move into the result. */
 struct pyproc_outbuf {
-    char *base;       /* the allocation: malloc'd while small, an anonymous mapping once large */
-    char *data;       /* where the output starts: base, or base + lead in a mapping */
+    char *base;       /* map mode: the mapping; chunk mode: NULL */
+    char *data;       /* where the output starts: base + lead in map mode, the first chunk in chunk mode */
     size_t len;
-    size_t cap;       /* bytes available from data */
-    size_t map_size;  /* size of the mapping; 0 while malloc'd */
-    int boosted;      /* the pipe's capacity was raised */
-    size_t populated; /* bytes from data already faulted in (MADV_POPULATE_WRITE) */
+    size_t cap;       /* map mode: bytes available from data */
+    size_t map_size;  /* size of the mapping; 0 in chunk mode */
+    int boosted;      /* the pipe's capacity was raised (asked for) */
+    int big_pipe;     /* ... and it holds at least half of what was asked: the pump may nap instead of polling */
+    size_t populated; /* map mode: bytes from data already faulted in (MADV_POPULATE_WRITE) */
     void *helper;     /* the thread that faults pages in ahead of the reads, while pyproc_pump_run runs */
+    char **chunks;    /* chunk mode: the chunks (output byte k is chunks[k / PYPROC_OUT_CHUNK][k % ...]) */
+    size_t nchunks;
+    size_t chunk_slots;
 };
 
 /* The state of run()/communicate()'s pump; it survives an EINTR return, so the caller can resume.
@@ -251,6 +264,7 @@ struct pyproc_pump {
     int limit_stream;       /* 0 or 1 when outcome is LIMIT */
     int started;
     int sigpipe_default;    /* SIGPIPE is not ignored in this process: block it around writes */
+    size_t chunk_max;       /* outputs stay in chunk mode below this many bytes (PYPROC_OUT_CHUNK_MAX) */
 };
 
 /* Prepares a pump with nothing in it (fds -1, no limit, no deadline). */
@@ -266,6 +280,9 @@ int pyproc_pump_run(struct pyproc_pump *p, int drain);
    buffer have the same offset in a page, whole pages are moved by mremap instead of copied: dest must be
    writable anonymous memory of this process that nothing uses yet (a freshly allocated object). */
 int pyproc_pump_take(struct pyproc_pump *p, int stream, char *dest, size_t n);
+
+/* Copies the first n bytes (n <= len) of output `stream` into dest and keeps the buffer (a peek). */
+int pyproc_pump_copy(const struct pyproc_pump *p, int stream, char *dest, size_t n);
 
 /* Frees the buffers and closes the input fd if still open; safe to call twice. */
 void pyproc_pump_release(struct pyproc_pump *p);

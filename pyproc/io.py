@@ -24,14 +24,18 @@ the
 - A child in its own group (run() with a timeout) that reads the terminal is stopped by SIGTTIN: give it
   input= or stdin=, or keep it in pyproc's group with process_group=os.getpgrp() (then a timeout kills the
   child alone).
-- Outputs past 4 MiB are read with a short-lived helper thread (all signals blocked) that faults the buffer's
-  pages in ahead of the reads on the other CPU; it never outlives the C call.  A large output reaches Python by
-  moving its pages into the bytes object (mremap), not by copying them.
+- Captured output below 32 MiB per stream is read into 256 KiB chunks from a process-wide pool (reused by later
+  runs, so their pages are faulted in once; the pool keeps at most 32 MiB) and copied once, with the GIL
+  released, into the result.  Past 32 MiB (glibc's largest mmap threshold, above which a bytes object is always a
+  fresh mapping) the output goes to one growing mapping, read with a short-lived helper thread (all signals
+  blocked) that faults its pages in ahead of the reads on the other CPU (it never outlives the C call), and
+  reaches Python by moving its pages into the bytes object (mremap), not by copying them.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import locale
 import math
 import os
@@ -48,9 +52,13 @@ from .spawn import PIPE, STDOUT, FileSpec, _pack_direct, _start_piped, prepare, 
 
 _EINTR = errno.EINTR
 _NO_LIMIT = (1 << 64) - 1
-_BIG = 1 << 20  # outputs at least this large are handed over by pyproc_pump_take (pages moved, not copied)
+# Smaller outputs are sliced out of the pump's first chunk (one contiguous piece); larger ones are copied (or
+# their pages moved) into a new bytes object by C, with the GIL released.
+_SMALL = min(64 << 10, lib.PYPROC_OUT_CHUNK)
 _PAGE = os.sysconf("SC_PAGESIZE")
 _page_lead: int | None = None
+_chunk_max = lib.PYPROC_OUT_CHUNK_MAX  # outputs below this stay in the pump's reused chunks (tests lower it)
+_new_bytes: Any = None
 
 Input = Union[bytes, bytearray, memoryview, str, None]  # noqa: UP007 - a runtime alias on 3.10
 
@@ -67,6 +75,28 @@ def _lead() -> int:
         _page_lead = int(ffi.cast("uintptr_t", ffi.from_buffer("char[]", probe))) % _PAGE
         del probe
     return _page_lead
+
+
+def _uninitialized_bytes(n: int) -> bytes:
+    """A new bytes object of n bytes that the caller fills at once (through ffi.from_buffer) before anyone sees it.
+
+    CPython's PyBytes_FromStringAndSize(NULL, n) (through ctypes, imported on first use): unlike bytes(n), it does
+    not zero memory that is about to be overwritten -- glibc's calloc clears recycled heap memory, a whole extra
+    pass over a medium output.  Falls back to bytes(n) where ctypes or that function is missing.
+    """
+    global _new_bytes
+    if _new_bytes is None:
+        try:
+            import ctypes
+
+            func = ctypes.pythonapi.PyBytes_FromStringAndSize
+            func.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
+            func.restype = ctypes.py_object
+            _new_bytes = functools.partial(func, None)
+        except (ImportError, AttributeError):
+            _new_bytes = bytes
+    result: bytes = _new_bytes(n)
+    return result
 
 
 # ---- read_full / write_full --------------------------------------------------------------------------------
@@ -167,6 +197,7 @@ class _Pump:
         if max_output is not None:
             self.c.max_output = max_output
         self.c.lead = _lead()
+        self.c.chunk_max = _chunk_max
         self.released = False
 
     def run(self, deadline: float | None) -> int:
@@ -192,20 +223,25 @@ class _Pump:
 
     def peek(self, stream: int) -> bytes:
         """A copy of what was read so far (the state is kept)."""
-        out = self.c.out[stream]
-        return ffi.buffer(out.data, out.len)[:] if out.len else b""
+        n = int(self.c.out[stream].len)
+        if n < _SMALL:
+            return ffi.buffer(self.c.out[stream].data, n)[:] if n else b""
+        result = _uninitialized_bytes(n)
+        check(lib.pyproc_pump_copy(self.c, stream, ffi.from_buffer("char[]", result), n), None,
+              "copying the output")
+        return result
 
     def take(self, stream: int, limit: int | None = None) -> bytes:
         """What was read, handed over once (at most limit bytes); the buffer is freed."""
         out = self.c.out[stream]
         n = int(out.len) if limit is None else min(int(out.len), limit)
-        if n < _BIG:
+        if n < _SMALL:  # contiguous: the first chunk (or the mapping) holds it
             data = ffi.buffer(out.data, n)[:] if n else b""
             lib.pyproc_pump_take(self.c, stream, ffi.NULL, 0)
             return data
-        # A fresh, not yet shared bytes object (calloc'd, untouched) receives the output: its pages are moved
-        # there when the offsets agree, else copied with the GIL released.
-        result = bytes(n)
+        # A new bytes object, not yet shared, receives the output with the GIL released: copied from the chunks,
+        # or, from a large mapping, its pages moved there when the offsets in a page agree (else copied).
+        result = _uninitialized_bytes(n)
         dest = ffi.from_buffer("char[]", result)
         check(lib.pyproc_pump_take(self.c, stream, dest, n), None, "handing over the output")
         return result

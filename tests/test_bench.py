@@ -104,6 +104,13 @@ def test_quick_run_figures_are_sane(quick_run: tuple[Path, subprocess.CompletedP
 
     targets = {t["name"]: t for t in results["targets"]}
     assert any(name.startswith("spawn minimal exe: pyproc default vs C floor") for name in targets)
+    # The medium capture row (issue 3's regression guard) is measured in every run, quick or not.
+    medium = results["io"]["capture_medium"]
+    assert medium["size"] == results["meta"]["config"]["medium_io_size"]
+    for name in ("pyproc", "subprocess"):
+        assert _median(medium["series"][name]) > 0, name
+    guard = targets[f"capture {medium['size'] >> 20} MiB: subprocess.run(capture_output=True) vs pyproc"]
+    assert guard["ratio"] is not None and guard["bound"] == 1.0 and guard["op"] == ">="
     for t in results["targets"]:
         assert t["held"] in (True, False, None)
         assert (t["held"] is None) == (t["ratio"] is None)

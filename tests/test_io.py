@@ -32,6 +32,8 @@ def _pipe_capacity() -> int:
 
 
 PIPE_CAP = _pipe_capacity()
+CHUNK = pyproc._lib.lib.PYPROC_OUT_CHUNK  # the pump's chunk size (chunk mode, below the crossover)
+CROSSOVER = pyproc.io._chunk_max  # outputs past this many bytes leave chunk mode for one growing mapping
 
 # Every test here must leave no fd open in the parent and no child (running or zombie) behind: no_leaks in
 # conftest.py checks that after each test (and some tests check it themselves at a precise point).
@@ -471,6 +473,93 @@ def test_communicate_input_needs_a_stdin_pipe() -> None:
     assert proc.communicate() == (b"", None)
 
 
+# ---- chunk mode / map mode: the crossover -------------------------------------------------------------------
+# Below CROSSOVER an output is read into pooled chunks and copied once into the result; past it, into one mapping
+# whose pages are moved into the result.  Every byte must come back, at every boundary, with every feature.
+
+
+@pytest.mark.parametrize("delta", [-1, 0, 1])
+def test_output_at_the_crossover(delta: int) -> None:
+    data = _pattern(CROSSOVER + delta)
+    res = pyproc.run(["cat"], input=data, capture=True, timeout=120)
+    assert len(res.stdout) == len(data)
+    assert res.stdout == data
+
+
+@pytest.mark.parametrize("size", [pyproc.io._SMALL - 1, pyproc.io._SMALL, CHUNK - 1, CHUNK, CHUNK + 1,
+                                  2 * CHUNK - 1, 2 * CHUNK, 3 * CHUNK + 12344, 3 * CHUNK + 12345,
+                                  3 * CHUNK + 12346, 5 * CHUNK + 1])
+def test_chunk_boundaries_and_a_lowered_crossover(monkeypatch: pytest.MonkeyPatch, size: int) -> None:
+    # The crossover lowered to an odd size, so that chunk boundaries, the switch to map mode (the chunks copied
+    # into the mapping) and what follows are all crossed here, on both streams at once.
+    monkeypatch.setattr(pyproc.io, "_chunk_max", 3 * CHUNK + 12345)
+    data = _pattern(size)
+    res = pyproc.run(["sh", "-c", "tee /dev/stderr"], input=data, capture=True, timeout=60)
+    assert res.stdout == data
+    assert res.stderr == data
+
+
+def test_chunks_are_reused_without_stale_bytes() -> None:
+    # The pool gives chunks back to later runs: a shorter, different output after a longer one must not show
+    # anything of the first (and two streams at once take different chunks).
+    first = _pattern(CHUNK * 6 + 99)
+    assert pyproc.run(["cat"], input=first, capture=True).stdout == first
+    second = bytes(reversed(_pattern(CHUNK * 2 + 7)))
+    res = pyproc.run(["sh", "-c", "tee /dev/stderr"], input=second, capture=True)
+    assert res.stdout == second and res.stderr == second
+    assert pyproc.run(["head", "-c", str(CHUNK + 5), "/dev/zero"], capture=True).stdout == bytes(CHUNK + 5)
+
+
+@pytest.mark.parametrize("limit_delta", [-1, 0, 1])
+def test_max_output_across_a_lowered_crossover(monkeypatch: pytest.MonkeyPatch, limit_delta: int) -> None:
+    crossover = 2 * CHUNK + 777
+    monkeypatch.setattr(pyproc.io, "_chunk_max", crossover)
+    limit = crossover + limit_delta
+    data = _pattern(crossover + 3 * CHUNK)
+    with pytest.raises(pyproc.OutputLimitExceeded) as info:
+        pyproc.run(["cat"], input=data, capture=True, max_output=limit, timeout=60)
+    assert info.value.stdout == data[:limit]
+    exact = pyproc.run(["cat"], input=data[:limit], capture=True, max_output=limit, timeout=60)
+    assert exact.stdout == data[:limit]
+
+
+@pytest.mark.parametrize("limit_delta", [-1, 1])
+def test_max_output_at_the_crossover(limit_delta: int) -> None:
+    limit = CROSSOVER + limit_delta
+    with pytest.raises(pyproc.OutputLimitExceeded) as info:
+        pyproc.run(["head", "-c", str(CROSSOVER + CHUNK), "/dev/zero"], capture=True, max_output=limit,
+                   timeout=120)
+    assert len(info.value.stdout) == limit
+    assert info.value.stdout == bytes(limit)
+
+
+@pytest.mark.parametrize("crossover", [None, 2 * CHUNK + 1])
+def test_timeout_partial_output_and_resume_in_either_mode(monkeypatch: pytest.MonkeyPatch, tmp_path: os.PathLike[str],
+                                                          crossover: int | None) -> None:
+    # communicate() with a timeout gives a copy of what was read (chunk mode: the chunks copied out; with the
+    # lowered crossover: from the mapping), keeps the state, and finishes later with every byte.
+    if crossover is not None:
+        monkeypatch.setattr(pyproc.io, "_chunk_max", crossover)
+    head = _pattern(5 * CHUNK + 3)
+    tail = b"tail" * 1000
+    path = os.path.join(tmp_path, "head")
+    with open(path, "wb") as f:
+        f.write(head)
+    proc = pyproc.spawn(["sh", "-c", f"cat '{path}'; sleep 1; printf %s {tail.decode()}"], stdout=pyproc.PIPE)
+    with pytest.raises(pyproc.TimeoutExpired) as info:
+        proc.communicate(timeout=0.5)
+    assert info.value.stdout == head
+    out, _ = proc.communicate(timeout=30)
+    assert out == head + tail
+    assert proc.returncode == 0
+
+
+def test_text_mode_medium_output() -> None:
+    text = "äöü€ line\n" * 300_000  # about 4.5 MB of UTF-8: chunk mode, characters split across chunks
+    res = pyproc.run(["cat"], input=text.encode(), capture=True, encoding="utf-8")
+    assert res.stdout == text
+
+
 # ---- max_output --------------------------------------------------------------------------------------------
 
 
@@ -648,8 +737,10 @@ def test_communicate_bad_arguments() -> None:
 def test_large_output_handover_moved_or_copied(monkeypatch: pytest.MonkeyPatch, shift: int) -> None:
     # Whole pages are moved into the bytes object when its data and the buffer's share their page offset
     # (shift 0, with glibc's allocator), otherwise copied (any other shift).  Both must give every byte back.
+    # The crossover is lowered so that 6 MiB goes through map mode (and leaves chunk mode at an odd offset).
     lead = pyproc.io._lead()
     monkeypatch.setattr(pyproc.io, "_page_lead", (lead + shift) % os.sysconf("SC_PAGESIZE"))
+    monkeypatch.setattr(pyproc.io, "_chunk_max", CHUNK + 12345)
     size = (6 << 20) + 333
     data = _pattern(size)
     res = pyproc.run(["cat"], input=data, capture=True)

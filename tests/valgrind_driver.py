@@ -268,6 +268,15 @@ def io_round() -> None:
     for engine in ("fork", "clone"):
         result = pyproc.run(["cat"], input=data, capture=True, engine=engine)
         check(engine != "fork" or (result.returncode == 0 and result.stdout == data), f"run cat ({engine})")
+    # Chunk mode past one chunk (the copy out by two threads), then map mode (the crossover lowered: the switch).
+    medium = bytes(range(256)) * (12 << 10)  # 3 MiB
+    check(pyproc.run(["cat"], input=medium, capture=True).stdout == medium, "run cat 3 MiB (chunks)")
+    saved = pyproc.io._chunk_max
+    pyproc.io._chunk_max = (1 << 20) + 123
+    try:
+        check(pyproc.run(["cat"], input=medium, capture=True).stdout == medium, "run cat 3 MiB (map mode)")
+    finally:
+        pyproc.io._chunk_max = saved
     result = pyproc.run(["sh", "-c", "echo out; echo err >&2"], capture=True, engine="fork", encoding="utf-8")
     check(result.stdout == "out\n" and result.stderr == "err\n", f"run text {result.stdout!r}")
     try:
