@@ -506,6 +506,21 @@ void pyproc_pump_init(struct pyproc_pump *p)
     p->chunk_max = PYPROC_OUT_CHUNK_MAX;
 }
 
+void pyproc_pump_setup(struct pyproc_pump *p, int in_fd, const char *in_data, size_t in_len, int out_fd0,
+                       int out_fd1, uint64_t max_output, size_t lead, size_t chunk_max, int own_outputs)
+{
+    pyproc_pump_init(p);
+    p->in_fd = in_fd;
+    p->in_data = in_data;
+    p->in_len = in_data ? in_len : 0;
+    p->out_fd[0] = out_fd0;
+    p->out_fd[1] = out_fd1;
+    p->max_output = max_output;
+    p->lead = lead;
+    p->chunk_max = chunk_max;
+    p->own_outputs = own_outputs;
+}
+
 /* The pump's fds are the parent's ends of pipes pyproc made (no O_APPEND, O_ASYNC, O_DIRECT to keep), so one
    F_SETFL does it. */
 static int set_nonblocking(int fd)
@@ -856,6 +871,17 @@ int pyproc_pump_copy(const struct pyproc_pump *p, int stream, char *dest, size_t
 void pyproc_pump_release(struct pyproc_pump *p)
 {
     close_input(p);
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < 2; i++) {
         outbuf_free(&p->out[i]);
+        if (p->own_outputs && p->out_fd[i] >= 0) {
+            close(p->out_fd[i]);  /* a pipe's close cannot fail in a way that leaves it open */
+            p->out_fd[i] = -1;
+        }
+    }
+}
+
+int pyproc_pump_finish(struct pyproc_pump *p, struct pyproc_child *child, int pid, int pidfd)
+{
+    pyproc_pump_release(p);
+    return pyproc_child_reap(child, pid, pidfd, 0);
 }

@@ -265,10 +265,16 @@ struct pyproc_pump {
     int started;
     int sigpipe_default;    /* SIGPIPE is not ignored in this process: block it around writes */
     size_t chunk_max;       /* outputs stay in chunk mode below this many bytes (PYPROC_OUT_CHUNK_MAX) */
+    int own_outputs;        /* release closes out_fd[] too (run(): the pump holds every pipe end) */
 };
 
 /* Prepares a pump with nothing in it (fds -1, no limit, no deadline). */
 void pyproc_pump_init(struct pyproc_pump *p);
+
+/* pyproc_pump_init, then the input (in_fd -1: none; in_data may be NULL when in_len is 0), the outputs (-1:
+   none), max_output, lead and chunk_max set in one call. */
+void pyproc_pump_setup(struct pyproc_pump *p, int in_fd, const char *in_data, size_t in_len, int out_fd0,
+                       int out_fd1, uint64_t max_output, size_t lead, size_t chunk_max, int own_outputs);
 
 /* Moves data until the outcome is decided: input written as the pipe accepts it, outputs read as they come, all
    polled together (never blocked on one while another fills).  Returns 0 with p->outcome set, EINTR to be called
@@ -284,8 +290,13 @@ int pyproc_pump_take(struct pyproc_pump *p, int stream, char *dest, size_t n);
 /* Copies the first n bytes (n <= len) of output `stream` into dest and keeps the buffer (a peek). */
 int pyproc_pump_copy(const struct pyproc_pump *p, int stream, char *dest, size_t n);
 
-/* Frees the buffers and closes the input fd if still open; safe to call twice. */
+/* Frees the buffers and closes the input fd if still open (and the output fds with own_outputs); safe to call
+   twice. */
 void pyproc_pump_release(struct pyproc_pump *p);
+
+/* run()'s common ending in one call, once the outputs were taken: pyproc_pump_release, then the child reaped
+   like pyproc_child_reap (blocking; EINTR returned, call again). */
+int pyproc_pump_finish(struct pyproc_pump *p, struct pyproc_child *child, int pid, int pidfd);
 
 /* CLOCK_MONOTONIC now, in ns (the clock of deadline_ns). */
 int64_t pyproc_monotonic_ns(void);

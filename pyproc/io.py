@@ -181,23 +181,17 @@ class _Pump:
     """One struct pyproc_pump and what it points to; resumable (communicate after a timeout continues it)."""
 
     def __init__(self, in_fd: int | None, data: memoryview | None, out_fds: tuple[int | None, int | None],
-                 max_output: int | None) -> None:
+                 max_output: int | None, own_outputs: bool = False) -> None:
         self.c = ffi.new("struct pyproc_pump *")
-        lib.pyproc_pump_init(self.c)
-        self._data = None
-        if in_fd is not None:
-            self.c.in_fd = in_fd
-            if data is not None and data.nbytes:
-                self._data = ffi.from_buffer("char[]", data)
-                self.c.in_data = self._data
-                self.c.in_len = data.nbytes
-        for i, fd in enumerate(out_fds):
-            if fd is not None:
-                self.c.out_fd[i] = fd
-        if max_output is not None:
-            self.c.max_output = max_output
-        self.c.lead = _lead()
-        self.c.chunk_max = _chunk_max
+        self._data = ffi.NULL  # the input, kept alive while the pump may write it
+        n = 0
+        if in_fd is not None and data is not None and data.nbytes:
+            self._data = ffi.from_buffer("char[]", data)
+            n = data.nbytes
+        out, err = out_fds
+        lib.pyproc_pump_setup(self.c, -1 if in_fd is None else in_fd, self._data, n, -1 if out is None else out,
+                              -1 if err is None else err, _NO_LIMIT if max_output is None else max_output, _lead(),
+                              _chunk_max, own_outputs)
         self.released = False
 
     def run(self, deadline: float | None) -> int:
@@ -235,16 +229,32 @@ class _Pump:
         """What was read, handed over once (at most limit bytes); the buffer is freed."""
         out = self.c.out[stream]
         n = int(out.len) if limit is None else min(int(out.len), limit)
-        if n < _SMALL:  # contiguous: the first chunk (or the mapping) holds it
-            data = ffi.buffer(out.data, n)[:] if n else b""
-            lib.pyproc_pump_take(self.c, stream, ffi.NULL, 0)
-            return data
+        if n < _SMALL:  # contiguous: the first chunk (or the mapping) holds it; release() frees it
+            return ffi.buffer(out.data, n)[:] if n else b""
         # A new bytes object, not yet shared, receives the output with the GIL released: copied from the chunks,
         # or, from a large mapping, its pages moved there when the offsets in a page agree (else copied).
         result = _uninitialized_bytes(n)
         dest = ffi.from_buffer("char[]", result)
         check(lib.pyproc_pump_take(self.c, stream, dest, n), None, "handing over the output")
         return result
+
+    def finish(self, proc: Process) -> None:
+        """release(), then reaps proc, in one C call (run()'s ending once the outputs were taken)."""
+        child = proc._c
+        if child is None or proc.returncode is not None:
+            self.release()
+            proc.wait()
+            return
+        pidfd = -1 if proc.pidfd is None else proc.pidfd
+        while True:
+            err = lib.pyproc_pump_finish(self.c, child, proc.pid, pidfd)
+            if err != _EINTR:  # EINTR: go round, so that Python's signal handlers run (and may raise)
+                break
+        self.released = True
+        if err:
+            proc.wait()  # ECHILD (reaped behind our back) and the rest: the general reap decides
+        else:
+            proc._set_reaped()
 
     def release(self) -> None:
         if not self.released:
@@ -589,9 +599,8 @@ def _run_started(proc: Process, parent: list[int | None], open_fds: list[int], d
     in_fd = parent[0]
     if in_fd is None and parent[1] is None and parent[2] is None:
         return _wait_run(proc, None, None, deadline, timeout, own_group)  # nothing to pump
-    if in_fd is not None:
-        open_fds.remove(in_fd)  # the pump owns it now: it closes it once the input is written
-    pump = _Pump(in_fd, data, (parent[1], parent[2]), limit)
+    pump = _Pump(in_fd, data, (parent[1], parent[2]), limit, own_outputs=True)
+    open_fds.clear()  # the pump owns every pipe end now: it closes the input once written, all at release
     try:
         outcome = pump.run(deadline)
         if outcome != lib.PYPROC_PUMP_DONE:
@@ -605,9 +614,12 @@ def _run_started(proc: Process, parent: list[int | None], open_fds: list[int], d
             raise OutputLimitExceeded(proc.args, limit or 0, out, err)
         out = pump.take(0) if parent[1] is not None else None
         err = pump.take(1) if parent[2] is not None else None
+        if deadline is None:
+            pump.finish(proc)  # the common ending: pipes closed and the child reaped in one C call
+            assert proc.returncode is not None
+            return Result(proc.args, proc.returncode, out, err, proc)
     finally:
         pump.release()
-    _close_fds(open_fds)
     return _wait_run(proc, out, err, deadline, timeout, own_group)
 
 

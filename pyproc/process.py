@@ -206,6 +206,11 @@ class Process:
         finally:
             lock.release()
 
+    def _set_reaped(self) -> None:
+        """Records a reap done by a C call that filled self._c (pyproc_pump_finish): it closed the pidfd."""
+        self.pidfd = None
+        self.returncode = self._c.returncode
+
     def poll(self) -> int | None:
         """The returncode if the child has finished (reaping it), else None; never blocks."""
         self._reap(nohang=True)
