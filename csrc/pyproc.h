@@ -26,7 +26,7 @@
 /* The package version this module was compiled from (the Python loader refuses a stale build). */
 const char *pyproc_version(void);
 
-/* ---- spawn.c: engines and the child side ----------------------------------------------------------------------- */
+/* ---- spawn.c: engines; child.c: the child side ----------------------------------------------------------------- */
 
 #define PYPROC_ENGINE_CLONE 1
 #define PYPROC_ENGINE_VFORK 2
@@ -204,7 +204,7 @@ int pyproc_send_signal(int pid, int pidfd, int sig);
 /* Opens a pidfd for pid (-1 in *pidfd when the kernel has none). */
 int pyproc_pidfd_open(int pid, int *pidfd);
 
-/* ---- io.c: full-buffer loops, the poll pump, pipelines (issue 3) ------------------------------------------------ */
+/* ---- io.c: full-buffer loops, the poll pump, pipelines; outbuf.c: its output buffers (issue 3) ------------------ */
 
 /* Reads until n bytes are in buf or end of file; *done counts what arrived (also when an error is returned).
    Partial reads are continued and EAGAIN (a non-blocking fd) is waited out with poll.  EINTR is returned with

@@ -1,17 +1,18 @@
 /*
- * spawn.c - the engines (clone3/clone/vfork, posix_spawn, fork) and the child side.
+ * spawn.c - the engines (clone3/clone/vfork, posix_spawn, fork): the parent's side of starting a child.
  *
- * Everything between clone/vfork/fork and exec runs in child_main(), which keeps DESIGN.md's rules: only raw
- * syscalls and async-signal-safe calls, nothing allocated, everything prepared by the parent, and it never returns
- * (exec or _exit).  With the CLONE_VM engines the child reports a failure by writing it into the parent's memory
+ * Everything between clone/vfork/fork and exec runs in child.c (pyproc__child_main), which keeps DESIGN.md's rules:
+ * only raw syscalls and async-signal-safe calls, nothing allocated, everything prepared by the parent, and it never
+ * returns (exec or _exit).  Nothing in this file runs in a child except the ways into child.c (vfork_child and
+ * spawn_fork, where vfork/fork return 0; clone(2) and the clone3 stub, which start the child on its own stack).
+ * With the CLONE_VM engines the child reports a failure by writing it into the parent's memory
  * (as glibc's posix_spawn does): the parent is suspended until the child has exec'd or exited (CLONE_VFORK), so the
  * record is there when clone returns, and no error pipe (three syscalls) is needed.  The fork engine and
  * pyproc_exec_child() use a CLOEXEC pipe instead, since memory is not shared.
  */
-#include "pyproc.h"
+#include "child.h"
 
 #include <fcntl.h>
-#include <limits.h>
 #include <pthread.h>
 #include <sched.h>
 #include <spawn.h>
@@ -19,9 +20,6 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
-#include <sys/resource.h>
-#include <sys/stat.h>
 #include <sys/syscall.h>
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -56,327 +54,7 @@ struct clone3_args {
     uint64_t tls;
 };
 
-/* The kernel's struct sigaction, large enough for every architecture's layout (x86_64 and arm64: 32 bytes). */
-struct kernel_sigaction {
-    void *handler;
-    unsigned long flags;
-    unsigned long rest[2];
-};
-
-#define KERNEL_SIGSET_SIZE (_NSIG / 8)
 #define CHILD_STACK_SIZE (64 * 1024)
-
-static int forced_fallbacks;
-
-void pyproc_set_forced_fallbacks(int mask) { __atomic_store_n(&forced_fallbacks, mask, __ATOMIC_RELAXED); }
-int pyproc_get_forced_fallbacks(void) { return __atomic_load_n(&forced_fallbacks, __ATOMIC_RELAXED); }
-
-/* ---- the child side ------------------------------------------------------------------------------------------ */
-
-struct child_ctx {
-    const struct pyproc_spawn_request *req;
-    sigset_t exec_mask;                /* the mask the new program starts with */
-    int keep_mask;                     /* the child already has exec_mask (it inherited it): no sigprocmask */
-    int reset_handlers;                /* caught signals -> SIG_DFL (the kernel did it with CLONE_CLEAR_SIGHAND) */
-    int error_fd;                      /* >= 0: report failures to this pipe; < 0: into *shared */
-    int parent_pid;
-    int *moved_sources;                /* scratch, one per fd action, allocated by the parent */
-    struct pyproc_spawn_result *shared;
-};
-
-static void child_write_all(int fd, const void *buf, size_t len)
-{
-    const char *p = buf;
-    while (len > 0) {
-        ssize_t n = write(fd, p, len);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return;
-        }
-        p += n;
-        len -= (size_t)n;
-    }
-}
-
-static void __attribute__((noreturn)) child_fail(struct child_ctx *c, int stage, int index, int err)
-{
-    if (c->error_fd >= 0) {
-        int32_t record[2] = {(int32_t)(stage | (index << 8)), (int32_t)err};
-        child_write_all(c->error_fd, record, sizeof record);
-    } else {
-        c->shared->fail_stage = stage;
-        c->shared->fail_index = index;
-        c->shared->fail_errno = err;
-    }
-    _exit(127);
-}
-
-static int child_sigaction(int sig, const struct kernel_sigaction *new_action, struct kernel_sigaction *old_action)
-{
-    return (int)syscall(SYS_rt_sigaction, sig, new_action, old_action, KERNEL_SIGSET_SIZE);
-}
-
-static int child_set_default(int sig)
-{
-    struct kernel_sigaction dfl;
-    memset(&dfl, 0, sizeof dfl);
-    dfl.handler = (void *)SIG_DFL;
-    return child_sigaction(sig, &dfl, NULL);
-}
-
-static void child_reset_signals(struct child_ctx *c)
-{
-    const struct pyproc_spawn_request *r = c->req;
-    if (c->reset_handlers) {
-        for (int sig = 1; sig < _NSIG; sig++) {
-            struct kernel_sigaction old;
-            if (sig == SIGKILL || sig == SIGSTOP)
-                continue;
-            if (child_sigaction(sig, NULL, &old) != 0)
-                continue; /* not a signal this kernel knows */
-            if (old.handler != (void *)SIG_DFL && old.handler != (void *)SIG_IGN && child_set_default(sig) != 0)
-                child_fail(c, PYPROC_STAGE_SIGNALS, sig, errno);
-        }
-    }
-    if (r->restore_signals) {
-        if (child_set_default(SIGPIPE) != 0)
-            child_fail(c, PYPROC_STAGE_SIGNALS, SIGPIPE, errno);
-        if (child_set_default(SIGXFSZ) != 0)
-            child_fail(c, PYPROC_STAGE_SIGNALS, SIGXFSZ, errno);
-    }
-}
-
-static void child_apply_fd_plan(struct child_ctx *c)
-{
-    const struct pyproc_spawn_request *r = c->req;
-    int above_targets = 0;
-    for (int i = 0; i < r->n_fd_actions; i++)
-        if (r->fd_actions[i].target >= above_targets)
-            above_targets = r->fd_actions[i].target + 1;
-    if (c->error_fd >= 0 && c->error_fd < above_targets) {
-        int moved = fcntl(c->error_fd, F_DUPFD_CLOEXEC, above_targets);
-        if (moved < 0)
-            child_fail(c, PYPROC_STAGE_DUP2, 0, errno);
-        c->error_fd = moved;
-    }
-    /* A source that is also some step's target is first copied above every target, so the order of the steps
-       never matters (swaps and cycles come out right). */
-    for (int i = 0; i < r->n_fd_actions; i++) {
-        const struct pyproc_fd_action *a = &r->fd_actions[i];
-        c->moved_sources[i] = a->source;
-        if (a->move_first && a->source != a->target) {
-            int moved = fcntl(a->source, F_DUPFD_CLOEXEC, above_targets);
-            if (moved < 0)
-                child_fail(c, PYPROC_STAGE_DUP2, i, errno);
-            c->moved_sources[i] = moved;
-        }
-    }
-    for (int i = 0; i < r->n_fd_actions; i++) {
-        const struct pyproc_fd_action *a = &r->fd_actions[i];
-        int source = c->moved_sources[i];
-        if (source == a->target) {
-            if (fcntl(source, F_SETFD, 0) != 0)
-                child_fail(c, PYPROC_STAGE_DUP2, i, errno);
-        } else {
-            while (dup2(source, a->target) < 0) {
-                if (errno != EINTR && errno != EBUSY)
-                    child_fail(c, PYPROC_STAGE_DUP2, i, errno);
-            }
-        }
-    }
-}
-
-static int child_close_range(unsigned int first, unsigned int last)
-{
-#ifdef SYS_close_range
-    if (!(pyproc_get_forced_fallbacks() & PYPROC_FORCE_NO_CLOSE_RANGE))
-        return (int)syscall(SYS_close_range, first, last, 0) == 0 ? 0 : errno;
-#else
-    (void)first;
-    (void)last;
-#endif
-    return ENOSYS;
-}
-
-/* Is fd one the child keeps?  keep is ascending; extra is one more fd (the error pipe) or -1. */
-static int child_is_kept(const int *keep, int n, int extra, int fd)
-{
-    if (fd == extra)
-        return 1;
-    int lo = 0, hi = n - 1;
-    while (lo <= hi) {
-        int mid = lo + (hi - lo) / 2;
-        if (keep[mid] == fd)
-            return 1;
-        if (keep[mid] < fd)
-            lo = mid + 1;
-        else
-            hi = mid - 1;
-    }
-    return 0;
-}
-
-struct linux_dirent64 {
-    uint64_t d_ino;
-    int64_t d_off;
-    unsigned short d_reclen;
-    unsigned char d_type;
-    char d_name[];
-};
-
-/* Fallback without close_range: the fds listed in /proc/self/fd (raw getdents64, no opendir: it mallocs). */
-static int child_close_listed_fds(const int *keep, int n, int extra)
-{
-    if (pyproc_get_forced_fallbacks() & PYPROC_FORCE_NO_PROC_FD)
-        return ENOSYS;
-    int dir = (int)syscall(SYS_openat, AT_FDCWD, "/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dir < 0)
-        return errno;
-    char buf[1024] __attribute__((aligned(8)));
-    for (;;) {
-        long got = syscall(SYS_getdents64, dir, buf, sizeof buf);
-        if (got < 0) {
-            int err = errno;
-            close(dir);
-            return err;
-        }
-        if (got == 0)
-            break;
-        for (long off = 0; off < got;) {
-            struct linux_dirent64 *entry = (struct linux_dirent64 *)(buf + off);
-            off += entry->d_reclen;
-            int fd = 0;
-            const char *s = entry->d_name;
-            if (*s < '0' || *s > '9')
-                continue;
-            for (; *s >= '0' && *s <= '9'; s++)
-                fd = fd * 10 + (*s - '0');
-            if (fd != dir && !child_is_kept(keep, n, extra, fd))
-                close(fd);
-        }
-    }
-    close(dir);
-    return 0;
-}
-
-static void child_close_other_fds(struct child_ctx *c)
-{
-    const struct pyproc_spawn_request *r = c->req;
-    const int *keep = r->keep_fds;
-    int n = r->n_keep_fds, extra = c->error_fd;
-    /* Walk the kept fds (and the error pipe) in ascending order, closing every gap between them. */
-    unsigned int next = 0;
-    int i = 0, extra_done = extra < 0;
-    int err = 0;
-    for (;;) {
-        int kept;
-        if (i < n && (extra_done || keep[i] <= extra)) {
-            kept = keep[i++];
-            if (!extra_done && kept == extra)
-                extra_done = 1;
-        } else if (!extra_done) {
-            kept = extra;
-            extra_done = 1;
-        } else {
-            break;
-        }
-        if ((unsigned int)kept > next)
-            err = err ? err : child_close_range(next, (unsigned int)kept - 1);
-        if ((unsigned int)kept + 1 > next)
-            next = (unsigned int)kept + 1;
-    }
-    if (!err)
-        err = child_close_range(next, UINT_MAX);
-    if (!err)
-        return;
-    if (child_close_listed_fds(keep, n, extra) == 0)
-        return;
-    /* Last resort: every possible fd up to the limit. */
-    struct rlimit lim;
-    int top = 65536;
-    if (syscall(SYS_prlimit64, 0, RLIMIT_NOFILE, NULL, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY &&
-        lim.rlim_cur < (rlim_t)INT_MAX)
-        top = (int)lim.rlim_cur;
-    for (int fd = 3; fd < top; fd++)
-        if (!child_is_kept(keep, n, extra, fd))
-            close(fd);
-}
-
-static void child_set_process_state(struct child_ctx *c)
-{
-    const struct pyproc_spawn_request *r = c->req;
-    if (r->new_session && setsid() < 0)
-        child_fail(c, PYPROC_STAGE_SETSID, 0, errno);
-    if (r->process_group >= 0 && setpgid(0, r->process_group) != 0)
-        child_fail(c, PYPROC_STAGE_SETPGID, 0, errno);
-    if (r->umask >= 0)
-        umask((mode_t)r->umask);
-    for (int i = 0; i < r->n_rlimits; i++) {
-        struct rlimit lim = {(rlim_t)r->rlimits[i].soft, (rlim_t)r->rlimits[i].hard};
-        if (syscall(SYS_prlimit64, 0, r->rlimits[i].resource, &lim, NULL) != 0)
-            child_fail(c, PYPROC_STAGE_RLIMIT, i, errno);
-    }
-    if (r->pdeathsig > 0) {
-        if (prctl(PR_SET_PDEATHSIG, r->pdeathsig, 0, 0, 0) != 0)
-            child_fail(c, PYPROC_STAGE_PDEATHSIG, 0, errno);
-        /* The parent may have died before the prctl took effect: then no signal will come, so act now. */
-        if (getppid() != c->parent_pid)
-            kill(getpid(), r->pdeathsig);
-    }
-    if (r->no_new_privs && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
-        child_fail(c, PYPROC_STAGE_NO_NEW_PRIVS, 0, errno);
-    if (r->cwd && chdir(r->cwd) != 0)
-        child_fail(c, PYPROC_STAGE_CHDIR, 0, errno);
-    /* Raw syscalls: glibc's set*id wrappers signal every thread of the process, unsafe after vfork. */
-    if (r->set_groups && syscall(SYS_setgroups, (size_t)r->n_groups, r->groups) != 0)
-        child_fail(c, PYPROC_STAGE_SETGROUPS, 0, errno);
-    if (r->set_gid && syscall(SYS_setregid, r->gid, r->gid) != 0)
-        child_fail(c, PYPROC_STAGE_SETGID, 0, errno);
-    if (r->set_uid && syscall(SYS_setreuid, r->uid, r->uid) != 0)
-        child_fail(c, PYPROC_STAGE_SETUID, 0, errno);
-}
-
-static void __attribute__((noreturn)) child_exec(struct child_ctx *c)
-{
-    const struct pyproc_spawn_request *r = c->req;
-    char *const *envp = r->envp ? r->envp : environ;
-    int saved_errno = 0, saved_index = 0;
-    /* As execvp: go on past candidates that do not exist, and report the first meaningful error. */
-    for (int i = 0; i < r->n_exec_paths; i++) {
-        execve(r->exec_paths[i], r->argv, envp);
-        if (errno != ENOENT && errno != ENOTDIR && saved_errno == 0) {
-            saved_errno = errno;
-            saved_index = i;
-        }
-    }
-    if (saved_errno == 0) {
-        saved_errno = errno;
-        saved_index = r->n_exec_paths - 1;
-    }
-    child_fail(c, PYPROC_STAGE_EXEC, saved_index, saved_errno);
-}
-
-/* The whole child side, in DESIGN.md's order.  noinline: it runs on its own stack frame below clone/vfork. */
-static int __attribute__((noinline)) child_main(void *arg)
-{
-    struct child_ctx *c = arg;
-    const struct pyproc_spawn_request *r = c->req;
-    child_reset_signals(c);
-    child_apply_fd_plan(c);
-    child_set_process_state(c);
-    if (r->before_exec) {
-        int err = r->before_exec(r->before_exec_arg);
-        if (err)
-            child_fail(c, PYPROC_STAGE_BEFORE_EXEC, 0, err);
-    }
-    /* After before_exec (Python's preexec_fn), so that fds it opened do not reach the new program. */
-    if (r->close_fds)
-        child_close_other_fds(c);
-    if (!c->keep_mask && syscall(SYS_rt_sigprocmask, SIG_SETMASK, &c->exec_mask, NULL, KERNEL_SIGSET_SIZE) != 0)
-        child_fail(c, PYPROC_STAGE_SIGMASK, 0, errno);
-    child_exec(c);
-}
 
 /* ---- the parent side --------------------------------------------------------------------------------------- */
 
@@ -391,21 +69,6 @@ static void restore_signals(const sigset_t *old)
 {
     /* Cannot fail with a valid mask; nothing sensible to do if it did. */
     (void)syscall(SYS_rt_sigprocmask, SIG_SETMASK, old, NULL, KERNEL_SIGSET_SIZE);
-}
-
-/* parent_mask may be NULL when the child keeps the parent's mask (exec_mask is then left unused). */
-static int build_exec_mask(const struct pyproc_spawn_request *r, const sigset_t *parent_mask, sigset_t *out)
-{
-    if (!r->set_sigmask) {
-        if (parent_mask)
-            *out = *parent_mask;
-        return 0;
-    }
-    sigemptyset(out);
-    for (int i = 0; i < r->n_sigmask_signals; i++)
-        if (sigaddset(out, r->sigmask_signals[i]) != 0)
-            return EINVAL;
-    return 0;
 }
 
 /* One stack per thread, mapped on first use and reused: with CLONE_VFORK the thread is suspended until the child
@@ -477,7 +140,7 @@ static pid_t vfork_child(struct child_ctx *c)
 {
     pid_t pid = vfork();
     if (pid == 0)
-        child_main(c);
+        pyproc__child_main(c);
     return pid;
 }
 
@@ -497,7 +160,7 @@ static int spawn_clone3(struct child_ctx *c, int *pidfd, pid_t *pid)
     if (err)
         return err;
     UNPOISON_CHILD_STACK(stack_top - CHILD_STACK_SIZE, CHILD_STACK_SIZE);
-    if ((err = build_exec_mask(c->req, NULL, &c->exec_mask)) != 0)
+    if ((err = pyproc__build_exec_mask(c->req, NULL, &c->exec_mask)) != 0)
         return err;
     c->keep_mask = !c->req->set_sigmask;
     c->reset_handlers = 0;
@@ -512,7 +175,7 @@ static int spawn_clone3(struct child_ctx *c, int *pidfd, pid_t *pid)
     args.exit_signal = SIGCHLD;
     args.stack = (uint64_t)(uintptr_t)(stack_top - CHILD_STACK_SIZE);
     args.stack_size = CHILD_STACK_SIZE;
-    long got = pyproc__clone3_run(&args, sizeof args, child_main, c);
+    long got = pyproc__clone3_run(&args, sizeof args, pyproc__child_main, c);
     c->keep_mask = 0;
     if (got > 0) {
         *pid = (pid_t)got;
@@ -542,7 +205,7 @@ static int spawn_clone(struct child_ctx *c, int *pidfd, pid_t *pid)
     c->reset_handlers = 1;
     int flags = CLONE_VM | CLONE_VFORK | SIGCHLD;
     if (!(forced & PYPROC_FORCE_NO_CLONE_PIDFD)) {
-        pid_t got = clone(child_main, stack_top, flags | CLONE_PIDFD, c, pidfd);
+        pid_t got = clone(pyproc__child_main, stack_top, flags | CLONE_PIDFD, c, pidfd);
         if (got > 0) {
             *pid = got;
             return 0;
@@ -551,7 +214,7 @@ static int spawn_clone(struct child_ctx *c, int *pidfd, pid_t *pid)
             return errno;
         *pidfd = -1;
     }
-    pid_t got = clone(child_main, stack_top, flags, c);
+    pid_t got = clone(pyproc__child_main, stack_top, flags, c);
     if (got > 0) {
         *pid = got;
         return 0;
@@ -574,7 +237,7 @@ static int spawn_fork(struct child_ctx *c, pid_t *pid)
     c->reset_handlers = 1;
     pid_t got = fork();
     if (got == 0)
-        child_main(c);
+        pyproc__child_main(c);
     int err = got < 0 ? errno : 0;
     close(pipefd[1]);
     if (!err) {
@@ -661,7 +324,7 @@ static int spawn_posix(const struct pyproc_spawn_request *r, const sigset_t *exe
     if (!err && r->close_fds) {
         int top = r->n_keep_fds ? r->keep_fds[r->n_keep_fds - 1] : 2;
         for (int fd = 3; !err && fd < top; fd++)
-            if (!child_is_kept(r->keep_fds, r->n_keep_fds, -1, fd))
+            if (!pyproc__child_is_kept(r->keep_fds, r->n_keep_fds, -1, fd))
                 err = posix_spawn_file_actions_addclose(&actions, fd); /* EBADF in the child is ignored */
         if (!err)
             err = posix_spawn_file_actions_addclosefrom_np(&actions, top + 1);
@@ -729,7 +392,7 @@ static int spawn_with_engine(struct child_ctx *c, int engine, struct pyproc_spaw
     if (engine == PYPROC_ENGINE_POSIX_SPAWN) {
         if (pthread_sigmask(SIG_SETMASK, NULL, &parent_mask) != 0)
             return EINVAL;
-        if ((err = build_exec_mask(r, &parent_mask, &c->exec_mask)) != 0)
+        if ((err = pyproc__build_exec_mask(r, &parent_mask, &c->exec_mask)) != 0)
             return err;
         err = spawn_posix(r, &c->exec_mask, res, &pid);
         if (err)
@@ -740,7 +403,7 @@ static int spawn_with_engine(struct child_ctx *c, int engine, struct pyproc_spaw
     } else {
         if ((err = block_all_signals(&parent_mask)) != 0)
             return err;
-        err = build_exec_mask(r, &parent_mask, &c->exec_mask);
+        err = pyproc__build_exec_mask(r, &parent_mask, &c->exec_mask);
         if (!err) {
             switch (engine) {
             case PYPROC_ENGINE_CLONE:
@@ -908,25 +571,4 @@ int pyproc_spawn_piped(const struct pyproc_spawn_request *req, const char *args,
         }
     }
     return err;
-}
-
-void pyproc_exec_child(const struct pyproc_spawn_request *req, int error_fd)
-{
-    struct child_ctx c;
-    struct pyproc_spawn_result unused;
-    sigset_t current;
-    int n = req->n_fd_actions > 0 ? req->n_fd_actions : 1;
-    int scratch[n];
-    memset(&c, 0, sizeof c);
-    c.req = req;
-    c.error_fd = error_fd;
-    c.reset_handlers = 1;
-    c.parent_pid = getppid();
-    c.moved_sources = scratch;
-    c.shared = &unused;
-    if (syscall(SYS_rt_sigprocmask, SIG_SETMASK, NULL, &current, KERNEL_SIGSET_SIZE) != 0 ||
-        build_exec_mask(req, &current, &c.exec_mask) != 0)
-        child_fail(&c, PYPROC_STAGE_SIGMASK, 0, EINVAL);
-    child_main(&c);
-    _exit(127);
 }
