@@ -26,8 +26,9 @@ struct child_ctx {
 };
 
 /* The whole child side (DESIGN.md's order), ending in exec or _exit(127): never returns.  Its argument is a
-   struct child_ctx *; the signature is clone(2)'s.  Runs in the child only: the first thing a new child does. */
-PYPROC_INTERNAL int pyproc__child_main(void *arg);
+   struct child_ctx *; the signature is clone(2)'s.  Runs only in a child.  noreturn: so that the parent's side,
+   compiled apart, still knows that nothing after the call runs (after vfork it would run on the parent's frame). */
+PYPROC_INTERNAL __attribute__((noreturn)) int pyproc__child_main(void *arg);
 /* Is fd one the child keeps?  keep is ascending; extra is one more fd (the error pipe) or -1.  (The parent uses it
    for posix_spawn's close list.) */
 PYPROC_INTERNAL int pyproc__child_is_kept(const int *keep, int n, int extra, int fd);
