@@ -480,6 +480,30 @@ class Popen(Generic[AnyStr]):
         f = getattr(self, stream)
         return f.fileno() if f and not f.closed else None
 
+    def _capture_all(self) -> tuple[bytes, bytes] | None:
+        """communicate() for a fresh Popen whose stdout and stderr are binary pipes without file objects and which
+        has no stdin pipe: both fds go to the C pump, which closes them, and the child is reaped by the same C
+        call that frees the pump.  None (nothing done) when that does not apply: communicate() then does it."""
+        proc = self._proc
+        if (self._stdout_f is not _LAZY or self._stderr_f is not _LAZY or self._stdin_f is not None
+                or self.text_mode or self._exchange is not None or _subprocess_pump._Pump is None
+                or proc is None or proc._c is None):
+            return None
+        with _subprocess_pipes._pipes_lock:
+            if self._stdout_f is not _LAZY or self._stderr_f is not _LAZY:
+                return None  # another thread made a file object meanwhile
+            self._stdout_f = self._stderr_f = _LAZY_CLOSED
+        pump = _subprocess_pump._Pump(None, None, (self._stdout_fd, self._stderr_fd), None, own_outputs=True)
+        try:
+            pump.run(None)  # no deadline, no limit: it can only finish
+            out: bytes = pump.take(0)
+            err: bytes = pump.take(1)
+            pump.finish(proc)
+        finally:
+            pump.release()
+        self._sync()
+        return out, err
+
     def _take_lazy(self, state: str) -> bool:
         """Marks the pipe whose state attribute is `state` closed if it has no file object (True: the caller
         then closes its fd or hands it to the pump); False if it is not such a pipe (none, or a file object)."""
@@ -1162,7 +1186,9 @@ def run(*popenargs: Any, input: Any = None, capture_output: bool = False, timeou
         kwargs["stderr"] = PIPE
     with Popen(*popenargs, **kwargs) as process:
         try:
-            stdout, stderr = process.communicate(input, timeout=timeout)
+            # The common run(args, capture_output=True) has a shorter way than communicate(), when it applies.
+            captured = process._capture_all() if capture_output and input is None and timeout is None else None
+            stdout, stderr = captured if captured is not None else process.communicate(input, timeout=timeout)
         except TimeoutExpired:
             process.kill()
             process.wait()  # communicate already put the output read so far into the exception
