@@ -11,11 +11,13 @@ KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
 SPAWN_METHODS = ("pyproc default", "pyproc clone", "pyproc vfork", "pyproc posix_spawn", "pyproc fork",
                  "subprocess.run", "pyproc.subprocess.run", "os.posix_spawn", "os.fork+execv", "C floor",
-                 "C floor, in this process", "pyproc clone, C only")
+                 "C floor, in this process", "pyproc clone, C only", "pyproc clone, bare C calls")
 """The spawn+wait head-to-head, from a small parent.  "C floor" is a small C program's loop; "C floor, in this
 process" the same vfork+execve+waitpid timed in C but called from the Python worker (what the kernel work costs
 from a Python parent); "pyproc clone, C only" is pyproc's clone engine timed in C (pyproc.cow.ForkTimer) from the
-same parent: what pyproc's call costs without its Python layer."""
+same parent: what pyproc's call costs without its Python layer; "pyproc clone, bare C calls" makes from Python
+only the two C calls pyproc.spawn(argv).wait() makes (argv packed beforehand): what any Python wrapper over them
+pays at least."""
 
 SWEEP_METHODS = ("pyproc default", "pyproc vfork", "pyproc posix_spawn", "pyproc fork", "subprocess.run",
                  "os.posix_spawn", "os.fork+execv", "multiprocessing fork", "multiprocessing spawn",

@@ -185,6 +185,12 @@ def _reading(results: dict[str, Any], tg: list[dict[str, Any]]) -> list[str]:
                    f"{fmt_ns(inproc.median)} ({inproc.median / floor.median:.2f}x the C floor's own process): the "
                    f"kernel work of a spawn from a Python parent; pyproc's default is "
                    f"{default.median / inproc.median:.2f}x that.")
+    bare = sp.get("pyproc clone, bare C calls")
+    if bare is not None and bare.samples and floor.samples and default.samples:
+        out.append(f"Making only pyproc's two C calls from Python (spawn, reap; argv packed beforehand) takes "
+                   f"{fmt_ns(bare.median)} ({bare.median / floor.median:.2f}x the C floor): the least any Python "
+                   f"wrapper over them pays; pyproc.spawn(argv).wait() adds "
+                   f"{fmt_ns(max(default.median - bare.median, 0))} to it.")
     conly = sp.get("pyproc clone, C only")
     clone = sp.get("pyproc clone")
     if conly is not None and clone is not None and conly.samples and clone.samples and floor.samples:
@@ -469,13 +475,13 @@ def summary(results: dict[str, Any], tg: list[dict[str, Any]]) -> str:
     lines = []
     sp = _series(results["spawn"]["minimal"])
     big = largest_points(results, "dirty")
-    head = f"  {'way':<24} {'small parent':>13}"
+    head = f"  {'way':<28} {'small parent':>13}"
     if big:
         head += f" {fmt_size(big['size']) + ' dirty parent':>22}"
     lines += ["spawn+wait of the minimal static executable (medians):", head]
     for name, s in sp.items():
         if s.samples:
-            row = f"  {name:<24} {fmt_ns(s.median):>13}"
+            row = f"  {name:<28} {fmt_ns(s.median):>13}"
             if big and name in big["methods"] and big["methods"][name]["big"]["stats"]:
                 row += f" {fmt_ns(big['methods'][name]['big']['stats']['median']):>22}"
             lines.append(row)

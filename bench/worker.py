@@ -100,6 +100,24 @@ def _check(rc: int | None, what: str) -> None:
 
 def spawner(method: str, argv: list[str]) -> Callable[[], None]:
     """One spawn+wait of argv by `method`, as a user would write it."""
+    if method == "pyproc clone, bare C calls":
+        import importlib
+
+        from pyproc._lib import ffi, lib  # type: ignore[import-not-found,unused-ignore]
+
+        request = importlib.import_module("pyproc.spawn")._DEFAULT_REQUEST
+        packed = "\0".join(argv).encode()
+        argc, clone = len(argv), lib.PYPROC_ENGINE_CLONE
+
+        def call() -> None:
+            child = ffi.new("struct pyproc_child *")
+            err = lib.pyproc_spawn_child(request, packed, len(packed), argc, clone, child)
+            if err:
+                raise OSError(err, os.strerror(err), argv[0])
+            res = child.spawn
+            lib.pyproc_child_reap(child, res.pid, res.pidfd, 0)
+            _check(child.returncode, method)
+        return call
     if method.startswith("pyproc "):
         import pyproc
 

@@ -176,19 +176,9 @@ int pyproc_get_forced_fallbacks(void);
 
 /* ---- wait.c: reaping, status, rusage, signals to a child ------------------------------------------------------- */
 
-/* What reaping a child gave: its wait status and the resources it used. */
-struct pyproc_exit {
-    int reaped;          /* 0: still running (nohang) */
-    int wait_status;     /* wait4's status word */
-    struct pyproc_rusage rusage;
-};
-
-/* Reaps pid with wait4 (rusage with the status).  nohang: out->reaped = 0 while it runs.  EINTR is returned, not
-   retried, so that the caller can run its signal handlers. */
-int pyproc_wait(int pid, int nohang, struct pyproc_exit *out);
-
-/* Reaps pid into child like pyproc_wait (EINTR returned, not retried); once it is reaped also closes pidfd when
-   >= 0 (the caller's pidfd for that child: it refers to nothing afterwards). */
+/* Reaps pid with wait4 into child (status, returncode and rusage together).  nohang: child->reaped = 0 while it
+   runs.  EINTR is returned, not retried, so that the caller can run its signal handlers.  Once the child is
+   reaped, also closes pidfd when >= 0 (the caller's pidfd for that child: it refers to nothing afterwards). */
 int pyproc_child_reap(struct pyproc_child *child, int pid, int pidfd, int nohang);
 
 /* Waits until the child behind pidfd has exited, at most timeout_ns (< 0: no limit); *exited = 0 on timeout.

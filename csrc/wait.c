@@ -28,22 +28,6 @@ static void copy_rusage(struct pyproc_rusage *ru, const struct rusage *usage)
     ru->nivcsw = usage->ru_nivcsw;
 }
 
-int pyproc_wait(int pid, int nohang, struct pyproc_exit *out)
-{
-    struct rusage usage;
-    int status = 0;
-    out->reaped = 0;
-    pid_t got = wait4(pid, &status, nohang ? WNOHANG : 0, &usage);
-    if (got < 0)
-        return errno;
-    if (got == 0)
-        return 0;
-    out->reaped = 1;
-    out->wait_status = status;
-    copy_rusage(&out->rusage, &usage);
-    return 0;
-}
-
 int pyproc_child_reap(struct pyproc_child *child, int pid, int pidfd, int nohang)
 {
     struct rusage usage;

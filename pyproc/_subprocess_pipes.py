@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import os
 import threading
-from typing import IO, Any, cast
+from typing import IO, Any, cast, overload
 
 
 class _PipeState:
@@ -94,3 +94,42 @@ def _text_codec(encoding: Any, errors: Any) -> tuple[str, str]:
             _text_codecs.clear()
         _text_codecs[key] = codec
     return codec
+
+
+class _PipeAttribute:
+    """Popen.stdin / .stdout / .stderr: the pipe's file object, made on first access under the pipes lock.
+
+    The Popen keeps the pipe in `_<stream>_f` (a file object, None, _LAZY or _LAZY_CLOSED), its fd in
+    `_<stream>_fd` and the text codec in `_text_codec`.  Setting the attribute over a pipe that has no file object
+    yet makes that object first, so that it is closed as the standard library's would be when dropped.
+    """
+
+    def __init__(self, stream: str, mode: str, doc: str) -> None:
+        self._file_attr = f"_{stream}_f"
+        self._fd_attr = f"_{stream}_fd"
+        self._mode = mode
+        self.__doc__ = doc
+
+    @overload
+    def __get__(self, popen: None, owner: Any = None) -> _PipeAttribute: ...
+    @overload
+    def __get__(self, popen: object, owner: Any = None) -> IO[Any] | None: ...
+
+    def __get__(self, popen: Any, owner: Any = None) -> _PipeAttribute | IO[Any] | None:
+        if popen is None:
+            return self
+        f = getattr(popen, self._file_attr)
+        if f is _LAZY or f is _LAZY_CLOSED:
+            with _pipes_lock:
+                f = getattr(popen, self._file_attr)
+                if f is _LAZY or f is _LAZY_CLOSED:
+                    f = _pipe_file(getattr(popen, self._fd_attr), self._mode, f is _LAZY_CLOSED,
+                                   popen._text_codec)
+                    setattr(popen, self._file_attr, f)
+        return cast("IO[Any] | None", f)
+
+    def __set__(self, popen: object, value: IO[Any] | None) -> None:
+        if getattr(popen, self._file_attr) is _LAZY:
+            self.__get__(popen)  # the pipe's file object: dropped, it is closed as the stdlib's would be
+        setattr(popen, self._file_attr, value)
+

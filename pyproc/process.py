@@ -93,10 +93,10 @@ def reap_abandoned() -> None:
         pending = abandoned[:]
         abandoned.clear()
     still_running = []
-    out = ffi.new("struct pyproc_exit *")
+    child = ffi.new("struct pyproc_child *")
     for pid, pidfd in pending:
-        err = lib.pyproc_wait(pid, 1, out)
-        if err == 0 and not out.reaped:
+        err = lib.pyproc_child_reap(child, pid, -1, 1)
+        if err == 0 and not child.reaped:
             still_running.append((pid, pidfd))
         elif pidfd is not None:
             os.close(pidfd)

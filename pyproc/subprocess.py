@@ -100,7 +100,7 @@ from ._subprocess_child import (
     _pack_argv,
     _path_request,
 )
-from ._subprocess_pipes import _LAZY, _LAZY_CLOSED, _pipe_file, _PipeState, _text_codec
+from ._subprocess_pipes import _LAZY, _LAZY_CLOSED, _PipeAttribute, _PipeState, _text_codec
 from .process import abandoned, abandoned_lock, reap_abandoned
 from .spawn import _prepare
 
@@ -301,12 +301,7 @@ class Popen(Generic[AnyStr]):
             if lazy and self.text_mode and (p2cwrite != -1 or c2pread != -1 or errread != -1):
                 self._text_codec = _text_codec(encoding, errors)
             if lazy:
-                if p2cwrite != -1:
-                    self._stdin_fd, self._stdin_f = p2cwrite, _LAZY
-                if c2pread != -1:
-                    self._stdout_fd, self._stdout_f = c2pread, _LAZY
-                if errread != -1:
-                    self._stderr_fd, self._stderr_f = errread, _LAZY
+                self._set_lazy_pipes(p2cwrite, c2pread, errread)
             elif p2cwrite != -1:
                 self.stdin = open(p2cwrite, "wb", bufsize)  # noqa: SIM115
                 if self.text_mode:
@@ -390,12 +385,7 @@ class Popen(Generic[AnyStr]):
         self.pid = pid = res.pid
         self._proc = _Child(pid, res.pidfd if res.pidfd >= 0 else None, args, _c=child)
         self._child_created = True
-        if stdin is PIPE:
-            self._stdin_fd, self._stdin_f = ends[0], _LAZY
-        if stdout is PIPE:
-            self._stdout_fd, self._stdout_f = ends[1], _LAZY
-        if stderr is PIPE:
-            self._stderr_fd, self._stderr_f = ends[2], _LAZY
+        self._set_lazy_pipes(ends[0], ends[1], ends[2])  # -1 for the streams that got no pipe
 
     def _start_prepared(self, args: Any, argv: list[Any], executable: Any, stdin: Any, stdout: Any,
                         stderr: Any) -> None:
@@ -456,65 +446,63 @@ class Popen(Generic[AnyStr]):
         self.pid = pid = res.pid
         self._proc = _Child(pid, res.pidfd if res.pidfd >= 0 else None, args)
         self._child_created = True
-        if p2cwrite != -1:
-            self._stdin_fd, self._stdin_f = p2cwrite, _LAZY
-        if c2pread != -1:
-            self._stdout_fd, self._stdout_f = c2pread, _LAZY
-        if errread != -1:
-            self._stderr_fd, self._stderr_f = errread, _LAZY
+        self._set_lazy_pipes(p2cwrite, c2pread, errread)
 
     # ---- the pipes' file objects: made when first asked for --------------------------------------------
 
-    @property
-    def stdin(self) -> IO[Any] | None:
-        """The parent's end of the child's stdin pipe, a writable file object (None when stdin is not PIPE)."""
-        f = self._stdin_f
-        if f is _LAZY or f is _LAZY_CLOSED:
-            with _subprocess_pipes._pipes_lock:
-                f = self._stdin_f
-                if f is _LAZY or f is _LAZY_CLOSED:
-                    f = self._stdin_f = _pipe_file(self._stdin_fd, "wb", f is _LAZY_CLOSED, self._text_codec)
-        return cast("IO[Any] | None", f)
+    def _set_lazy_pipes(self, stdin_fd: int, stdout_fd: int, stderr_fd: int) -> None:
+        """Records the parent's pipe ends (-1: no pipe) as pipes whose file objects are made when asked for."""
+        if stdin_fd != -1:
+            self._stdin_fd, self._stdin_f = stdin_fd, _LAZY
+        if stdout_fd != -1:
+            self._stdout_fd, self._stdout_f = stdout_fd, _LAZY
+        if stderr_fd != -1:
+            self._stderr_fd, self._stderr_f = stderr_fd, _LAZY
 
-    @stdin.setter
-    def stdin(self, value: IO[Any] | None) -> None:
-        if self._stdin_f is _LAZY:
-            self.stdin  # noqa: B018 - the pipe's file object: dropped, it is closed as the stdlib's would be
-        self._stdin_f = value
+    stdin = _PipeAttribute(
+        "stdin", "wb",
+        "The parent's end of the child's stdin pipe, a writable file object (None when stdin is not PIPE).")
+    stdout = _PipeAttribute(
+        "stdout", "rb",
+        "The parent's end of the child's stdout pipe, a readable file object (None when stdout is not PIPE).")
+    stderr = _PipeAttribute(
+        "stderr", "rb",
+        "The parent's end of the child's stderr pipe, a readable file object (None when stderr is not PIPE).")
 
-    @property
-    def stdout(self) -> IO[Any] | None:
-        """The parent's end of the child's stdout pipe, a readable file object (None when stdout is not PIPE)."""
-        f = self._stdout_f
-        if f is _LAZY or f is _LAZY_CLOSED:
-            with _subprocess_pipes._pipes_lock:
-                f = self._stdout_f
-                if f is _LAZY or f is _LAZY_CLOSED:
-                    f = self._stdout_f = _pipe_file(self._stdout_fd, "rb", f is _LAZY_CLOSED, self._text_codec)
-        return cast("IO[Any] | None", f)
+    def _output_fd(self, stream: str, native: bool) -> int | None:
+        """The fd communicate() reads for stream ("stdout" / "stderr"): the pipe's own fd while it has no file
+        object (native), else its file object's; None when it is closed or not a pipe."""
+        f = getattr(self, f"_{stream}_f")
+        if f is _LAZY and native:
+            return cast(int, getattr(self, f"_{stream}_fd"))
+        if f is None or f is _LAZY_CLOSED:
+            return None
+        f = getattr(self, stream)
+        return f.fileno() if f and not f.closed else None
 
-    @stdout.setter
-    def stdout(self, value: IO[Any] | None) -> None:
-        if self._stdout_f is _LAZY:
-            self.stdout  # noqa: B018
-        self._stdout_f = value
-
-    @property
-    def stderr(self) -> IO[Any] | None:
-        """The parent's end of the child's stderr pipe, a readable file object (None when stderr is not PIPE)."""
-        f = self._stderr_f
-        if f is _LAZY or f is _LAZY_CLOSED:
-            with _subprocess_pipes._pipes_lock:
-                f = self._stderr_f
-                if f is _LAZY or f is _LAZY_CLOSED:
-                    f = self._stderr_f = _pipe_file(self._stderr_fd, "rb", f is _LAZY_CLOSED, self._text_codec)
-        return cast("IO[Any] | None", f)
-
-    @stderr.setter
-    def stderr(self, value: IO[Any] | None) -> None:
-        if self._stderr_f is _LAZY:
-            self.stderr  # noqa: B018
-        self._stderr_f = value
+    def _capture_all(self) -> tuple[bytes, bytes] | None:
+        """communicate() for a fresh Popen whose stdout and stderr are binary pipes without file objects and which
+        has no stdin pipe: both fds go to the C pump, which closes them, and the child is reaped by the same C
+        call that frees the pump.  None (nothing done) when that does not apply: communicate() then does it."""
+        proc = self._proc
+        if (self._stdout_f is not _LAZY or self._stderr_f is not _LAZY or self._stdin_f is not None
+                or self.text_mode or self._exchange is not None or _subprocess_pump._Pump is None
+                or proc is None or proc._c is None):
+            return None
+        with _subprocess_pipes._pipes_lock:
+            if self._stdout_f is not _LAZY or self._stderr_f is not _LAZY:
+                return None  # another thread made a file object meanwhile
+            self._stdout_f = self._stderr_f = _LAZY_CLOSED
+        pump = _subprocess_pump._Pump(None, None, (self._stdout_fd, self._stderr_fd), None, own_outputs=True)
+        try:
+            pump.run(None)  # no deadline, no limit: it can only finish
+            out: bytes = pump.take(0)
+            err: bytes = pump.take(1)
+            pump.finish(proc)
+        finally:
+            pump.release()
+        self._sync()
+        return out, err
 
     def _take_lazy(self, state: str) -> bool:
         """Marks the pipe whose state attribute is `state` closed if it has no file object (True: the caller
@@ -1066,24 +1054,9 @@ class Popen(Generic[AnyStr]):
                     data = data.encode(stdin.encoding, stdin.errors)  # (a binary stdin: AttributeError)
                 # memoryview() raises the TypeError a write would (str input in binary mode, ...)
                 view = memoryview(data) if data is not None and stdin else None
-            f = self._stdout_f
-            if f is _LAZY and native:
-                stdout_fd = self._stdout_fd
-            elif f is None or f is _LAZY_CLOSED:
-                stdout_fd = None
-            else:
-                f = self.stdout
-                stdout_fd = f.fileno() if f and not f.closed else None
-            f = self._stderr_f
-            if f is _LAZY and native:
-                stderr_fd = self._stderr_fd
-            elif f is None or f is _LAZY_CLOSED:
-                stderr_fd = None
-            else:
-                f = self.stderr
-                stderr_fd = f.fileno() if f and not f.closed else None
-            ex = self._exchange = _subprocess_pump.new_exchange(stdin, view, stdout_fd, stderr_fd,
-                                                                self._close_stdin, owned_stdin)
+            ex = self._exchange = _subprocess_pump.new_exchange(
+                stdin, view, self._output_fd("stdout", native), self._output_fd("stderr", native),
+                self._close_stdin, owned_stdin)
         try:
             finished = ex.run(endtime)
         finally:
@@ -1213,7 +1186,9 @@ def run(*popenargs: Any, input: Any = None, capture_output: bool = False, timeou
         kwargs["stderr"] = PIPE
     with Popen(*popenargs, **kwargs) as process:
         try:
-            stdout, stderr = process.communicate(input, timeout=timeout)
+            # The common run(args, capture_output=True) has a shorter way than communicate(), when it applies.
+            captured = process._capture_all() if capture_output and input is None and timeout is None else None
+            stdout, stderr = captured if captured is not None else process.communicate(input, timeout=timeout)
         except TimeoutExpired:
             process.kill()
             process.wait()  # communicate already put the output read so far into the exception

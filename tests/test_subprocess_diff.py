@@ -19,6 +19,7 @@ import pathlib
 import pwd
 import re
 import select
+import shutil
 import signal
 import subprocess as std
 import sys
@@ -143,6 +144,21 @@ def case_killed_by_signal(sp: Any) -> Any:
 def case_completed_process_repr(sp: Any) -> Any:
     cp = sp.run(["sh", "-c", "echo out; echo err >&2; exit 2"], capture_output=True)
     return repr(cp), type(cp).__name__
+
+
+@case
+def case_run_capture_by_path(sp: Any) -> Any:
+    # A program named by its path with capture_output=True and nothing else: run()'s shortest way (C-made pipes,
+    # one pump that closes them, the child reaped with it).  Output, errors, a signal, check, the pipe objects.
+    sh = shutil.which("sh") or "/bin/sh"
+    cp = sp.run([sh, "-c", "printf 'o\\0ut'; echo err >&2; exit 3"], capture_output=True)
+    killed = sp.run([sh, "-c", "echo x; kill -KILL $$"], capture_output=True)
+    try:
+        sp.run([sh, "-c", "echo out; exit 5"], capture_output=True, check=True)
+    except sp.CalledProcessError as exc:
+        checked: Any = (exc.returncode, exc.output, exc.stderr, str(exc))
+    big = sp.run([sh, "-c", "head -c 300000 /dev/zero; echo e >&2"], capture_output=True)
+    return repr(cp), killed.returncode, killed.stdout, checked, len(big.stdout), big.stderr
 
 
 @case
