@@ -22,7 +22,7 @@ class _FFI:
 class _Lib:
     # build
     def pyproc_version(self) -> CData: ...
-    # spawn.c
+    # spawn.c (and child.c: pyproc_exec_child, the forced fallbacks)
     PYPROC_ENGINE_CLONE: int
     PYPROC_ENGINE_VFORK: int
     PYPROC_ENGINE_POSIX_SPAWN: int
