@@ -77,7 +77,7 @@ def default() -> Config:
     """This machine's run: about five minutes."""
     return Config(name="default", spawn_rounds=60, spawn_batch=10,
                   sizes=[16 * MiB, 64 * MiB, 256 * MiB, 1 * GiB, 4 * GiB], states=["dirty", "clean", "thp"],
-                  sweep_rounds=8, sweep_batch=3, io_size=1 * GiB, io_rounds=5, medium_io_size=4 * MiB,
+                  sweep_rounds=8, sweep_batch=3, io_size=1 * GiB, io_rounds=9, medium_io_size=4 * MiB,
                   medium_io_rounds=30, medium_io_batch=10, minimal_io_rounds=30,
                   minimal_io_batch=20, throughput_seconds=1.0, throughput_rounds=3, cow_sizes=[256 * MiB],
                   cow_repeat=7)
