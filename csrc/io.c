@@ -136,26 +136,17 @@ int pyproc_write_full(int fd, const char *buf, size_t n, size_t *done)
 
 /* ---- the pump ---------------------------------------------------------------------------------------------- */
 
-void pyproc_pump_init(struct pyproc_pump *p)
-{
-    memset(p, 0, sizeof *p);
-    p->in_fd = -1;
-    p->out_fd[0] = p->out_fd[1] = -1;
-    p->max_output = UINT64_MAX;
-    p->deadline_ns = -1;
-    p->chunk_max = PYPROC_OUT_CHUNK_MAX;
-}
-
 void pyproc_pump_setup(struct pyproc_pump *p, int in_fd, const char *in_data, size_t in_len, int out_fd0,
                        int out_fd1, uint64_t max_output, size_t lead, size_t chunk_max, int own_outputs)
 {
-    pyproc_pump_init(p);
+    memset(p, 0, sizeof *p);
     p->in_fd = in_fd;
     p->in_data = in_data;
     p->in_len = in_data ? in_len : 0;
     p->out_fd[0] = out_fd0;
     p->out_fd[1] = out_fd1;
     p->max_output = max_output;
+    p->deadline_ns = -1;
     p->lead = lead;
     p->chunk_max = chunk_max;
     p->own_outputs = own_outputs;

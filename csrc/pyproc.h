@@ -258,11 +258,9 @@ struct pyproc_pump {
     int own_outputs;        /* release closes out_fd[] too (run(): the pump holds every pipe end) */
 };
 
-/* Prepares a pump with nothing in it (fds -1, no limit, no deadline). */
-void pyproc_pump_init(struct pyproc_pump *p);
-
-/* pyproc_pump_init, then the input (in_fd -1: none; in_data may be NULL when in_len is 0), the outputs (-1:
-   none), max_output, lead and chunk_max set in one call. */
+/* Prepares a pump with nothing moved yet and no deadline: the input (in_fd -1: none; in_data may be NULL when
+   in_len is 0), the outputs (-1: none), max_output (UINT64_MAX: no limit), lead, chunk_max (PYPROC_OUT_CHUNK_MAX
+   unless a test lowers it) and own_outputs. */
 void pyproc_pump_setup(struct pyproc_pump *p, int in_fd, const char *in_data, size_t in_len, int out_fd0,
                        int out_fd1, uint64_t max_output, size_t lead, size_t chunk_max, int own_outputs);
 

@@ -527,11 +527,10 @@ int pyproc_spawn_piped(const struct pyproc_spawn_request *req, const char *args,
     struct pyproc_fd_action actions[3];
     int n = 0, err = 0;
     parent_ends[0] = parent_ends[1] = parent_ends[2] = -1;
-    if (!req || req->n_fd_actions != 0 || (pipes & PYPROC_STDERR_TO_STDOUT && pipes & PYPROC_PIPE_STDERR)) {
-        memset(child, 0, sizeof *child);
-        child->spawn.pidfd = -1;
+    memset(child, 0, sizeof *child); /* what a failure before pyproc_spawn_child reports through */
+    child->spawn.pidfd = -1;
+    if (!req || req->n_fd_actions != 0 || (pipes & PYPROC_STDERR_TO_STDOUT && pipes & PYPROC_PIPE_STDERR))
         return parent_failed(&child->spawn, EINVAL);
-    }
     for (int fd = 0; fd < 3; fd++) {
         int ends[2];
         if (!(pipes & (1 << fd)))
@@ -553,8 +552,6 @@ int pyproc_spawn_piped(const struct pyproc_spawn_request *req, const char *args,
             if (actions[a].source != actions[a].target && actions[a].source == actions[b].target)
                 actions[a].move_first = 1;
     if (err) {
-        memset(child, 0, sizeof *child);
-        child->spawn.pidfd = -1;
         parent_failed(&child->spawn, err);
     } else {
         struct pyproc_spawn_request local = *req;
