@@ -120,21 +120,6 @@ _STD_USES_POSIX_SPAWN = bool(getattr(_std, "_USE_POSIX_SPAWN", False))
 _STD_POSIX_SPAWN_CLOSES_FDS = bool(getattr(_std, "_HAVE_POSIX_SPAWN_CLOSEFROM", False))
 
 
-def _pack_argv(argv: list[Any]) -> bytes | None:
-    """argv as the packed bytes pyproc_spawn_piped splits (NUL-separated), when it is str items only with no NUL
-    and a non-empty program; None for anything else (the general conversion then reports what is wrong)."""
-    try:
-        joined = "\0".join(argv)
-    except TypeError:
-        return None
-    if not argv[0] or joined.count("\0") != len(argv) - 1:
-        return None
-    try:
-        return joined.encode(_FS_ENCODING, _FS_ERRORS)  # os.fsencode's conversion
-    except UnicodeEncodeError:
-        return None
-
-
 _PIPE_STDIN = lib.PYPROC_PIPE_STDIN
 _PIPE_STDOUT = lib.PYPROC_PIPE_STDOUT
 _PIPE_STDERR = lib.PYPROC_PIPE_STDERR

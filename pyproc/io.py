@@ -584,32 +584,42 @@ _CAPTURE_PIPES = lib.PYPROC_PIPE_STDOUT | lib.PYPROC_PIPE_STDERR
 
 def _run_capture_direct(argv: Sequence[Any], packed: bytes, check: bool) -> Result:
     """run(argv, capture=True) with nothing else given and argv packed by _pack_direct: what run()'s general path
-    does for it (no input, no deadline, no limit: the pump can only finish), with fewer steps."""
+    does for it (no input, no deadline, no limit), with fewer steps."""
     started = time.monotonic()
     proc, parent = _start_piped(argv, packed, _CAPTURE_PIPES, False)
     try:
-        pump = _Pump(None, None, (parent[1], parent[2]), None, own_outputs=True)
+        out, err = _capture_to_end(proc, parent[1], parent[2])
     except BaseException:
-        _close_fds([fd for fd in parent if fd is not None])
         _kill(proc, False)
         proc.wait()
+        raise
+    assert proc.returncode is not None
+    result = Result(proc.args, proc.returncode, out, err, proc, time.monotonic() - started)
+    if check and proc.returncode:
+        result.check_returncode()
+    return result
+
+
+def _capture_to_end(proc: Process, out_fd: int | None, err_fd: int | None) -> tuple[bytes, bytes]:
+    """Reads proc's stdout and stderr pipes (the parent's ends) to end of file, closes them and reaps proc.
+
+    No input, deadline or limit: the C pump can only finish.  The fds are this call's from the start (closed even
+    when it raises); proc is reaped by the same C call that frees the pump.  For run(argv, capture=True) and
+    pyproc.subprocess's run(args, capture_output=True).
+    """
+    try:
+        pump = _Pump(None, None, (out_fd, err_fd), None, own_outputs=True)
+    except BaseException:
+        _close_fds([fd for fd in (out_fd, err_fd) if fd is not None])
         raise
     try:
         pump.run(None)
         out = pump.take(0)
         err = pump.take(1)
         pump.finish(proc)
-    except BaseException:
-        _kill(proc, False)
-        proc.wait()
-        raise
     finally:
         pump.release()
-    assert proc.returncode is not None
-    result = Result(proc.args, proc.returncode, out, err, proc, time.monotonic() - started)
-    if check and proc.returncode:
-        result.check_returncode()
-    return result
+    return out, err
 
 
 def _pipe_flags(stdin: object, data: memoryview | None, stdout: object, stderr: object) -> int:

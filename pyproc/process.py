@@ -200,14 +200,14 @@ class Process:
                 return True
             if not c.reaped:
                 return False
-            self.pidfd = None
-            self.returncode = c.returncode
+            self._set_reaped()
             return True
         finally:
             lock.release()
 
     def _set_reaped(self) -> None:
-        """Records a reap done by a C call that filled self._c (pyproc_pump_finish): it closed the pidfd."""
+        """Records a reap done by a C call that filled self._c (pyproc_child_reap, pyproc_pump_finish), which
+        closed the pidfd."""
         self.pidfd = None
         self.returncode = self._c.returncode
 

@@ -505,24 +505,31 @@ def start(request: Request) -> Process:
     )
 
 
-def _pack_direct(argv: Sequence[StrOrBytesPath]) -> bytes | None:
-    """argv as the packed bytes pyproc_spawn_child splits, when it is a list or tuple of str naming a path.
+def _pack_argv(argv: Sequence[Any]) -> bytes | None:
+    """argv as the packed bytes the C side splits (NUL-separated: pyproc_spawn_child, pyproc_spawn_piped), when
+    every item is a str, none holds a NUL and the program is not empty.
 
-    None for anything else (bytes or os.PathLike items, a PATH search, a NUL, an empty argv): the general path
-    then checks and converts it, and reports what is wrong.
+    None for anything else (bytes or os.PathLike items, a NUL, an empty argv): the general conversion then checks
+    and converts it, and reports what is wrong.
     """
-    if type(argv) is not list and type(argv) is not tuple:
-        return None
     try:
         joined = "\0".join(argv)
     except TypeError:
         return None
-    if not joined or "/" not in argv[0] or joined.count("\0") != len(argv) - 1:
+    if not argv or not argv[0] or joined.count("\0") != len(argv) - 1:
         return None
     try:
-        return joined.encode(_FS_ENCODING, _FS_ERRORS)
+        return joined.encode(_FS_ENCODING, _FS_ERRORS)  # os.fsencode's conversion
     except UnicodeEncodeError:
         return None
+
+
+def _pack_direct(argv: Sequence[StrOrBytesPath]) -> bytes | None:
+    """_pack_argv for spawn() and run(): argv a list or tuple whose program is a path (no PATH search), else None."""
+    if type(argv) is not list and type(argv) is not tuple:
+        return None
+    packed = _pack_argv(argv)
+    return packed if packed is not None and "/" in argv[0] else None  # (all str now)
 
 
 def _direct_failure(argv: Sequence[StrOrBytesPath], engine: str, err: int, res: Any) -> OSError:

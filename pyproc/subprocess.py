@@ -97,12 +97,12 @@ from ._subprocess_child import (
     _fsencode_checked,
     _ids,
     _naming,
-    _pack_argv,
     _path_request,
 )
 from ._subprocess_pipes import _LAZY, _LAZY_CLOSED, _PipeAttribute, _PipeState, _text_codec
+from .io import _capture_to_end
 from .process import abandoned, abandoned_lock, reap_abandoned
-from .spawn import _prepare
+from .spawn import _pack_argv, _prepare
 
 # Private helpers some code imports from subprocess (multiprocessing, test suites).
 _args_from_interpreter_flags = _std._args_from_interpreter_flags  # type: ignore[attr-defined]
@@ -493,16 +493,18 @@ class Popen(Generic[AnyStr]):
             if self._stdout_f is not _LAZY or self._stderr_f is not _LAZY:
                 return None  # another thread made a file object meanwhile
             self._stdout_f = self._stderr_f = _LAZY_CLOSED
-        pump = _subprocess_pump._Pump(None, None, (self._stdout_fd, self._stderr_fd), None, own_outputs=True)
-        try:
-            pump.run(None)  # no deadline, no limit: it can only finish
-            out: bytes = pump.take(0)
-            err: bytes = pump.take(1)
-            pump.finish(proc)
-        finally:
-            pump.release()
+        captured = _capture_to_end(proc, self._stdout_fd, self._stderr_fd)
         self._sync()
-        return out, err
+        return captured
+
+    def _close_pipe(self, stream: str) -> None:
+        """Closes the parent's end of pipe `stream` ("stdin", ...): its fd while it has no file object, else the
+        file object (which may raise, as the standard library's close does)."""
+        state = f"_{stream}_f"
+        if getattr(self, state) is _LAZY and self._take_lazy(state):
+            os.close(getattr(self, f"_{stream}_fd"))
+        elif (f := getattr(self, state)) and f is not _LAZY_CLOSED:  # (read again: another thread may have made it)
+            f.close()
 
     def _take_lazy(self, state: str) -> bool:
         """Marks the pipe whose state attribute is `state` closed if it has no file object (True: the caller
@@ -552,19 +554,10 @@ class Popen(Generic[AnyStr]):
     def __exit__(
         self, exc_type: type[BaseException] | None, value: BaseException | None, traceback: Any
     ) -> None:
-        if self._stdout_f is _LAZY and self._take_lazy("_stdout_f"):
-            os.close(self._stdout_fd)
-        elif (f := self._stdout_f) and f is not _LAZY_CLOSED:
-            f.close()
-        if self._stderr_f is _LAZY and self._take_lazy("_stderr_f"):
-            os.close(self._stderr_fd)
-        elif (f := self._stderr_f) and f is not _LAZY_CLOSED:
-            f.close()
+        self._close_pipe("stdout")
+        self._close_pipe("stderr")
         try:  # flushing a BufferedWriter may raise
-            if self._stdin_f is _LAZY and self._take_lazy("_stdin_f"):
-                os.close(self._stdin_fd)
-            elif (f := self._stdin_f) and f is not _LAZY_CLOSED:
-                f.close()
+            self._close_pipe("stdin")
             if self._exchange is not None:
                 self._exchange.close_input()
         finally:

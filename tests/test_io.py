@@ -179,7 +179,9 @@ def test_read_full_write_full_bad_arguments() -> None:
     assert info.value.errno == 9
 
 
-def test_read_full_write_full_under_a_flood_of_signals() -> None:
+@contextlib.contextmanager
+def _sigalrm_flood() -> Iterator[list[int]]:
+    """SIGALRM every 0.2 ms to a counting Python handler while the block runs; yields [number of signals so far]."""
     hits = [0]
 
     def handler(signum: int, frame: object) -> None:
@@ -188,6 +190,14 @@ def test_read_full_write_full_under_a_flood_of_signals() -> None:
     old = signal.signal(signal.SIGALRM, handler)
     signal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0002)
     try:
+        yield hits
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_read_full_write_full_under_a_flood_of_signals() -> None:
+    with _sigalrm_flood() as hits:
         data = _pattern(32 << 20)
         r, w = os.pipe()
         # The child holds its stdout open 0.3 s after the data: read_full (asked for one byte more) is blocked
@@ -202,9 +212,6 @@ def test_read_full_write_full_under_a_flood_of_signals() -> None:
         sender.join()
         os.close(r)
         proc.wait()
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0, 0)
-        signal.signal(signal.SIGALRM, old)
     assert got == data
     assert hits[0] > 10
 
@@ -597,22 +604,12 @@ def test_max_output_large() -> None:
 
 
 def test_run_under_a_flood_of_signals() -> None:
-    hits = [0]
-
-    def handler(signum: int, frame: object) -> None:
-        hits[0] += 1
-
-    old = signal.signal(signal.SIGALRM, handler)
-    signal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0002)
-    try:
+    with _sigalrm_flood() as hits:
         data = _pattern(24 << 20)
         res = pyproc.run(["cat"], input=data, capture=True)
         slow = pyproc.run(["sh", "-c", "sleep 0.3; echo late"], capture=True, timeout=30)
         proc = pyproc.spawn(["cat"], stdin=pyproc.PIPE, stdout=pyproc.PIPE)
         out, _ = proc.communicate(data)
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0, 0)
-        signal.signal(signal.SIGALRM, old)
     assert res.stdout == data
     assert slow.stdout == b"late\n"
     assert out == data
