@@ -45,7 +45,7 @@ int pyproc_get_forced_fallbacks(void) { return __atomic_load_n(&forced_fallbacks
 
 /* ---- the child side ------------------------------------------------------------------------------------------ */
 
-static void child_write_all(int fd, const void *buf, size_t len)
+int pyproc__child_write_all(int fd, const void *buf, size_t len)
 {
     const char *p = buf;
     while (len > 0) {
@@ -53,18 +53,19 @@ static void child_write_all(int fd, const void *buf, size_t len)
         if (n < 0) {
             if (errno == EINTR)
                 continue;
-            return;
+            return -1;
         }
         p += n;
         len -= (size_t)n;
     }
+    return 0;
 }
 
 static void __attribute__((noreturn)) child_fail(struct child_ctx *c, int stage, int index, int err)
 {
     if (c->error_fd >= 0) {
         int32_t record[2] = {(int32_t)(stage | (index << 8)), (int32_t)err};
-        child_write_all(c->error_fd, record, sizeof record);
+        (void)pyproc__child_write_all(c->error_fd, record, sizeof record); /* nowhere else to report it */
     } else {
         c->shared->fail_stage = stage;
         c->shared->fail_index = index;

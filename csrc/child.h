@@ -37,4 +37,8 @@ PYPROC_INTERNAL int pyproc__child_is_kept(const int *keep, int n, int extra, int
 PYPROC_INTERNAL int pyproc__build_exec_mask(const struct pyproc_spawn_request *r, const sigset_t *parent_mask,
                                             sigset_t *out);
 
+/* write() until all of buf is written, EINTR retried; 0, or -1 with errno.  Async-signal-safe: for a child's
+   report to its parent (here, and cow.c's measuring child). */
+PYPROC_INTERNAL int pyproc__child_write_all(int fd, const void *buf, size_t len);
+
 #endif

@@ -12,6 +12,7 @@
  * nothing that is unsafe after fork in a multithreaded process.
  */
 #include "pyproc.h"
+#include "child.h"
 
 #include <string.h>
 #include <time.h>
@@ -230,21 +231,6 @@ int pyproc_cow_fork_sample(int method, const struct pyproc_spawn_request *req, i
 
 /* ---- copy-on-write, measured in a child ----------------------------------------------------------------------- */
 
-static void write_all(int fd, const void *buf, size_t len)
-{
-    const char *p = buf;
-    while (len > 0) {
-        ssize_t n = write(fd, p, len);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            _exit(126);
-        }
-        p += n;
-        len -= (size_t)n;
-    }
-}
-
 /* The child: only memory touches and raw syscalls; never returns. */
 static void __attribute__((noreturn, noinline)) touch_child(const struct pyproc_cow_region *r, int fd)
 {
@@ -278,8 +264,7 @@ static void __attribute__((noreturn, noinline)) touch_child(const struct pyproc_
     rec.majflt = major_faults() - maj0;
     rec.pages = (int64_t)n;
     rec.checksum = sum;
-    write_all(fd, &rec, sizeof rec);
-    _exit(0);
+    _exit(pyproc__child_write_all(fd, &rec, sizeof rec) == 0 ? 0 : 126);
 }
 
 int pyproc_cow_touch_sample(const struct pyproc_cow_region *region, struct pyproc_cow_child_record *out,
