@@ -533,13 +533,13 @@ def run(
 
     # The pipes are made here or by the C side, not by spawn(PIPE): the parent's ends go to the pump as plain fds
     # (no file objects to build and tear down), and each child end is closed as soon as the child has it.
-    started = time.monotonic()
     pipes = _pipe_flags(stdin, data, stdout, stderr)
     packed = None
     if pipes >= 0 and (not spawn_options or (len(spawn_options) == 1 and own_group
                                              and type(spawn_options.get("process_group")) is int)):
         packed = _pack_direct(argv)  # None unless argv is a plain list of str naming a path
     if packed is not None:
+        started = time.monotonic()
         proc, parent = _start_piped(argv, packed, pipes, own_group)  # the common case: pipes and spawn in C
         open_fds = [fd for fd in parent if fd is not None]
     else:
