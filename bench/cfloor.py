@@ -8,6 +8,8 @@ set against what the same work costs in plain C on this machine.
   (default pipe size, buffer doubled with realloc), N times; prints "ns bytes" per iteration.
 - ``pipeloop N SIZE ARGV...``: writes SIZE bytes to ARGV's stdin and reads its stdout back to EOF (one poll loop,
   non-blocking pipes, no shell), N times; prints "ns bytes" per iteration.
+- ``spawnparts ROUNDS ARGV...``: what each step of a CLONE_VM spawn costs (the pidfd, rusage, signal resets,
+  closing fds), each way timed in C, interleaved (bench.spawnparts reads it).
 - ``libfloor.so``: the same three loops as functions (one iteration per call), for pytest-benchmark.
 
 Everything is built once into a cache directory keyed by a hash of the sources and the compiler's version.
@@ -63,8 +65,11 @@ static long long now_ns(void)
     return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+/* Helpers shared by the floors (spawnparts uses neither). */
+#define MAYBE_UNUSED __attribute__((unused))
+
 /* waitpid, EINTR retried; 0 if the child exited 0, else -1 (errno set) or its status. */
-static int reap(pid_t pid)
+static MAYBE_UNUSED int reap(pid_t pid)
 {
     int status;
     while (waitpid(pid, &status, 0) < 0) {
@@ -75,7 +80,7 @@ static int reap(pid_t pid)
 }
 
 /* vfork + (dup2 of the given pipe ends onto 0 / 1) + execve; -1 on failure. */
-static pid_t start(char *const argv[], int in_fd, int out_fd)
+static MAYBE_UNUSED pid_t start(char *const argv[], int in_fd, int out_fd)
 {
     pid_t pid = vfork();
     if (pid == 0) {
@@ -371,7 +376,136 @@ int main(int argc, char **argv)
 #endif
 """
 
-_SOURCES = {"minimal": _MINIMAL_C, "spawnloop": _SPAWN_C, "readloop": _READ_C, "pipeloop": _PIPE_C}
+_PARTS_C = r"""
+/* spawnparts ROUNDS PROGRAM: what each step of a CLONE_VM spawn costs, timed here.  Each way below is a spawn+wait
+   of PROGRAM; the ways run interleaved (10 calls each per round, the order rotating every round) and every round
+   prints, per way, the median of its 10 calls: "way ns ns ...".  The parent ignores SIGPIPE and SIGXFSZ, as a Python
+   parent does, so the child's resets are real work. */
+#include <sched.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#ifndef CLONE_PIDFD
+#define CLONE_PIDFD 0x00001000
+#endif
+
+enum { PIDFD = 1, PIDFD_OPEN = 2, RUSAGE = 4, SIGNALS = 8, CLOSE_FDS = 16, VFORK = 32 };
+static const struct { const char *name; int steps; } ways[] = {
+    {"vfork+execve+waitpid", VFORK},
+    {"clone", 0},
+    {"clone+CLONE_PIDFD", PIDFD},
+    {"clone+pidfd_open", PIDFD_OPEN},
+    {"clone+wait4_rusage", RUSAGE},
+    {"clone+reset_2_signals", SIGNALS},
+    {"clone+close_range", CLOSE_FDS},
+    {"clone+all_of_pyproc", PIDFD | RUSAGE | SIGNALS | CLOSE_FDS},
+};
+#define N_WAYS ((int)(sizeof ways / sizeof *ways))
+#define BATCH 10
+
+struct child_args { char *const *argv; int steps; };
+
+static int child(void *p)
+{
+    const struct child_args *a = p;
+    if (a->steps & SIGNALS) {
+        struct sigaction dfl;
+        memset(&dfl, 0, sizeof dfl);
+        dfl.sa_handler = SIG_DFL;
+        if (sigaction(SIGPIPE, &dfl, NULL) != 0 || sigaction(SIGXFSZ, &dfl, NULL) != 0)
+            _exit(126);
+    }
+    if (a->steps & CLOSE_FDS && syscall(SYS_close_range, 3, ~0U, 0) != 0)
+        _exit(126);
+    execve(a->argv[0], a->argv, environ);
+    _exit(127);
+}
+
+static char *stack_top;
+
+/* One spawn+wait by the given steps; its time in ns, or -1. */
+static long long one(char *const argv[], int steps)
+{
+    long long t0 = now_ns();
+    struct child_args a = {argv, steps};
+    int pidfd = -1;
+    pid_t pid;
+    if (steps & VFORK) {
+        pid = vfork();
+        if (pid == 0)
+            child(&a);
+    } else {
+        int flags = CLONE_VM | CLONE_VFORK | SIGCHLD | (steps & PIDFD ? CLONE_PIDFD : 0);
+        pid = clone(child, stack_top, flags, &a, &pidfd);
+    }
+    if (pid < 0)
+        return -1;
+    if (steps & PIDFD_OPEN && (pidfd = (int)syscall(SYS_pidfd_open, pid, 0)) < 0)
+        return -1;
+    int status;
+    struct rusage usage;
+    pid_t got;
+    do
+        got = steps & RUSAGE ? wait4(pid, &status, 0, &usage) : waitpid(pid, &status, 0);
+    while (got < 0 && errno == EINTR);
+    if (pidfd >= 0 && close(pidfd) != 0)
+        return -1;
+    if (got < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        return -1;
+    return now_ns() - t0;
+}
+
+static int by_value(const void *a, const void *b)
+{
+    long long x = *(const long long *)a, y = *(const long long *)b;
+    return (x > y) - (x < y);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 3 || atoi(argv[1]) < 1) {
+        fprintf(stderr, "usage: spawnparts ROUNDS PROGRAM [ARGS...]\n");
+        return 2;
+    }
+    int rounds = atoi(argv[1]);
+    size_t stack_size = 64 * 1024;
+    char *stack = mmap(NULL, stack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    long long *medians = malloc(sizeof(long long) * (size_t)rounds * N_WAYS);
+    if (stack == MAP_FAILED || !medians) {
+        fprintf(stderr, "spawnparts: out of memory\n");
+        return 1;
+    }
+    stack_top = stack + stack_size;
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGXFSZ, SIG_IGN);
+    for (int r = -1; r < rounds; r++) { /* round -1 warms every way up */
+        for (int k = 0; k < N_WAYS; k++) {
+            int w = (k + (r < 0 ? 0 : r)) % N_WAYS;
+            long long t[BATCH];
+            for (int i = 0; i < BATCH; i++) {
+                if ((t[i] = one(argv + 2, ways[w].steps)) < 0) {
+                    fprintf(stderr, "spawnparts: %s of %s failed (%s)\n", ways[w].name, argv[2], strerror(errno));
+                    return 1;
+                }
+            }
+            qsort(t, BATCH, sizeof *t, by_value);
+            if (r >= 0)
+                medians[(size_t)w * (size_t)rounds + (size_t)r] = (t[BATCH / 2 - 1] + t[BATCH / 2]) / 2;
+        }
+    }
+    for (int w = 0; w < N_WAYS; w++) {
+        printf("%s", ways[w].name);
+        for (int r = 0; r < rounds; r++)
+            printf(" %lld", medians[(size_t)w * (size_t)rounds + (size_t)r]);
+        printf("\n");
+    }
+    return 0;
+}
+"""
+
+_SOURCES = {"minimal": _MINIMAL_C, "spawnloop": _SPAWN_C, "readloop": _READ_C, "pipeloop": _PIPE_C,
+            "spawnparts": _PARTS_C}
 
 
 @dataclass(frozen=True)
@@ -382,6 +516,7 @@ class Floors:
     spawnloop: Path
     readloop: Path
     pipeloop: Path
+    spawnparts: Path
     libfloor: Path
     compiler: str
 
@@ -427,10 +562,11 @@ def build(directory: Path | None = None) -> Floors:
     for part in (version, platform.machine(), _COMMON_C, *_SOURCES.values()):
         digest.update(part.encode())
     out = (directory or cache_dir()) / digest.hexdigest()[:16]
-    floors = Floors(out / "minimal", out / "spawnloop", out / "readloop", out / "pipeloop", out / "libfloor.so",
+    floors = Floors(out / "minimal", out / "spawnloop", out / "readloop", out / "pipeloop", out / "spawnparts",
+                    out / "libfloor.so",
                     version.splitlines()[0] if version else cc)
     if all(p.exists() for p in (floors.minimal, floors.spawnloop, floors.readloop, floors.pipeloop,
-                                 floors.libfloor)):
+                                 floors.spawnparts, floors.libfloor)):
         return floors
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f"tmp-{os.getpid()}"
@@ -439,7 +575,7 @@ def build(directory: Path | None = None) -> Floors:
         (tmp / "minimal.c").write_text(_MINIMAL_C)
         _run_cc([cc, "-nostdlib", "-static", "-O2", "-o", str(tmp / "minimal"), str(tmp / "minimal.c")])
         lib_sources = []
-        for name in ("spawnloop", "readloop", "pipeloop"):
+        for name in ("spawnloop", "readloop", "pipeloop", "spawnparts"):
             src = tmp / f"{name}.c"
             src.write_text(_COMMON_C + _SOURCES[name])
             lib_sources.append(str(src))
@@ -448,7 +584,7 @@ def build(directory: Path | None = None) -> Floors:
         lib_src.write_text(_COMMON_C + _SPAWN_C + _READ_C + _PIPE_C)
         _run_cc([cc, "-O2", "-Wall", "-Wextra", "-shared", "-fPIC", "-DFLOOR_LIB", "-o", str(tmp / "libfloor.so"),
                  str(lib_src)])
-        for name in ("minimal", "spawnloop", "readloop", "pipeloop", "libfloor.so"):
+        for name in ("minimal", "spawnloop", "readloop", "pipeloop", "spawnparts", "libfloor.so"):
             os.replace(tmp / name, out / name)  # atomic: a concurrent build never sees half a file
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

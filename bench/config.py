@@ -50,6 +50,8 @@ class Config:
     name: str
     spawn_rounds: int
     spawn_batch: int
+    parts_rounds: int
+    """rounds of bench.spawnparts (what each step of a spawn costs, timed in C; 10 spawns per way a round)."""
     sizes: list[int]
     states: list[str]
     sweep_rounds: int
@@ -75,7 +77,7 @@ class Config:
 
 def default() -> Config:
     """This machine's run: about five minutes."""
-    return Config(name="default", spawn_rounds=60, spawn_batch=10,
+    return Config(name="default", spawn_rounds=60, spawn_batch=10, parts_rounds=600,
                   sizes=[16 * MiB, 64 * MiB, 256 * MiB, 1 * GiB, 4 * GiB], states=["dirty", "clean", "thp"],
                   sweep_rounds=8, sweep_batch=3, io_size=1 * GiB, io_rounds=9, medium_io_size=4 * MiB,
                   medium_io_rounds=30, medium_io_batch=10, minimal_io_rounds=30,
@@ -85,7 +87,7 @@ def default() -> Config:
 
 def quick() -> Config:
     """CI: the same shape, small sizes and few samples (under a minute)."""
-    return Config(name="quick", spawn_rounds=5, spawn_batch=5, sizes=[16 * MiB, 256 * MiB],
+    return Config(name="quick", spawn_rounds=5, spawn_batch=5, parts_rounds=10, sizes=[16 * MiB, 256 * MiB],
                   states=["dirty", "clean"], sweep_rounds=3, sweep_batch=2, io_size=32 * MiB, io_rounds=3,
                   medium_io_size=4 * MiB, medium_io_rounds=4, medium_io_batch=5,
                   minimal_io_rounds=4, minimal_io_batch=5, throughput_seconds=0.3, throughput_rounds=1,

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from . import spawnparts
 from .config import GiB, fmt_size
 from .harness import Series, fmt_ns, ratio
 
@@ -84,7 +85,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         label = name if not size_note else name.replace("1 GiB", fmt_size(io[kind]["size"]))
         std = "Popen.communicate" if kind == "cat" else "subprocess.run(capture_output=True)"
         out.append(_target(f"{label}: {std} vs pyproc", 3, ratio(s["subprocess"], s["pyproc"]), ">=", issue_bound,
-                           f"median {std} / median pyproc", s["pyproc"].skipped, size_note))
+                           f"median {std} / median pyproc", s["pyproc"].skipped, size_note or _ceiling_note(s)))
         if kind == "capture":
             out.append(_target(f"{label}: C read loop vs pyproc.run", 3, ratio(s["C floor"], s["pyproc"]), ">=", 1.3,
                                "median C read() loop into malloc'd memory / median pyproc.run(capture=True)",
@@ -102,6 +103,21 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                            "the project's own regression guard (issue 3): a medium output must not be slower than "
                            "subprocess; measured after the big captures (glibc's mmap threshold raised)"))
     return out
+
+
+CEILING = "pyproc spawn+wait, no capture"
+"""The minimal-run comparison's contender that captures nothing: the least a run(capture=True) can cost."""
+
+
+def _ceiling_note(s: dict[str, Series]) -> str:
+    """For run(minimal exe, capture): the most any capture can gain over subprocess, measured in the same rounds."""
+    if CEILING not in s or "subprocess" not in s:
+        return ""
+    r = ratio(s["subprocess"], s[CEILING])
+    if r is None:
+        return ""
+    return (f"ceiling: subprocess.run(capture_output=True) is {_fmt_ratio(r)} pyproc.spawn(argv).wait() with nothing "
+            "captured, in the same rounds; a capture does that work and more")
 
 
 def _fmt_ratio(r: dict[str, float] | None) -> str:
@@ -198,6 +214,17 @@ def _reading(results: dict[str, Any], tg: list[dict[str, Any]]) -> list[str]:
                    f"{fmt_ns(conly.median)} ({conly.median / floor.median:.2f}x the C floor): of the "
                    f"{fmt_ns(clone.median)} the Python call takes, about {fmt_ns(max(clone.median - conly.median, 0))}"
                    f" is pyproc's Python layer (argument checks, the Process object, the wait).")
+    by_way = {r["way"]: r for r in results["spawn"].get("parts", {}).get("rows", [])}
+    if {"clone+all_of_pyproc", "clone+CLONE_PIDFD", "clone+pidfd_open", spawnparts.FLOOR} <= set(by_way):
+        floor_ns = by_way[spawnparts.FLOOR]["median_ns"]
+        steps, pidfd, late = (by_way[k]["added_to_clone_ns"] for k in
+                              ("clone+all_of_pyproc", "clone+CLONE_PIDFD", "clone+pidfd_open"))
+        out.append(f"Timed in C in one process, the steps pyproc's default engine adds to a plain CLONE_VM|CLONE_VFORK "
+                   f"clone (pidfd, rusage, two signal resets, closing fds) cost {steps / 1e3:.2f} µs, "
+                   f"{steps / floor_ns:.1%} of the C floor; the pidfd from CLONE_PIDFD alone is {pidfd / 1e3:.2f} µs "
+                   f"({pidfd / floor_ns:.1%}). It is what lets pyproc never signal a recycled pid; pidfd_open() "
+                   f"once clone has returned costs {late / 1e3:.2f} µs (it overlaps the child's run) but could open "
+                   f"a recycled pid if something else reaped the child first.")
     sub, osfork = sp["subprocess.run"], sp["os.fork+execv"]
     if sub.samples and default.samples and osfork.samples:
         out.append(f"subprocess.run takes {fmt_ns(sub.median)} ({sub.median / default.median:.2f}x pyproc's "
@@ -233,6 +260,15 @@ def _reading(results: dict[str, Any], tg: list[dict[str, Any]]) -> list[str]:
             size = io[kind]["size"]
             parts = [f"{n} {factor * size / s[n].median * 1e9 / GiB:.2f} GiB/s" for n in s if s[n].samples]
             out.append(what.format(fmt_size(size)) + " (bytes moved per second): " + ", ".join(parts) + ".")
+    if "minimal" in io:
+        s = _series(io["minimal"])
+        if all(n in s and s[n].samples for n in ("pyproc", "subprocess", CEILING)):
+            out.append(f"Running the minimal executable with both outputs captured takes {fmt_ns(s['pyproc'].median)} "
+                       f"through pyproc.run(capture=True) and {fmt_ns(s['subprocess'].median)} through "
+                       f"subprocess.run(capture_output=True) ({s['subprocess'].median / s['pyproc'].median:.2f}x); "
+                       f"pyproc.spawn(argv).wait(), capturing nothing, takes {fmt_ns(s[CEILING].median)} in the same "
+                       f"rounds, so no capture can be more than "
+                       f"{s['subprocess'].median / s[CEILING].median:.2f}x faster than subprocess's here.")
     out += _cow_reading(results.get("cow", {}))
     held = [t for t in tg if t["held"] is True]
     missed = [t for t in tg if t["held"] is False]
@@ -328,6 +364,13 @@ def render(results: dict[str, Any], tg: list[dict[str, Any]]) -> str:
         lines += [f"## spawn+wait of {title}, small parent", "",
                   f"argv: `{' '.join(sec['argv'])}`; {cfg['spawn_rounds']} rounds of {cfg['spawn_batch']} calls.",
                   "", *_spawn_table(_series(sec)), ""]
+    parts = results["spawn"].get("parts")
+    if parts:
+        lines += ["## What each step of a spawn costs, timed in C", "",
+                  "`python -m bench.spawnparts` alone. One C process spawns and reaps the minimal executable each "
+                  f"way, interleaved ({parts['rounds']} rounds of 10 per way, the order rotating); a ratio is "
+                  "median / median of the floor, in brackets the lowest and highest single-round ratio. The parent "
+                  "ignores SIGPIPE and SIGXFSZ, as Python does.", "", *spawnparts.table(parts["rows"]), ""]
     sweep = results.get("sweep", {})
     io = results.get("io", {})
     if sweep.get("points"):

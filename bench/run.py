@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import cfloor, machine
+from . import cfloor, machine, spawnparts
 from .config import (
     FORK_METHODS,
     FORK_STATES,
@@ -93,6 +93,9 @@ def spawn_suite(cfg: Config, small: Worker, floors: cfloor.Floors, apis: dict[st
         methods = [(m, _spawn_runner(small, m, argv, floors), _skip_reason(m, apis)) for m in SPAWN_METHODS]
         series = _interleave_available(methods, cfg.spawn_rounds, cfg.spawn_batch, tick, f"spawn {key}")
         out[key] = {"argv": argv, "series": {k: v.to_json() for k, v in series.items()}, "_series": series}
+    out["parts"] = {"rounds": cfg.parts_rounds, "rows": spawnparts.summarize(spawnparts.measure(floors,
+                                                                                                cfg.parts_rounds))}
+    tick("spawn steps")
     return out
 
 
@@ -146,8 +149,11 @@ def io_suite(cfg: Config, worker: Worker, floors: cfloor.Floors, apis: dict[str,
             ("capture_medium", cfg.medium_io_size, cfg.medium_io_rounds, cfg.medium_io_batch))
     for kind, size, rounds, batch in plan:
         methods: list[tuple[str, Runner | None, str | None]] = []
-        for m in ("pyproc", "subprocess", "pyproc.subprocess", "C floor"):
-            why = apis["run"] if m == "pyproc" else _skip_reason(m, apis)
+        # For the minimal executable, pyproc.spawn(argv).wait() too: a capture does all of its work and more, so
+        # subprocess.run(capture_output=True) / spawn+wait is the most any run(capture=True) could gain.
+        extra = ("pyproc spawn+wait, no capture",) if kind == "minimal" else ()
+        for m in ("pyproc", "subprocess", "pyproc.subprocess", "C floor", *extra):
+            why = apis["run"] if m == "pyproc" else apis["spawn"] if m in extra else _skip_reason(m, apis)
 
             def run(n: int, m: str = m, kind: str = kind, size: int = size) -> list[int]:
                 ns: list[int] = worker.request(op="io", kind=kind, method=m, size=size, n=n, **common)["ns"]
@@ -234,7 +240,7 @@ def cow_suite(cfg: Config, floors: cfloor.Floors, apis: dict[str, str | None], t
 
 def total_ticks(cfg: Config) -> int:
     """How many progress ticks a run makes (for the progress bar)."""
-    spawn = 2 * cfg.spawn_rounds
+    spawn = 2 * cfg.spawn_rounds + 1
     sweep = sum(len(cfg.sizes) * (cfg.sweep_rounds + 1) for _ in cfg.states)
     io = 2 * cfg.io_rounds + cfg.minimal_io_rounds + cfg.medium_io_rounds
     thr = 2 * len(THROUGHPUT_METHODS) * cfg.throughput_rounds

@@ -341,6 +341,15 @@ def io_call(kind: str, method: str, size: int, minimal: str) -> Callable[[], int
     else:
         raise ValueError(f"unknown I/O kind {kind!r}")
     data = _input(size) if kind == "cat" else None
+    if method == "pyproc spawn+wait, no capture":
+        import pyproc
+
+        spawn = pyproc.spawn  # type: ignore[attr-defined,unused-ignore]
+
+        def spawn_wait() -> int:
+            _check(spawn(argv).wait(), method)
+            return 0  # nothing captured
+        return spawn_wait
     if method == "pyproc":
         import pyproc
 

@@ -65,6 +65,7 @@ class Rusage:
                    ru.oublock, ru.nvcsw, ru.nivcsw)
 
 
+_EINTR = errno.EINTR
 _MAX_TIMEOUT_NS = 1 << 62  # 146 years: "no limit" for every practical purpose, and it fits the C int64_t
 
 
@@ -174,7 +175,7 @@ class Process:
             return True
         lock = self._reap_lock
         assert lock is not None
-        if not lock.acquire(blocking=not nohang):
+        if not lock.acquire(not nohang):
             return False
         try:
             if self.returncode is not None:
@@ -187,7 +188,7 @@ class Process:
                 # Once reaped, the C side also closes the pidfd. Status and Rusage objects are built when asked
                 # for: this is the hot path of every spawn.
                 err = lib.pyproc_child_reap(c, self.pid, pidfd, nohang)
-                if err != errno.EINTR:  # EINTR: go round, so that Python's signal handlers run (and may raise)
+                if err != _EINTR:  # EINTR: go round, so that Python's signal handlers run (and may raise)
                     break
             if err:
                 if err != errno.ECHILD:
@@ -198,9 +199,10 @@ class Process:
                     self.pidfd = None
                 self.returncode = 0
                 return True
-            if not c.reaped:
+            if nohang and not c.reaped:  # (a blocking wait4 that returned 0 has reaped)
                 return False
-            self._set_reaped()
+            self.pidfd = None  # as _set_reaped(), inline: the hot path of every spawn
+            self.returncode = c.returncode
             return True
         finally:
             lock.release()
@@ -226,7 +228,7 @@ class Process:
             return self.returncode
         if timeout is not None:
             self._wait_exited(timeout)
-        self._reap(nohang=False)
+        self._reap(False)
         assert self.returncode is not None
         return self.returncode
 

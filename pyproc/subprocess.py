@@ -383,7 +383,9 @@ class Popen(Generic[AnyStr]):
                 executable, None, None, True, (), 3 if stdin is PIPE else -1, 3 if stdout is PIPE else -1,
                 3 if stderr is not None else -1, False, -1, None, None, None, -1))
         self.pid = pid = res.pid
-        self._proc = _Child(pid, res.pidfd if res.pidfd >= 0 else None, args, _c=child)
+        pidfd = res.pidfd
+        # Positional arguments only: a keyword argument sends the class call down CPython's slow path.
+        self._proc = _Child(pid, pidfd if pidfd >= 0 else None, args, None, None, None, child)
         self._child_created = True
         self._set_lazy_pipes(ends[0], ends[1], ends[2])  # -1 for the streams that got no pipe
 

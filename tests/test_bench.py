@@ -65,7 +65,7 @@ def test_quick_run_writes_report_json_and_plots(quick_run: tuple[Path, subproces
     report = (out / "report.md").read_text()
     for heading in ("## Machine", "## Targets", "## Reading", "## spawn+wait of /bin/true",
                     "## spawn+wait of the minimal executable against parent size", "## I/O",
-                    "## Spawns per second"):
+                    "## Spawns per second", "## What each step of a spawn costs, timed in C"):
         assert heading in report
     for name in PNG_NAMES:
         data = (out / name).read_bytes()
@@ -102,8 +102,23 @@ def test_quick_run_figures_are_sane(quick_run: tuple[Path, subprocess.CompletedP
     capture = results["io"]["capture"]
     assert capture["size"] > 0 and _median(capture["series"]["C floor"]) > 0
 
+    # The steps table (bench.spawnparts): every way measured, the floor is its own unit, and pyproc's default steps
+    # cost at least the plain clone they add to (each a median of rounds timed in C).
+    parts = results["spawn"]["parts"]
+    rows = {r["way"]: r for r in parts["rows"]}
+    assert parts["rounds"] == results["meta"]["config"]["parts_rounds"]
+    assert {"vfork+execve+waitpid", "clone", "clone+CLONE_PIDFD", "clone+all_of_pyproc"} <= set(rows)
+    assert rows["vfork+execve+waitpid"]["vs_floor"] == 1.0
+    assert all(1_000 < r["median_ns"] < 1_000_000_000 for r in rows.values())
+    assert rows["clone+all_of_pyproc"]["vs_floor_min"] <= rows["clone+all_of_pyproc"]["vs_floor"]
+
+    # run(minimal exe, capture) is set against a spawn+wait that captures nothing, in the same rounds.
+    minimal = results["io"]["minimal"]["series"]
+    assert _median(minimal["pyproc spawn+wait, no capture"]) > 0
+
     targets = {t["name"]: t for t in results["targets"]}
     assert any(name.startswith("spawn minimal exe: pyproc default vs C floor") for name in targets)
+    assert "ceiling:" in targets["run(minimal exe, capture): subprocess.run(capture_output=True) vs pyproc"]["note"]
     # The medium capture row (issue 3's regression guard) is measured in every run, quick or not.
     medium = results["io"]["capture_medium"]
     assert medium["size"] == results["meta"]["config"]["medium_io_size"]
@@ -153,3 +168,11 @@ def test_c_floors_run(quick_run: tuple[Path, subprocess.CompletedProcess[str]]) 
     bad = subprocess.run([floors["spawnloop"], "1", str(out / "missing")], capture_output=True, text=True,
                          check=False)
     assert bad.returncode == 1 and "failed" in bad.stderr
+    parts = subprocess.run([floors["spawnparts"], "2", floors["minimal"]], capture_output=True, text=True,
+                           check=True).stdout.splitlines()
+    assert len(parts) == 8 and all(len(line.split()) == 3 and int(line.split()[1]) > 0 for line in parts)
+    bad = subprocess.run([floors["spawnparts"], "1", str(out / "missing")], capture_output=True, text=True,
+                         check=False)
+    assert bad.returncode == 1 and "failed" in bad.stderr
+    bad = subprocess.run([floors["spawnparts"], "0", floors["minimal"]], capture_output=True, text=True, check=False)
+    assert bad.returncode == 2 and "usage" in bad.stderr
