@@ -608,7 +608,7 @@ def _capture_to_end(proc: Process, out_fd: int | None, err_fd: int | None) -> tu
     pyproc.subprocess's run(args, capture_output=True).
     """
     try:
-        pump = _Pump(None, None, (out_fd, err_fd), None, own_outputs=True)
+        pump = _Pump(None, None, (out_fd, err_fd), None, True)  # positional: see spawn.start()
     except BaseException:
         _close_fds([fd for fd in (out_fd, err_fd) if fd is not None])
         raise
@@ -648,7 +648,7 @@ def _run_started(proc: Process, parent: list[int | None], open_fds: list[int], d
     in_fd = parent[0]
     if in_fd is None and parent[1] is None and parent[2] is None:
         return _wait_run(proc, None, None, deadline, timeout, own_group)  # nothing to pump
-    pump = _Pump(in_fd, data, (parent[1], parent[2]), limit, own_outputs=True)
+    pump = _Pump(in_fd, data, (parent[1], parent[2]), limit, True)  # own_outputs (positional: see spawn.start())
     open_fds.clear()  # the pump owns every pipe end now: it closes the input once written, all at release
     try:
         outcome = pump.run(deadline)
