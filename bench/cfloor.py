@@ -378,9 +378,10 @@ int main(int argc, char **argv)
 
 _PARTS_C = r"""
 /* spawnparts ROUNDS PROGRAM: what each step of a CLONE_VM spawn costs, timed here.  Each way below is a spawn+wait
-   of PROGRAM; the ways run interleaved (10 calls each per round, the order rotating every round) and every round
-   prints, per way, the median of its 10 calls: "way ns ns ...".  The parent ignores SIGPIPE and SIGXFSZ, as a Python
-   parent does, so the child's resets are real work. */
+   of PROGRAM; the ways run interleaved (10 calls each per round, the order rotating every round); at the end one
+   line per way gives the median of its 10 calls in each round: "way ns ns ...".  The capture ways also put the
+   child's stdout and stderr on pipes and read both to end of file (poll), as run(capture=True) does.  The parent
+   ignores SIGPIPE and SIGXFSZ, as a Python parent does, so the child's resets are real work. */
 #include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -390,7 +391,7 @@ _PARTS_C = r"""
 #define CLONE_PIDFD 0x00001000
 #endif
 
-enum { PIDFD = 1, PIDFD_OPEN = 2, RUSAGE = 4, SIGNALS = 8, CLOSE_FDS = 16, VFORK = 32 };
+enum { PIDFD = 1, PIDFD_OPEN = 2, RUSAGE = 4, SIGNALS = 8, CLOSE_FDS = 16, VFORK = 32, CAPTURE = 64 };
 static const struct { const char *name; int steps; } ways[] = {
     {"vfork+execve+waitpid", VFORK},
     {"clone", 0},
@@ -400,11 +401,13 @@ static const struct { const char *name; int steps; } ways[] = {
     {"clone+reset_2_signals", SIGNALS},
     {"clone+close_range", CLOSE_FDS},
     {"clone+all_of_pyproc", PIDFD | RUSAGE | SIGNALS | CLOSE_FDS},
+    {"clone+capture_2_pipes", CAPTURE},
+    {"clone+all_of_pyproc+capture", PIDFD | RUSAGE | SIGNALS | CLOSE_FDS | CAPTURE},
 };
 #define N_WAYS ((int)(sizeof ways / sizeof *ways))
 #define BATCH 10
 
-struct child_args { char *const *argv; int steps; };
+struct child_args { char *const *argv; int steps; int out_fd, err_fd; };
 
 static int child(void *p)
 {
@@ -416,6 +419,8 @@ static int child(void *p)
         if (sigaction(SIGPIPE, &dfl, NULL) != 0 || sigaction(SIGXFSZ, &dfl, NULL) != 0)
             _exit(126);
     }
+    if (a->steps & CAPTURE && (dup2(a->out_fd, 1) < 0 || dup2(a->err_fd, 2) < 0))
+        _exit(126);
     if (a->steps & CLOSE_FDS && syscall(SYS_close_range, 3, ~0U, 0) != 0)
         _exit(126);
     execve(a->argv[0], a->argv, environ);
@@ -424,11 +429,41 @@ static int child(void *p)
 
 static char *stack_top;
 
+/* Reads both pipes to end of file (what a capture does; the bytes are dropped); 0 or -1. */
+static int drain(int fd0, int fd1)
+{
+    struct pollfd fds[2] = {{fd0, POLLIN, 0}, {fd1, POLLIN, 0}};
+    char buf[65536];
+    int open_fds = 2;
+    while (open_fds > 0) {
+        if (poll(fds, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        for (int i = 0; i < 2; i++) {
+            if (fds[i].fd < 0 || !fds[i].revents)
+                continue;
+            ssize_t got = read(fds[i].fd, buf, sizeof buf);
+            if (got < 0 && errno != EINTR)
+                return -1;
+            if (got == 0) {
+                fds[i].fd = -1;
+                open_fds--;
+            }
+        }
+    }
+    return 0;
+}
+
 /* One spawn+wait by the given steps; its time in ns, or -1. */
 static long long one(char *const argv[], int steps)
 {
     long long t0 = now_ns();
-    struct child_args a = {argv, steps};
+    int out[2] = {-1, -1}, err[2] = {-1, -1};
+    if (steps & CAPTURE && (pipe2(out, O_CLOEXEC) != 0 || pipe2(err, O_CLOEXEC) != 0))
+        return -1;
+    struct child_args a = {argv, steps, out[1], err[1]};
     int pidfd = -1;
     pid_t pid;
     if (steps & VFORK) {
@@ -442,6 +477,9 @@ static long long one(char *const argv[], int steps)
     if (pid < 0)
         return -1;
     if (steps & PIDFD_OPEN && (pidfd = (int)syscall(SYS_pidfd_open, pid, 0)) < 0)
+        return -1;
+    if (steps & CAPTURE && (close(out[1]) != 0 || close(err[1]) != 0 || drain(out[0], err[0]) != 0 ||
+                            close(out[0]) != 0 || close(err[0]) != 0))
         return -1;
     int status;
     struct rusage usage;

@@ -3,7 +3,8 @@
 The C program (cfloor's ``spawnparts``) spawns and reaps the minimal static executable in several ways, interleaved
 in one process: vfork+execve+waitpid (the floor), clone(CLONE_VM|CLONE_VFORK) on its own stack, and that clone
 with one more step each: a pidfd from CLONE_PIDFD or from pidfd_open() once clone returned, wait4 with rusage,
-SIGPIPE and SIGXFSZ reset in the child, close_range in the child, and all the steps pyproc's default engine takes.
+SIGPIPE and SIGXFSZ reset in the child, close_range in the child, all the steps pyproc's default engine takes;
+and a capture (stdout and stderr on pipes read to end of file), alone and with those steps.
 The main report (python -m bench) includes the same table; this runs it alone.
 """
 
@@ -28,6 +29,8 @@ STEPS = {
     "clone+reset_2_signals": "clone + SIGPIPE and SIGXFSZ reset to SIG_DFL in the child (ignored in the parent)",
     "clone+close_range": "clone + close_range(3, ~0U, 0) in the child",
     "clone+all_of_pyproc": "clone + CLONE_PIDFD + wait4 rusage + the 2 resets + close_range: pyproc's default steps",
+    "clone+capture_2_pipes": "clone + stdout and stderr on two pipes, read to end of file (poll): a capture",
+    "clone+all_of_pyproc+capture": "pyproc's default steps + the capture: what run(capture=True) does in C",
 }
 """The ways spawnparts measures (its names), with what each does."""
 

@@ -111,6 +111,7 @@ def test_quick_run_figures_are_sane(quick_run: tuple[Path, subprocess.CompletedP
     assert rows["vfork+execve+waitpid"]["vs_floor"] == 1.0
     assert all(1_000 < r["median_ns"] < 1_000_000_000 for r in rows.values())
     assert rows["clone+all_of_pyproc"]["vs_floor_min"] <= rows["clone+all_of_pyproc"]["vs_floor"]
+    assert "clone+all_of_pyproc+capture" in rows
 
     # run(minimal exe, capture) is set against a spawn+wait that captures nothing, in the same rounds.
     minimal = results["io"]["minimal"]["series"]
@@ -170,7 +171,7 @@ def test_c_floors_run(quick_run: tuple[Path, subprocess.CompletedProcess[str]]) 
     assert bad.returncode == 1 and "failed" in bad.stderr
     parts = subprocess.run([floors["spawnparts"], "2", floors["minimal"]], capture_output=True, text=True,
                            check=True).stdout.splitlines()
-    assert len(parts) == 8 and all(len(line.split()) == 3 and int(line.split()[1]) > 0 for line in parts)
+    assert len(parts) == 10 and all(len(line.split()) == 3 and int(line.split()[1]) > 0 for line in parts)
     bad = subprocess.run([floors["spawnparts"], "1", str(out / "missing")], capture_output=True, text=True,
                          check=False)
     assert bad.returncode == 1 and "failed" in bad.stderr
