@@ -269,6 +269,13 @@ def _reading(results: dict[str, Any], tg: list[dict[str, Any]]) -> list[str]:
                        f"pyproc.spawn(argv).wait(), capturing nothing, takes {fmt_ns(s[CEILING].median)} in the same "
                        f"rounds, so no capture can be more than "
                        f"{s['subprocess'].median / s[CEILING].median:.2f}x faster than subprocess's here.")
+            if "clone+capture_2_pipes" in by_way:
+                pipes_ns = by_way["clone+capture_2_pipes"]["added_to_clone_ns"]
+                out.append(f"The capture's own kernel work (two pipes read to end of file) costs "
+                           f"{pipes_ns / 1e3:.2f} µs timed in C (the steps table); added to that spawn+wait, it "
+                           f"leaves at most "
+                           f"{s['subprocess'].median / (s[CEILING].median + max(pipes_ns, 0)):.2f}x for any "
+                           f"run(capture=True) against subprocess.run(capture_output=True).")
     out += _cow_reading(results.get("cow", {}))
     held = [t for t in tg if t["held"] is True]
     missed = [t for t in tg if t["held"] is False]
