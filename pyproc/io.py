@@ -48,7 +48,7 @@ from typing import Any, Union
 from ._lib import ffi, lib
 from .errors import CalledProcessError, OutputLimitExceeded, TimeoutExpired, check
 from .process import Process, Rusage, Status
-from .spawn import PIPE, STDOUT, FileSpec, _pack_direct, _start_piped, prepare, start
+from .spawn import PIPE, STDOUT, FileSpec, _pack_argv, _start_piped, prepare, start
 
 _EINTR = errno.EINTR
 _NO_LIMIT = (1 << 64) - 1
@@ -514,7 +514,7 @@ def run(
     if (capture is True and input is None and stdout is None and stderr is None and timeout is None
             and max_output is None and encoding is None and errors is None and not spawn_options
             and (check is False or check is True)):
-        packed = _pack_direct(argv)  # the commonest call, run(argv, capture=True): its own short path
+        packed = _pack_argv(argv, True)  # the commonest call, run(argv, capture=True): its own short path
         if packed is not None:
             return _run_capture_direct(argv, packed, check)
     text, timeout, limit, data, stdout, stderr = _check_io_arguments(
@@ -537,7 +537,7 @@ def run(
     packed = None
     if pipes >= 0 and (not spawn_options or (len(spawn_options) == 1 and own_group
                                              and type(spawn_options.get("process_group")) is int)):
-        packed = _pack_direct(argv)  # None unless argv is a plain list of str naming a path
+        packed = _pack_argv(argv, True)  # None unless argv is a plain list of str naming a path
     if packed is not None:
         started = time.monotonic()
         proc, parent = _start_piped(argv, packed, pipes, own_group)  # the common case: pipes and spawn in C
@@ -583,8 +583,8 @@ _CAPTURE_PIPES = lib.PYPROC_PIPE_STDOUT | lib.PYPROC_PIPE_STDERR
 
 
 def _run_capture_direct(argv: Sequence[Any], packed: bytes, check: bool) -> Result:
-    """run(argv, capture=True) with nothing else given and argv packed by _pack_direct: what run()'s general path
-    does for it (no input, no deadline, no limit), with fewer steps."""
+    """run(argv, capture=True) with nothing else given and argv packed by _pack_argv(argv, True): what run()'s
+    general path does for it (no input, no deadline, no limit), with fewer steps."""
     started = time.monotonic()
     proc, parent = _start_piped(argv, packed, _CAPTURE_PIPES, False)
     try:

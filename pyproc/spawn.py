@@ -224,6 +224,7 @@ class Request:
 
 _KEEP_STDIO = ffi.new("int[]", [0, 1, 2])
 _NO_STDIO = _Stdio()  # shared by requests that open nothing: its lists stay empty
+_CHILD_PTR = ffi.typeof("struct pyproc_child *")
 _DEFAULT_REQUEST = ffi.new("struct pyproc_spawn_request *")
 _DEFAULT_REQUEST.close_fds = 1
 _DEFAULT_REQUEST.restore_signals = 1
@@ -507,31 +508,28 @@ def start(request: Request) -> Process:
     )
 
 
-def _pack_argv(argv: Sequence[Any]) -> bytes | None:
+def _pack_argv(argv: Sequence[Any], path_only: bool = False) -> bytes | None:
     """argv as the packed bytes the C side splits (NUL-separated: pyproc_spawn_child, pyproc_spawn_piped), when
-    every item is a str, none holds a NUL and the program is not empty.
+    every item is a str, none holds a NUL and the program is not empty; with path_only, also only when argv is a
+    list or tuple whose program is a path (no PATH search to do).
 
     None for anything else (bytes or os.PathLike items, a NUL, an empty argv): the general conversion then checks
     and converts it, and reports what is wrong.
     """
+    if path_only and type(argv) is not list and type(argv) is not tuple:
+        return None
     try:
         joined = "\0".join(argv)
     except TypeError:
         return None
     if not argv or not argv[0] or joined.count("\0") != len(argv) - 1:
         return None
+    if path_only and "/" not in argv[0]:  # (all str now)
+        return None
     try:
         return joined.encode(_FS_ENCODING, _FS_ERRORS)  # os.fsencode's conversion
     except UnicodeEncodeError:
         return None
-
-
-def _pack_direct(argv: Sequence[StrOrBytesPath]) -> bytes | None:
-    """_pack_argv for spawn() and run(): argv a list or tuple whose program is a path (no PATH search), else None."""
-    if type(argv) is not list and type(argv) is not tuple:
-        return None
-    packed = _pack_argv(argv)
-    return packed if packed is not None and "/" in argv[0] else None  # (all str now)
 
 
 def _direct_failure(argv: Sequence[StrOrBytesPath], engine: str, err: int, res: Any) -> OSError:
@@ -542,25 +540,6 @@ def _direct_failure(argv: Sequence[StrOrBytesPath], engine: str, err: int, res: 
     return os_error(err, filename, where)
 
 
-def _start_direct(argv: Sequence[StrOrBytesPath], engine: str) -> Process | None:
-    """spawn() with every option at its default: the common case, one packed argv and the shared default request.
-
-    None when argv does not qualify (see _pack_direct).
-    """
-    packed = _pack_direct(argv)
-    if packed is None:
-        return None
-    if abandoned:
-        reap_abandoned()
-    child = ffi.new("struct pyproc_child *")
-    err = lib.pyproc_spawn_child(_DEFAULT_REQUEST, packed, len(packed), len(argv), ENGINE_CODES[engine], child)
-    res = child.spawn
-    if err:
-        raise _direct_failure(argv, engine, err, res)
-    pidfd = res.pidfd
-    return Process(res.pid, pidfd if pidfd >= 0 else None, argv, None, None, None, child)  # positional: see start()
-
-
 _GROUP_REQUEST = ffi.new("struct pyproc_spawn_request *", _DEFAULT_REQUEST[0])
 _GROUP_REQUEST.process_group = 0
 _STDIO_TARGETS = ((lib.PYPROC_PIPE_STDIN, 0), (lib.PYPROC_PIPE_STDOUT, 1), (lib.PYPROC_PIPE_STDERR, 2),
@@ -569,14 +548,15 @@ _STDIO_TARGETS = ((lib.PYPROC_PIPE_STDIN, 0), (lib.PYPROC_PIPE_STDOUT, 1), (lib.
 
 def _start_piped(argv: Sequence[StrOrBytesPath], packed: bytes, pipes: int,
                  new_group: bool) -> tuple[Process, list[int | None]]:
-    """run()'s common case: default options (new_group: process_group=0), argv packed by _pack_direct, new pipes
-    for the standard fds in pipes (PYPROC_PIPE_* | PYPROC_STDERR_TO_STDOUT), made by the C side with the spawn.
+    """run()'s common case: default options (new_group: process_group=0), argv packed by _pack_argv(argv, True),
+    new pipes for the standard fds in pipes (PYPROC_PIPE_* | PYPROC_STDERR_TO_STDOUT), made by the C side with the
+    spawn.
 
     Returns the Process (no file objects) and the parent's pipe ends by child fd.
     """
     if abandoned:
         reap_abandoned()
-    child = ffi.new("struct pyproc_child *")
+    child = ffi.new(_CHILD_PTR)
     ends = ffi.new("int[3]")
     err = lib.pyproc_spawn_piped(_GROUP_REQUEST if new_group else _DEFAULT_REQUEST, packed, len(packed),
                                  len(argv), lib.PYPROC_ENGINE_CLONE, pipes, child, ends)
@@ -671,14 +651,26 @@ def spawn(
     (FileNotFoundError, PermissionError, ...) with errno, filename and the failing step when the child cannot
     start; a child that failed has already been reaped.
     """
+    # Every option at its default, argv a list of str naming a path: the common case, one packed argv and the
+    # shared default request, written out here (each Python call on this path costs more than it seems: after a
+    # spawn, the parent's caches are cold).
     if (executable is None and stdin is None and stdout is None and stderr is None and fds is None
             and type(pass_fds) is tuple and not pass_fds and close_fds is True and cwd is None and env is None
             and new_session is False and process_group is None and umask is None and rlimits is None
             and pdeathsig is None and no_new_privs is False and restore_signals is True and sigmask is None
             and engine in ENGINE_CODES):
-        proc = _start_direct(argv, engine)
-        if proc is not None:
-            return proc
+        packed = _pack_argv(argv, True)
+        if packed is not None:
+            if abandoned:
+                reap_abandoned()
+            child = ffi.new(_CHILD_PTR)
+            err = lib.pyproc_spawn_child(_DEFAULT_REQUEST, packed, len(packed), len(argv), ENGINE_CODES[engine],
+                                         child)
+            res = child.spawn
+            if err:
+                raise _direct_failure(argv, engine, err, res)
+            pidfd = res.pidfd
+            return Process(res.pid, pidfd if pidfd >= 0 else None, argv, None, None, None, child)  # see start()
     return start(_prepare(
         argv, engine, executable, stdin, stdout, stderr, fds, pass_fds, close_fds, cwd, env, new_session,
         process_group, umask, rlimits, pdeathsig, no_new_privs, restore_signals, sigmask,
