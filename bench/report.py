@@ -208,12 +208,14 @@ def _reading(results: dict[str, Any], tg: list[dict[str, Any]]) -> list[str]:
                    f"wrapper over them pays; pyproc.spawn(argv).wait() adds "
                    f"{fmt_ns(max(default.median - bare.median, 0))} to it.")
     conly = sp.get("pyproc clone, C only")
-    clone = sp.get("pyproc clone")
-    if conly is not None and clone is not None and conly.samples and clone.samples and floor.samples:
+    if conly is not None and conly.samples and floor.samples:
+        crossing = ""
+        if bare is not None and bare.samples:
+            crossing = (f"; making the same two calls from Python, with nothing else around them (the bare calls' "
+                        f"row), costs {fmt_ns(max(bare.median - conly.median, 0))} more: the price of calling C from "
+                        f"Python around a spawn")
         out.append(f"pyproc's clone engine timed in C around the same spawn and reap, from the same parent, takes "
-                   f"{fmt_ns(conly.median)} ({conly.median / floor.median:.2f}x the C floor): of the "
-                   f"{fmt_ns(clone.median)} the Python call takes, about {fmt_ns(max(clone.median - conly.median, 0))}"
-                   f" is pyproc's Python layer (argument checks, the Process object, the wait).")
+                   f"{fmt_ns(conly.median)} ({conly.median / floor.median:.2f}x the C floor){crossing}.")
     by_way = {r["way"]: r for r in results["spawn"].get("parts", {}).get("rows", [])}
     if {"clone+all_of_pyproc", "clone+CLONE_PIDFD", "clone+pidfd_open", spawnparts.FLOOR} <= set(by_way):
         floor_ns = by_way[spawnparts.FLOOR]["median_ns"]
