@@ -57,6 +57,7 @@ _NO_LIMIT = (1 << 64) - 1
 _SMALL = min(64 << 10, lib.PYPROC_OUT_CHUNK)
 _PAGE = os.sysconf("SC_PAGESIZE")
 _page_lead: int | None = None
+_PUMP_PTR = ffi.typeof("struct pyproc_pump *")
 _chunk_max = lib.PYPROC_OUT_CHUNK_MAX  # outputs below this stay in the pump's reused chunks (tests lower it)
 _new_bytes: Any = None
 
@@ -182,7 +183,7 @@ class _Pump:
 
     def __init__(self, in_fd: int | None, data: memoryview | None, out_fds: tuple[int | None, int | None],
                  max_output: int | None, own_outputs: bool = False) -> None:
-        self.c = ffi.new("struct pyproc_pump *")
+        self.c = ffi.new(_PUMP_PTR)
         self._data = ffi.NULL  # the input, kept alive while the pump may write it
         n = 0
         if in_fd is not None and data is not None and data.nbytes:
@@ -227,34 +228,12 @@ class _Pump:
 
     def take(self, stream: int, limit: int | None = None) -> bytes:
         """What was read, handed over once (at most limit bytes); the buffer is freed."""
-        out = self.c.out[stream]
-        n = int(out.len) if limit is None else min(int(out.len), limit)
-        if n < _SMALL:  # contiguous: the first chunk (or the mapping) holds it; release() frees it
-            return ffi.buffer(out.data, n)[:] if n else b""
-        # A new bytes object, not yet shared, receives the output with the GIL released: copied from the chunks,
-        # or, from a large mapping, its pages moved there when the offsets in a page agree (else copied).
-        result = _uninitialized_bytes(n)
-        dest = ffi.from_buffer("char[]", result)
-        check(lib.pyproc_pump_take(self.c, stream, dest, n), None, "handing over the output")
-        return result
+        return _take(self.c, stream, limit)
 
     def finish(self, proc: Process) -> None:
         """release(), then reaps proc, in one C call (run()'s ending once the outputs were taken)."""
-        child = proc._c
-        if child is None or proc.returncode is not None:
-            self.release()
-            proc.wait()
-            return
-        pidfd = -1 if proc.pidfd is None else proc.pidfd
-        while True:
-            err = lib.pyproc_pump_finish(self.c, child, proc.pid, pidfd)
-            if err != _EINTR:  # EINTR: go round, so that Python's signal handlers run (and may raise)
-                break
-        self.released = True
-        if err:
-            proc.wait()  # ECHILD (reaped behind our back) and the rest: the general reap decides
-        else:
-            proc._set_reaped()
+        _finish(self.c, proc)
+        self.released = True  # (after: if it raised before its C call, release() must still free the pump)
 
     def release(self) -> None:
         if not self.released:
@@ -264,6 +243,38 @@ class _Pump:
     def __del__(self) -> None:
         if hasattr(self, "released"):
             self.release()
+
+
+def _take(c: Any, stream: int, limit: int | None = None) -> bytes:
+    """What pump c read from stream, handed over once (at most limit bytes); the buffer is freed."""
+    out = c.out[stream]
+    n = int(out.len) if limit is None else min(int(out.len), limit)
+    if n < _SMALL:  # contiguous: the first chunk (or the mapping) holds it; the release frees it
+        return ffi.buffer(out.data, n)[:] if n else b""
+    # A new bytes object, not yet shared, receives the output with the GIL released: copied from the chunks,
+    # or, from a large mapping, its pages moved there when the offsets in a page agree (else copied).
+    result = _uninitialized_bytes(n)
+    dest = ffi.from_buffer("char[]", result)
+    check(lib.pyproc_pump_take(c, stream, dest, n), None, "handing over the output")
+    return result
+
+
+def _finish(c: Any, proc: Process) -> None:
+    """Releases pump c, then reaps proc, in one C call (run()'s ending once the outputs were taken)."""
+    child = proc._c
+    if child is None or proc.returncode is not None:
+        lib.pyproc_pump_release(c)
+        proc.wait()
+        return
+    pidfd = -1 if proc.pidfd is None else proc.pidfd
+    while True:
+        err = lib.pyproc_pump_finish(c, child, proc.pid, pidfd)
+        if err != _EINTR:  # EINTR: go round, so that Python's signal handlers run (and may raise)
+            break
+    if err:
+        proc.wait()  # ECHILD (reaped behind our back) and the rest: the general reap decides
+    else:
+        proc._set_reaped()
 
 
 def _check_timeout(timeout: object) -> float | None:
@@ -607,19 +618,30 @@ def _capture_to_end(proc: Process, out_fd: int | None, err_fd: int | None) -> tu
     when it raises); proc is reaped by the same C call that frees the pump.  For run(argv, capture=True) and
     pyproc.subprocess's run(args, capture_output=True).
     """
+    # The pump's struct is used directly, without a _Pump: this is the hot path of every run(capture=True).
     try:
-        pump = _Pump(None, None, (out_fd, err_fd), None, True)  # positional: see spawn.start()
+        c = ffi.new(_PUMP_PTR)
+        lib.pyproc_pump_setup(c, -1, ffi.NULL, 0, -1 if out_fd is None else out_fd, -1 if err_fd is None else err_fd,
+                              _NO_LIMIT, _lead(), _chunk_max, 1)
     except BaseException:
         _close_fds([fd for fd in (out_fd, err_fd) if fd is not None])
         raise
+    released = False
     try:
-        pump.run(None)
-        out = pump.take(0)
-        err = pump.take(1)
-        pump.finish(proc)
+        while True:
+            err = lib.pyproc_pump_run(c, 0)  # no deadline: it returns when both outputs reached end of file
+            if err != _EINTR:  # EINTR: go round, so that Python's signal handlers run (and may raise)
+                break
+        if err:
+            check(err, None, "pumping the child's pipes")
+        out = _take(c, 0)
+        errors = _take(c, 1)
+        _finish(c, proc)
+        released = True  # (after: if it raised before its C call, the pump must still be freed)
     finally:
-        pump.release()
-    return out, err
+        if not released:
+            lib.pyproc_pump_release(c)
+    return out, errors
 
 
 def _pipe_flags(stdin: object, data: memoryview | None, stdout: object, stderr: object) -> int:

@@ -225,6 +225,7 @@ class Request:
 _KEEP_STDIO = ffi.new("int[]", [0, 1, 2])
 _NO_STDIO = _Stdio()  # shared by requests that open nothing: its lists stay empty
 _CHILD_PTR = ffi.typeof("struct pyproc_child *")
+_ENDS_ARRAY = ffi.typeof("int[3]")
 _DEFAULT_REQUEST = ffi.new("struct pyproc_spawn_request *")
 _DEFAULT_REQUEST.close_fds = 1
 _DEFAULT_REQUEST.restore_signals = 1
@@ -557,7 +558,7 @@ def _start_piped(argv: Sequence[StrOrBytesPath], packed: bytes, pipes: int,
     if abandoned:
         reap_abandoned()
     child = ffi.new(_CHILD_PTR)
-    ends = ffi.new("int[3]")
+    ends = ffi.new(_ENDS_ARRAY)
     err = lib.pyproc_spawn_piped(_GROUP_REQUEST if new_group else _DEFAULT_REQUEST, packed, len(packed),
                                  len(argv), lib.PYPROC_ENGINE_CLONE, pipes, child, ends)
     res = child.spawn
@@ -569,7 +570,8 @@ def _start_piped(argv: Sequence[StrOrBytesPath], packed: bytes, pipes: int,
         raise _direct_failure(argv, "auto", err, res)
     pidfd = res.pidfd
     proc = Process(res.pid, pidfd if pidfd >= 0 else None, argv, None, None, None, child)  # positional: see start()
-    return proc, [None if fd < 0 else fd for fd in ends]
+    end0, end1, end2 = ends
+    return proc, [None if end0 < 0 else end0, None if end1 < 0 else end1, None if end2 < 0 else end2]
 
 
 def prepare(
