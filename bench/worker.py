@@ -342,12 +342,10 @@ def io_call(kind: str, method: str, size: int, minimal: str) -> Callable[[], int
         raise ValueError(f"unknown I/O kind {kind!r}")
     data = _input(size) if kind == "cat" else None
     if method == "pyproc spawn+wait, no capture":
-        import pyproc
-
-        spawn = pyproc.spawn  # type: ignore[attr-defined,unused-ignore]
+        call = spawner("pyproc default", argv)  # the spawn table's call, which checks the exit status
 
         def spawn_wait() -> int:
-            _check(spawn(argv).wait(), method)
+            call()
             return 0  # nothing captured
         return spawn_wait
     if method == "pyproc":

@@ -201,8 +201,7 @@ class Process:
                 return True
             if nohang and not c.reaped:  # (a blocking wait4 that returned 0 has reaped)
                 return False
-            self.pidfd = None  # as _set_reaped(), inline: the hot path of every spawn
-            self.returncode = c.returncode
+            self._set_reaped()
             return True
         finally:
             lock.release()

@@ -570,8 +570,7 @@ def _start_piped(argv: Sequence[StrOrBytesPath], packed: bytes, pipes: int,
         raise _direct_failure(argv, "auto", err, res)
     pidfd = res.pidfd
     proc = Process(res.pid, pidfd if pidfd >= 0 else None, argv, None, None, None, child)  # positional: see start()
-    end0, end1, end2 = ends
-    return proc, [None if end0 < 0 else end0, None if end1 < 0 else end1, None if end2 < 0 else end2]
+    return proc, [None if fd < 0 else fd for fd in ends]
 
 
 def prepare(
@@ -654,8 +653,7 @@ def spawn(
     start; a child that failed has already been reaped.
     """
     # Every option at its default, argv a list of str naming a path: the common case, one packed argv and the
-    # shared default request, written out here (each Python call on this path costs more than it seems: after a
-    # spawn, the parent's caches are cold).
+    # shared default request.
     if (executable is None and stdin is None and stdout is None and stderr is None and fds is None
             and type(pass_fds) is tuple and not pass_fds and close_fds is True and cwd is None and env is None
             and new_session is False and process_group is None and umask is None and rlimits is None

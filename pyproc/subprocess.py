@@ -275,16 +275,9 @@ class Popen(Generic[AnyStr]):
         if creationflags != 0:
             raise ValueError("creationflags is only supported on Windows platforms")
 
-        self.encoding = encoding
-        self.errors = errors
         self.pipesize = pipesize
-
-        if text is not None and universal_newlines is not None and bool(universal_newlines) != bool(text):
-            raise SubprocessError("Cannot disambiguate when both text and universal_newlines are supplied "
-                                  "but different. Pass one or the other.")
-        self.text_mode = encoding or errors or text or universal_newlines
-        if self.text_mode and encoding is None:
-            self.encoding = encoding = _text_encoding()
+        self._text_options(encoding, errors, text, universal_newlines, False)  # (the codec is checked below)
+        encoding = self.encoding
 
         line_buffering = False
         if self.text_mode and bufsize == 1:
