@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from . import spawnparts
+from . import jobsreport, spawnparts
 from .config import GiB, fmt_size
 from .harness import Series, fmt_ns, fmt_ratio, ratio, target
 from .tables import stats_row, table
@@ -117,6 +117,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                           io_s["pyproc"].skipped,
                           "the project's own regression guard (issue 3): a medium output must not be slower than "
                           "subprocess; measured after the big captures (glibc's mmap threshold raised)"))
+    out += jobsreport.targets(results)
     return out
 
 
@@ -304,6 +305,7 @@ def _reading(results: dict[str, Any], tg: list[dict[str, Any]]) -> list[str]:
                            f"{s['pyproc'].median / least:.2f}x that sum (target: at most 1.10x, issue 19) and "
                            f"subprocess.run(capture_output=True) {s['subprocess'].median / s['pyproc'].median:.2f}x "
                            f"pyproc's (target: at least 1.4x, issue 19).")
+    out += jobsreport.reading(results)
     out += _cow_reading(results.get("cow", {}))
     held = [t for t in tg if t["held"] is True]
     missed = [t for t in tg if t["held"] is False]
@@ -378,8 +380,8 @@ def render(results: dict[str, Any], tg: list[dict[str, Any]]) -> str:
              "ratio is median/median with, in brackets, the lowest and highest ratio of the rounds' medians.",
              "", "## Targets", "",
              "Each claim \"A vs B\" is median(A) / median(B) from samples taken interleaved in this run; in "
-             "brackets the lowest and highest ratio of single rounds."
-             " Each row names the issue its bound comes from; issue 19 restated issue 2's spawn bound and "
+             "brackets the lowest and highest ratio of single rounds. For jobs per second, \"A vs B\" is A's jobs/s "
+             "over B's. Each row names the issue its bound comes from; issue 19 restated issue 2's spawn bound and "
              "issue 3's minimal-run bound (the C floor in its own process is information in the spawn tables, not a "
              "target).", ""]
     if cfg["name"] == "quick":
@@ -484,6 +486,7 @@ def render(results: dict[str, Any], tg: list[dict[str, Any]]) -> str:
                              f"{two['per_second'] / one['per_second']:.2f}x"])
         lines += [*table(["way", "1 thread: median [min, max]", "2 threads: median [min, max]", "2 vs 1"],
                             rows), ""]
+    lines += jobsreport.section(results)
     cow = results.get("cow", {})
     lines += ["## Copy-on-write and fork cost (pyproc.cow, timed in C)", ""]
     if "skipped" in cow:
@@ -496,6 +499,7 @@ def render(results: dict[str, Any], tg: list[dict[str, Any]]) -> str:
                 for p in sweep.get("not_built", [])]
     skipped += [f"spawns per second, {m}: {v['skipped']}" for m, v in results.get("throughput", {}).items()
                 if "skipped" in v and v["skipped"].startswith("failed")]
+    skipped += jobsreport.failures(results)
     if skipped or cfg.get("notes"):
         lines += ["## Skipped and notes", "", *[f"- {x}" for x in [*skipped, *cfg.get("notes", [])]], ""]
     return "\n".join(lines) + "\n"
@@ -573,6 +577,7 @@ def summary(results: dict[str, Any], tg: list[dict[str, Any]]) -> str:
             moved = io[kind]["size"] * (2 if kind == "cat" else 1)
             parts = [f"{n} {moved / v.median * 1e9 / GiB:.2f}" for n, v in io_series.items() if v.samples]
             lines.append(f"{kind} {fmt_size(io[kind]['size'])}, GiB/s: " + ", ".join(parts))
+    lines += jobsreport.summary(results)
     lines.append("targets:")
     for t in tg:
         state = {None: "skipped", True: "held", False: "NOT held"}[t["held"]]
