@@ -118,7 +118,37 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                           "the project's own regression guard (issue 3): a medium output must not be slower than "
                           "subprocess; measured after the big captures (glibc's mmap threshold raised)"))
     out += jobsreport.targets(results)
+    out += installed_targets(results)
     return out
+
+
+INSTALLED_ROWS = (("subprocess.run(capture_output=True)", 1.4),
+                  ("asyncio.create_subprocess_exec + communicate", 1.5))
+"""Issue 16's rows (minimal executable, both outputs captured, interleaved in one process; the standard way's time
+/ the installed way's), measured by `python -m bench.installed` (run.installed_suite)."""
+
+
+def installed_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 16's two targets.  LEAD: when bench.installed is merged, read its two ratios here."""
+    inst = results.get("installed")
+    if inst is None:
+        return []
+    why = inst.get("skipped") or ("measured by python -m bench.installed (its output is in the section 'pyproc."
+                                  "subprocess.install()'); its ratios are not read into this table yet")
+    return [target(f"installed vs not (minimal exe): {name}", 16, None, ">=", bound,
+                   "median standard / median installed, interleaved", why) for name, bound in INSTALLED_ROWS]
+
+
+def _installed_lines(results: dict[str, Any]) -> list[str]:
+    inst = results.get("installed")
+    if inst is None:
+        return []
+    lines = ["## pyproc.subprocess.install(): the standard library's subprocess and asyncio, installed vs not", "",
+             "Rows: " + "; ".join(f"{name}, installed vs not" for name, _ in INSTALLED_ROWS)
+             + " (`python -m bench.installed`).", ""]
+    if "skipped" in inst:
+        return [*lines, f"Not measured: {inst['skipped']}.", ""]
+    return [*lines, "```", inst["output"].rstrip(), "```", ""]
 
 
 def _capture_bound(io_s: dict[str, Series], pipes_ns: float | None) -> dict[str, Any]:
@@ -487,6 +517,7 @@ def render(results: dict[str, Any], tg: list[dict[str, Any]]) -> str:
         lines += [*table(["way", "1 thread: median [min, max]", "2 threads: median [min, max]", "2 vs 1"],
                             rows), ""]
     lines += jobsreport.section(results)
+    lines += _installed_lines(results)
     cow = results.get("cow", {})
     lines += ["## Copy-on-write and fork cost (pyproc.cow, timed in C)", ""]
     if "skipped" in cow:

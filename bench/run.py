@@ -33,7 +33,7 @@ _ROOT = Path(__file__).resolve().parent.parent
 """The source tree's root, from which `python -m bench.*` helpers run."""
 
 NOT_IN_BUILD = "not in this build"
-"""Why a row of an API another branch is writing (run_many, aio.run_many) is empty."""
+"""Why a row of an API another branch is writing (run_many, aio.run_many, subprocess.install) is empty."""
 
 
 def probe() -> dict[str, str | None]:
@@ -44,7 +44,7 @@ def probe() -> dict[str, str | None]:
     except ImportError as exc:
         reason = f"pyproc is not importable: {exc}"
         return {"spawn": reason, "run": reason, "subprocess": reason, "cow": reason, "run_many": reason,
-                "aio": reason, "aio_run_many": reason}
+                "aio": reason, "aio_run_many": reason, "install": reason}
     out["spawn"] = None
     out["run"] = None if callable(getattr(pyproc, "run", None)) else \
         "pyproc.run is not importable yet (issue 3, branch io)"
@@ -53,8 +53,11 @@ def probe() -> dict[str, str | None]:
 
         missing = [n for n in ("run", "Popen", "PIPE") if not hasattr(psub, n)]
         out["subprocess"] = f"pyproc.subprocess lacks {', '.join(missing)}" if missing else None
+        out["install"] = None if callable(getattr(psub, "install", None)) else \
+            f"{NOT_IN_BUILD} (pyproc.subprocess.install, issue 16)"
     except ImportError as exc:
-        out["subprocess"] = f"pyproc.subprocess is not importable yet (issue 7, branch subprocess): {exc}"
+        out["subprocess"] = out["install"] = \
+            f"pyproc.subprocess is not importable yet (issue 7, branch subprocess): {exc}"
     # Issues 15 and 16 are being written on other branches: until they are merged, their rows say so.
     out["run_many"] = None if callable(getattr(pyproc, "run_many", None)) else \
         f"{NOT_IN_BUILD} (pyproc.run_many, issue 15)"
@@ -280,6 +283,24 @@ def jobs_rss(cfg: Config, floors: cfloor.Floors, apis: dict[str, str | None]) ->
     return answer
 
 
+def installed_suite(apis: dict[str, str | None], tick: Tick) -> dict[str, Any]:
+    """Issue 16's rows, "subprocess.run, installed vs not" and "asyncio.create_subprocess_exec + communicate,
+    installed vs not", are measured by `python -m bench.installed` (written with pyproc.subprocess.install() on
+    another branch).  LEAD: when the branches meet, pass it this run's sample counts (--quick) and turn its output
+    into the two Series/ratios report.installed_targets() reads; until then its text output goes into the report
+    as it is."""
+    tick("installed vs not")
+    if apis["install"]:
+        return {"skipped": apis["install"]}
+    if not (_ROOT / "bench" / "installed.py").is_file():
+        return {"skipped": f"{NOT_IN_BUILD} (bench/installed.py, issue 16)"}
+    proc = subprocess.run([sys.executable, "-m", "bench.installed"], capture_output=True, text=True, timeout=1800,
+                          check=False, cwd=str(_ROOT))
+    if proc.returncode != 0:
+        return {"skipped": f"python -m bench.installed failed ({proc.returncode}): {proc.stderr.strip()[-500:]}"}
+    return {"output": proc.stdout}
+
+
 def fork_sizes(cfg: Config) -> list[tuple[str, str, int]]:
     """The (pages, state, size) points measure_fork sweeps: every size, fragmented capped at FRAGMENTED_MAX."""
     points = []
@@ -327,7 +348,7 @@ def total_ticks(cfg: Config) -> int:
     thr = 2 * len(THROUGHPUT_METHODS) * cfg.throughput_rounds
     cow = len(cfg.cow_sizes) * 3 + len(fork_sizes(cfg))
     many = 2 * cfg.jobs_rounds + cfg.jobs_seq_rounds + 1
-    return spawn + sweep + io + thr + cow + many
+    return spawn + sweep + io + thr + cow + many + 1
 
 
 def run_all(cfg: Config, tick: Tick, argv: list[str]) -> dict[str, Any]:
@@ -354,6 +375,7 @@ def run_all(cfg: Config, tick: Tick, argv: list[str]) -> dict[str, Any]:
     with Worker(0, "clean") as io_worker:  # its own: the I/O buffers must not make the small parent big
         timed("io", lambda: io_suite(cfg, io_worker, floors, apis, tick))
     timed("jobs", lambda: jobs_suite(cfg, floors, apis, tick))
+    timed("installed", lambda: installed_suite(apis, tick))
     timed("cow", lambda: cow_suite(cfg, floors, apis, tick))
     results["meta"]["suite_seconds"] = timings
     results["meta"]["loadavg_end"] = machine.describe()["loadavg"]

@@ -19,6 +19,7 @@ import pytest
 
 import pyproc
 import pyproc.aio
+import pyproc.subprocess
 from bench import jobs, jobsreport, run
 from bench.harness import Series
 
@@ -129,12 +130,15 @@ def test_one_after_another_gives_a_time_per_call(method: str, tmp_path: Path) ->
 def test_probe_says_not_in_this_build_for_missing_apis(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delattr(pyproc, "run_many", raising=False)
     monkeypatch.delattr(pyproc.aio, "run_many", raising=False)
+    psub = pyproc.subprocess
+    monkeypatch.delattr(psub, "install", raising=False)
     apis = run.probe()
-    for name in ("run_many", "aio_run_many"):
+    for name in ("run_many", "aio_run_many", "install"):
         assert (apis[name] or "").startswith("not in this build"), name
     monkeypatch.setattr(pyproc, "run_many", lambda *a, **k: iter(()), raising=False)
+    monkeypatch.setattr(psub, "install", lambda: None, raising=False)
     apis = run.probe()
-    assert apis["run_many"] is None
+    assert apis["run_many"] is None and apis["install"] is None
 
 
 # --- the report's target logic, on synthetic results ---------------------------------------------------------

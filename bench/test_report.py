@@ -1,14 +1,15 @@
-"""The report's target logic on synthetic results (issue 19): the restated spawn and minimal-run bounds, and the
-ratio with a cost measured elsewhere added (fast; `pytest bench/test_report.py`, and tests/test_bench.py runs this
-file)."""
+"""The report's target logic on synthetic results (issues 19 and 16): the restated spawn and minimal-run bounds,
+the ratio with a cost measured elsewhere added, issue 16's rows (fast; `pytest bench/test_report.py`, and
+tests/test_bench.py runs this file)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bench import report
+from bench import report, run
 from bench.harness import Series, ratio, target
 
 
@@ -72,3 +73,33 @@ def test_target_and_ratio_with_an_added_cost() -> None:
     assert held["held"] is True and held["skipped"] is None and held["unit"] == "x"
     missing = target("x", 19, None, ">=", 1.0, "what")
     assert missing["held"] is None and missing["skipped"] == "not measured"
+
+
+def test_installed_rows_say_not_in_this_build() -> None:
+    results = _spawn_results(120, 100, 105, 150, 220, 120, 20)
+    assert report.installed_targets(results) == []  # an older results.json: no rows at all
+    results["installed"] = {"skipped": "not in this build (pyproc.subprocess.install, issue 16)"}
+    rows = report.installed_targets(results)
+    assert [(r["issue"], r["bound"], r["held"]) for r in rows] == [(16, 1.4, None), (16, 1.5, None)]
+    assert all(r["skipped"].startswith("not in this build") for r in rows)
+    assert "Not measured: not in this build" in "\n".join(report._installed_lines(results))
+
+
+def test_installed_suite_runs_bench_installed_only_when_both_exist(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    ticks: list[str] = []
+    absent = "not in this build (pyproc.subprocess.install, issue 16)"
+    assert run.installed_suite({"install": absent}, ticks.append) == {"skipped": absent}
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "__init__.py").write_text("")
+    monkeypatch.setattr(run, "_ROOT", tmp_path)
+    got = run.installed_suite({"install": None}, ticks.append)
+    assert got["skipped"].startswith("not in this build (bench/installed.py")
+    (tmp_path / "bench" / "installed.py").write_text("print('subprocess.run installed vs not: 1.50x')\n")
+    got = run.installed_suite({"install": None}, ticks.append)
+    assert got == {"output": "subprocess.run installed vs not: 1.50x\n"}
+    text = "\n".join(report._installed_lines({"installed": got}))
+    assert "```\nsubprocess.run installed vs not: 1.50x\n```" in text
+    (tmp_path / "bench" / "installed.py").write_text("raise SystemExit('broken')\n")
+    assert "failed (1): broken" in run.installed_suite({"install": None}, ticks.append)["skipped"]
+    assert ticks == ["installed vs not"] * 4
