@@ -1,6 +1,6 @@
 """python -m bench: measure and plot what starting processes costs on this machine (see bench/README in report.md).
 
-    python -m bench                      # this machine's default: about five minutes
+    python -m bench                      # this machine's default: about six minutes
     python -m bench --quick              # CI: under a minute
     python -m bench --sizes 64M,1G,4G    # parent sizes of the sweep (refused if they don't fit MemAvailable)
     python -m bench --out DIR            # default ./bench-results

@@ -10,7 +10,9 @@ set against what the same work costs in plain C on this machine.
   non-blocking pipes, no shell), N times; prints "ns bytes" per iteration.
 - ``spawnparts ROUNDS ARGV...``: what each step of a CLONE_VM spawn costs (the pidfd, rusage, signal resets,
   closing fds), each way timed in C, interleaved (bench.spawnparts reads it).
-- ``libfloor.so``: the same three loops as functions (one iteration per call), for pytest-benchmark.
+- ``jobloop K N ARGV...``: runs ARGV N times, K children at a time, each with stdout and stderr on pipes of its
+  own read to end of file (one poll over every pipe), each reaped; prints "ns bytes" for the whole batch.
+- ``libfloor.so``: the spawn, read and pipe loops as functions (one iteration per call), for pytest-benchmark.
 
 Everything is built once into a cache directory keyed by a hash of the sources and the compiler's version.
 """
@@ -79,14 +81,16 @@ static MAYBE_UNUSED int reap(pid_t pid)
     return (WIFEXITED(status) && WEXITSTATUS(status) == 0) ? 0 : status;
 }
 
-/* vfork + (dup2 of the given pipe ends onto 0 / 1) + execve; -1 on failure. */
-static MAYBE_UNUSED pid_t start(char *const argv[], int in_fd, int out_fd)
+/* vfork + (dup2 of the given pipe ends onto 0 / 1 / 2; -1: inherited) + execve; -1 on failure. */
+static MAYBE_UNUSED pid_t start(char *const argv[], int in_fd, int out_fd, int err_fd)
 {
     pid_t pid = vfork();
     if (pid == 0) {
         if (in_fd >= 0 && dup2(in_fd, 0) < 0)
             _exit(126);
         if (out_fd >= 0 && dup2(out_fd, 1) < 0)
+            _exit(126);
+        if (err_fd >= 0 && dup2(err_fd, 2) < 0)
             _exit(126);
         execve(argv[0], argv, environ);
         _exit(127);
@@ -99,7 +103,7 @@ _SPAWN_C = r"""
 /* The spawn floor: vfork + execve + waitpid. */
 int floor_spawn_once(char *const argv[])
 {
-    pid_t pid = start(argv, -1, -1);
+    pid_t pid = start(argv, -1, -1, -1);
     if (pid < 0)
         return -1;
     return reap(pid);
@@ -167,7 +171,7 @@ long long floor_read_all(char *const argv[])
     int p[2];
     if (pipe2(p, O_CLOEXEC) < 0)
         return -1;
-    pid_t pid = start(argv, -1, p[1]);
+    pid_t pid = start(argv, -1, p[1], -1);
     close(p[1]);
     if (pid < 0) {
         close(p[0]);
@@ -255,7 +259,7 @@ long long floor_pipe(char *const argv[], const char *in, size_t size)
         close(pin[1]);
         return -1;
     }
-    pid_t pid = start(argv, pin[0], pout[1]);
+    pid_t pid = start(argv, pin[0], pout[1], -1);
     close(pin[0]);
     close(pout[1]);
     if (pid < 0) {
@@ -542,8 +546,195 @@ int main(int argc, char **argv)
 }
 """
 
+_JOBS_C = r"""
+/* The job-pool floor: PROGRAM run N times, K at a time.  Each child gets its stdout and stderr on pipes of its own;
+   one poll over every open pipe reads them to end of file, then the child is reaped and its slot starts the next
+   job.  Waiting for a child whose pipes are both at end of file blocks at most for the rest of its exit (exit closes
+   its files just before it becomes a zombie), as ninja does. */
+#include <signal.h>
+
+struct job { pid_t pid; int open_pipes; };
+
+static struct job *jobs;
+static struct pollfd *fds; /* fds[2i], fds[2i + 1]: job i's stdout and stderr read ends; fd -1 once closed */
+static int slots;
+
+/* Starts PROGRAM in slot i; 0, or -1 with errno set. */
+static int start_job(int i, char *const argv[])
+{
+    int out[2], err[2];
+    if (pipe2(out, O_CLOEXEC) < 0)
+        return -1;
+    if (pipe2(err, O_CLOEXEC) < 0) {
+        int saved = errno;
+        close(out[0]);
+        close(out[1]);
+        errno = saved;
+        return -1;
+    }
+    pid_t pid = start(argv, -1, out[1], err[1]);
+    int saved = errno;
+    close(out[1]);
+    close(err[1]);
+    if (pid < 0) {
+        close(out[0]);
+        close(err[0]);
+        errno = saved;
+        return -1;
+    }
+    jobs[i].pid = pid;
+    jobs[i].open_pipes = 2;
+    fds[2 * i] = (struct pollfd){out[0], POLLIN, 0};
+    fds[2 * i + 1] = (struct pollfd){err[0], POLLIN, 0};
+    return 0;
+}
+
+/* After a failure: every running child killed and reaped, every pipe closed. */
+static void abandon(void)
+{
+    for (int i = 0; i < slots; i++) {
+        for (int j = 2 * i; j < 2 * i + 2; j++) {
+            if (fds[j].fd >= 0)
+                close(fds[j].fd);
+            fds[j].fd = -1;
+        }
+        if (jobs[i].pid > 0) {
+            kill(jobs[i].pid, SIGKILL);
+            reap(jobs[i].pid);
+        }
+        jobs[i].pid = 0;
+    }
+}
+
+/* Runs n jobs, `slots` at a time; the bytes read from their stdout and stderr, or -1 (said on stderr; nothing is
+   left running). */
+static long long run_jobs(long n, char *const argv[])
+{
+    static char buf[65536];
+    long started = 0, finished = 0;
+    long long bytes = 0;
+    const char *failed = NULL;
+    for (int i = 0; i < slots && started < n && !failed; i++, started++) {
+        if (start_job(i, argv) < 0)
+            failed = "start";
+    }
+    while (finished < n && !failed) {
+        if (poll(fds, (nfds_t)(2 * slots), -1) < 0) {
+            if (errno != EINTR)
+                failed = "poll";
+            continue;
+        }
+        for (int j = 0; j < 2 * slots && !failed; j++) {
+            if (fds[j].fd < 0 || !fds[j].revents)
+                continue;
+            ssize_t got = read(fds[j].fd, buf, sizeof buf);
+            if (got > 0) {
+                bytes += got;
+                continue;
+            }
+            if (got < 0) {
+                if (errno != EINTR)
+                    failed = "read";
+                continue;
+            }
+            close(fds[j].fd);
+            fds[j].fd = -1;
+            int i = j / 2;
+            if (--jobs[i].open_pipes > 0)
+                continue;
+            int rc = reap(jobs[i].pid);
+            jobs[i].pid = 0;
+            if (rc != 0) {
+                if (rc > 0 && WIFEXITED(rc))
+                    fprintf(stderr, "jobloop: %s failed: exit status %d\n", argv[0], WEXITSTATUS(rc));
+                else if (rc > 0)
+                    fprintf(stderr, "jobloop: %s failed: killed by signal %d\n", argv[0], WTERMSIG(rc));
+                else
+                    fprintf(stderr, "jobloop: waitpid failed: %s\n", strerror(errno));
+                abandon();
+                return -1;
+            }
+            finished++;
+            if (started < n) {
+                if (start_job(i, argv) < 0)
+                    failed = "start";
+                else
+                    started++;
+            }
+        }
+    }
+    if (failed) {
+        fprintf(stderr, "jobloop: %s of %s failed: %s\n", failed, argv[0], strerror(errno));
+        abandon();
+        return -1;
+    }
+    return bytes;
+}
+
+/* A positive count from text, or -1. */
+static long count(const char *text, long most)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (errno || end == text || (*end && *end != '\n') || v < 1 || v > most)
+        return -1;
+    return v;
+}
+
+/* One batch of n jobs: "ns bytes" on stdout; 0, or 1 on failure. */
+static int batch(long n, char *const argv[])
+{
+    long long t0 = now_ns();
+    long long got = run_jobs(n, argv);
+    long long dt = now_ns() - t0;
+    if (got < 0)
+        return 1;
+    printf("%lld %lld\n", dt, got);
+    fflush(stdout);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    slots = argc >= 4 ? (int)count(argv[1], 4096) : -1;
+    long n = argc >= 4 && strcmp(argv[2], "-") != 0 ? count(argv[2], 1L << 40) : 0;
+    if (slots < 1 || n < 0) {
+        fprintf(stderr, "usage: jobloop K N PROGRAM [ARGS...]   (K: 1-4096 children at a time; N = -: counts "
+                        "from stdin, one per line, '.' ends each batch)\n");
+        return 2;
+    }
+    jobs = calloc((size_t)slots, sizeof *jobs);
+    fds = calloc((size_t)slots * 2, sizeof *fds);
+    if (!jobs || !fds) {
+        fprintf(stderr, "jobloop: out of memory\n");
+        return 1;
+    }
+    for (int j = 0; j < 2 * slots; j++)
+        fds[j].fd = -1;
+    if (n > 0)
+        return batch(n, argv + 3);
+    char line[64];
+    while (fgets(line, sizeof line, stdin)) {
+        long m = count(line, 1L << 40);
+        if (m < 0) {
+            fprintf(stderr, "jobloop: not a count: %s", line);
+            return 2;
+        }
+        if (batch(m, argv + 3))
+            return 1;
+        printf(".\n");
+        fflush(stdout);
+    }
+    return 0;
+}
+"""
+
 _SOURCES = {"minimal": _MINIMAL_C, "spawnloop": _SPAWN_C, "readloop": _READ_C, "pipeloop": _PIPE_C,
-            "spawnparts": _PARTS_C}
+            "spawnparts": _PARTS_C, "jobloop": _JOBS_C}
+
+_PROGRAMS = tuple(_SOURCES)
+"""The executables built ("minimal" first: it alone is built without libc)."""
 
 
 @dataclass(frozen=True)
@@ -555,6 +746,7 @@ class Floors:
     readloop: Path
     pipeloop: Path
     spawnparts: Path
+    jobloop: Path
     libfloor: Path
     compiler: str
 
@@ -601,10 +793,9 @@ def build(directory: Path | None = None) -> Floors:
         digest.update(part.encode())
     out = (directory or cache_dir()) / digest.hexdigest()[:16]
     floors = Floors(out / "minimal", out / "spawnloop", out / "readloop", out / "pipeloop", out / "spawnparts",
-                    out / "libfloor.so",
-                    version.splitlines()[0] if version else cc)
-    if all(p.exists() for p in (floors.minimal, floors.spawnloop, floors.readloop, floors.pipeloop,
-                                 floors.spawnparts, floors.libfloor)):
+                    out / "jobloop", out / "libfloor.so", version.splitlines()[0] if version else cc)
+    programs = (*_PROGRAMS, "libfloor.so")
+    if all((out / name).exists() for name in programs):
         return floors
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f"tmp-{os.getpid()}"
@@ -613,7 +804,7 @@ def build(directory: Path | None = None) -> Floors:
         (tmp / "minimal.c").write_text(_MINIMAL_C)
         _run_cc([cc, "-nostdlib", "-static", "-O2", "-o", str(tmp / "minimal"), str(tmp / "minimal.c")])
         lib_sources = []
-        for name in ("spawnloop", "readloop", "pipeloop", "spawnparts"):
+        for name in _PROGRAMS[1:]:
             src = tmp / f"{name}.c"
             src.write_text(_COMMON_C + _SOURCES[name])
             lib_sources.append(str(src))
@@ -622,7 +813,7 @@ def build(directory: Path | None = None) -> Floors:
         lib_src.write_text(_COMMON_C + _SPAWN_C + _READ_C + _PIPE_C)
         _run_cc([cc, "-O2", "-Wall", "-Wextra", "-shared", "-fPIC", "-DFLOOR_LIB", "-o", str(tmp / "libfloor.so"),
                  str(lib_src)])
-        for name in ("minimal", "spawnloop", "readloop", "pipeloop", "spawnparts", "libfloor.so"):
+        for name in programs:
             os.replace(tmp / name, out / name)  # atomic: a concurrent build never sees half a file
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

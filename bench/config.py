@@ -1,8 +1,9 @@
-"""What a run measures: the embedded default (this machine: 2 cores, 24 GiB; about five minutes), --quick (CI, under
+"""What a run measures: the embedded default (this machine: 2 cores, 24 GiB; about six minutes), --quick (CI, under
 a minute), and --sizes (the parent sizes of the sweep, each refused when it does not fit in MemAvailable)."""
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -69,6 +70,21 @@ class Config:
     cow_sizes: list[int]
     """measure_cow's region sizes (it needs twice the size); measure_fork sweeps `sizes`."""
     cow_repeat: int
+    jobs_ks: list[int]
+    """K values of the many-children comparison (issue 15): 1, 2, 4 and the CPU count."""
+    jobs_batch: int
+    """jobs per batch of the minimal executable (one sample: the batch's time per job), the same for every way."""
+    jobs_batch_true: int
+    """the same for /bin/true (a dynamic program: several times slower per job)."""
+    jobs_per_child: int
+    """at least this many jobs per child in a batch (K x this at large K), so that the start and drain of the K
+    children are a small part of it."""
+    jobs_rounds: int
+    jobs_seq_batch: int
+    """calls per batch of sync pyproc.run vs `await aio.run`, one after another (per-call samples)."""
+    jobs_seq_rounds: int
+    jobs_rss_count: int
+    """jobs run_many runs from a generator in a process of its own, for its peak RSS (issue 15: 200k)."""
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -76,13 +92,14 @@ class Config:
 
 
 def default() -> Config:
-    """This machine's run: about five minutes."""
+    """This machine's run: about six minutes (the many-children part, issue 15, about one of them)."""
     return Config(name="default", spawn_rounds=60, spawn_batch=10, parts_rounds=600,
                   sizes=[16 * MiB, 64 * MiB, 256 * MiB, 1 * GiB, 4 * GiB], states=["dirty", "clean", "thp"],
                   sweep_rounds=8, sweep_batch=3, io_size=1 * GiB, io_rounds=9, medium_io_size=4 * MiB,
                   medium_io_rounds=30, medium_io_batch=10, minimal_io_rounds=30,
                   minimal_io_batch=20, throughput_seconds=1.0, throughput_rounds=3, cow_sizes=[256 * MiB],
-                  cow_repeat=7)
+                  cow_repeat=7, jobs_ks=_jobs_ks(), jobs_batch=300, jobs_batch_true=100, jobs_per_child=25,
+                  jobs_rounds=5, jobs_seq_batch=50, jobs_seq_rounds=20, jobs_rss_count=200_000)
 
 
 def quick() -> Config:
@@ -91,7 +108,13 @@ def quick() -> Config:
                   states=["dirty", "clean"], sweep_rounds=3, sweep_batch=2, io_size=32 * MiB, io_rounds=3,
                   medium_io_size=4 * MiB, medium_io_rounds=4, medium_io_batch=5,
                   minimal_io_rounds=4, minimal_io_batch=5, throughput_seconds=0.3, throughput_rounds=1,
-                  cow_sizes=[32 * MiB], cow_repeat=2)
+                  cow_sizes=[32 * MiB], cow_repeat=2, jobs_ks=_jobs_ks(), jobs_batch=40, jobs_batch_true=15,
+                  jobs_per_child=5, jobs_rounds=2, jobs_seq_batch=10, jobs_seq_rounds=3, jobs_rss_count=3000)
+
+
+def _jobs_ks() -> list[int]:
+    """1, 2, 4 and the CPUs this process may use (run_many's default)."""
+    return sorted({1, 2, 4, len(os.sched_getaffinity(0))})
 
 
 _UNITS = {"": 1, "b": 1, "k": KiB, "kb": KiB, "kib": KiB, "m": MiB, "mb": MiB, "mib": MiB, "g": GiB, "gb": GiB,

@@ -121,14 +121,36 @@ class Series:
         return {"name": self.name, "skipped": self.skipped, "stats": self.stats(), "rounds_ns": self.rounds}
 
 
-def ratio(a: Series, b: Series) -> dict[str, float] | None:
-    """median(a) / median(b), with min and max of the same-round ratios; None if either has no samples."""
+def ratio(a: Series, b: Series, plus: float = 0.0) -> dict[str, float] | None:
+    """median(a) / (median(b) + plus), with min and max of the same-round ratios; None if either has no samples.
+
+    `plus` (ns) is a cost measured elsewhere that the bound adds to b (e.g. a capture's kernel work timed in C)."""
     if not a.samples or not b.samples:
         return None
-    per_round = [statistics.median(ra) / statistics.median(rb)
+    per_round = [statistics.median(ra) / (statistics.median(rb) + plus)
                  for ra, rb in zip(a.rounds, b.rounds, strict=False) if ra and rb]
-    value = a.median / b.median
+    value = a.median / (b.median + plus)
     return {"ratio": value, "min": min(per_round, default=value), "max": max(per_round, default=value)}
+
+
+def target(name: str, issue: int, r: dict[str, float] | None, op: str, bound: float, what: str,
+           skipped: str | None = None, note: str = "", unit: str = "x") -> dict[str, Any]:
+    """One target of an issue: a measured value (a ratio unless `unit` says otherwise; None with why it was not
+    measured) against a bound; held is None when not measured."""
+    held = None
+    if r is not None:
+        held = r["ratio"] <= bound if op == "<=" else r["ratio"] >= bound
+    return {"name": name, "issue": issue, "ratio": r, "op": op, "bound": bound, "unit": unit, "what": what,
+            "held": held, "skipped": (skipped or "not measured") if r is None else None, "note": note}
+
+
+def fmt_ratio(r: dict[str, float] | None, unit: str = "x") -> str:
+    """A ratio with its single-round spread, 1.23x [1.10, 1.31]; another unit: 12.3 MiB (one figure)."""
+    if r is None:
+        return "n/a"
+    if unit != "x":
+        return f"{r['ratio']:.1f} {unit}"
+    return f"{r['ratio']:.2f}x [{r['min']:.2f}, {r['max']:.2f}]"
 
 
 Runner = Callable[[int], list[int]]

@@ -1,5 +1,5 @@
 """The PNG plots (matplotlib, Agg backend): spawn time against parent size, copy-on-write per-page costs, pipe
-throughput, spawns per second."""
+throughput, spawns per second, jobs per second against K."""
 
 from __future__ import annotations
 
@@ -9,8 +9,12 @@ from typing import Any
 
 from .config import GiB, MiB, fmt_size
 from .cowdata import cow_rows
+from .jobs import FLOOR as JOB_FLOOR
+from .jobs import METHODS as JOB_METHODS
+from .jobs import key as job_key
 
-PLOTS = ("spawn_vs_parent_size.png", "cow_per_page.png", "pipe_throughput.png", "spawns_per_second.png")
+PLOTS = ("spawn_vs_parent_size.png", "cow_per_page.png", "pipe_throughput.png", "spawns_per_second.png",
+         "jobs_per_second.png")
 
 _STYLE = {"dirty": "-", "clean": "--", "thp": ":"}
 _COLORS = {
@@ -257,10 +261,59 @@ def spawns_per_second(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def jobs_per_second(results: dict[str, Any], path: Path) -> None:
+    """(5) jobs per second against K (children at a time), every way, for each workload (issue 15)."""
+    plt = _plt()
+    from .jobsreport import series
+
+    many = results.get("jobs") or {}
+    workloads = [(w, t) for w, t in (("minimal", "minimal static executable"), ("true", "/bin/true (dynamic)"))
+                 if w in many]
+    fig, axes = plt.subplots(1, max(len(workloads), 1), figsize=(15, 6), sharey=True, squeeze=False)
+    skipped: set[str] = set()
+    colors = plt.get_cmap("tab10")
+    for ax, (workload, title) in zip(axes[0], workloads, strict=False):
+        s = series(many[workload])
+        ks = many["ks"]
+        for i, method in enumerate(JOB_METHODS):
+            points = [(k, s[job_key(method, k)]) for k in ks if job_key(method, k) in s]
+            points = [(k, ser) for k, ser in points if ser.samples]
+            if not points:
+                skipped.add(method)
+                continue
+            rates = [1e9 / ser.median for _, ser in points]
+            lo = [rate - 1e9 / max(ser.samples) for rate, (_, ser) in zip(rates, points, strict=True)]
+            hi = [1e9 / min(ser.samples) - rate for rate, (_, ser) in zip(rates, points, strict=True)]
+            floor = method == JOB_FLOOR
+            ax.errorbar([k for k, _ in points], rates, yerr=[lo, hi], marker="o", markersize=4, capsize=3,
+                        elinewidth=0.6, linewidth=2.0 if floor else 1.3, linestyle="--" if floor else "-",
+                        color="black" if floor else colors(i), label=method)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(ks)
+        ax.set_xticklabels([str(k) for k in ks])
+        ax.minorticks_off()
+        ax.set_xlabel("K: children running at once")
+        ax.set_title(f"{title}, both outputs captured", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    axes[0][0].set_ylabel("jobs per second (median of rounds, log scale; bars: slowest to fastest round)")
+    if not workloads:
+        _message(axes[0][0], "no many-children measurements in this run")
+    if skipped:
+        fig.text(0.01, 0.03, textwrap.fill("not measured: " + ", ".join(sorted(skipped)), 170), fontsize=7,
+                 color="#aa0000", va="bottom")
+    fig.suptitle("Many children, K at a time: jobs per second against K", fontsize=12)
+    _stamp(fig, results)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def write(results: dict[str, Any], out: Path) -> list[Path]:
-    """Writes the four PNGs into out and returns their paths."""
+    """Writes the PNGs into out and returns their paths."""
     paths = []
-    funcs = (spawn_vs_size, cow_per_page, pipe_throughput, spawns_per_second)
+    funcs = (spawn_vs_size, cow_per_page, pipe_throughput, spawns_per_second, jobs_per_second)
     for name, func in zip(PLOTS, funcs, strict=True):
         path = out / name
         func(results, path)

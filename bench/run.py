@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import datetime
+import json
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
-from . import cfloor, machine, spawnparts
+from . import cfloor, jobs, machine, spawnparts
 from .config import (
     FORK_METHODS,
     FORK_STATES,
@@ -26,6 +29,12 @@ from .harness import Runner, Series, Worker, WorkerError, interleave, ratio
 
 Tick = Callable[[str], None]
 
+_ROOT = Path(__file__).resolve().parent.parent
+"""The source tree's root, from which `python -m bench.*` helpers run."""
+
+NOT_IN_BUILD = "not in this build"
+"""Why a row of an API another branch is writing (run_many, aio.run_many, subprocess.install) is empty."""
+
 
 def probe() -> dict[str, str | None]:
     """For each optional pyproc API the benchmarks use: None if importable, else why it is skipped."""
@@ -34,7 +43,8 @@ def probe() -> dict[str, str | None]:
         import pyproc
     except ImportError as exc:
         reason = f"pyproc is not importable: {exc}"
-        return {"spawn": reason, "run": reason, "subprocess": reason, "cow": reason}
+        return {"spawn": reason, "run": reason, "subprocess": reason, "cow": reason, "run_many": reason,
+                "aio": reason, "aio_run_many": reason, "install": reason}
     out["spawn"] = None
     out["run"] = None if callable(getattr(pyproc, "run", None)) else \
         "pyproc.run is not importable yet (issue 3, branch io)"
@@ -43,8 +53,22 @@ def probe() -> dict[str, str | None]:
 
         missing = [n for n in ("run", "Popen", "PIPE") if not hasattr(psub, n)]
         out["subprocess"] = f"pyproc.subprocess lacks {', '.join(missing)}" if missing else None
+        out["install"] = None if callable(getattr(psub, "install", None)) else \
+            f"{NOT_IN_BUILD} (pyproc.subprocess.install, issue 16)"
     except ImportError as exc:
-        out["subprocess"] = f"pyproc.subprocess is not importable yet (issue 7, branch subprocess): {exc}"
+        out["subprocess"] = out["install"] = \
+            f"pyproc.subprocess is not importable yet (issue 7, branch subprocess): {exc}"
+    # Issues 15 and 16 are being written on other branches: until they are merged, their rows say so.
+    out["run_many"] = None if callable(getattr(pyproc, "run_many", None)) else \
+        f"{NOT_IN_BUILD} (pyproc.run_many, issue 15)"
+    try:
+        from pyproc import aio
+
+        out["aio"] = None if callable(getattr(aio, "run", None)) else "pyproc.aio has no run"
+        out["aio_run_many"] = None if callable(getattr(aio, "run_many", None)) else \
+            f"{NOT_IN_BUILD} (pyproc.aio.run_many, issue 15)"
+    except ImportError as exc:
+        out["aio"] = out["aio_run_many"] = f"pyproc.aio is not importable: {exc}"
     try:
         from pyproc import cow  # type: ignore[attr-defined,unused-ignore]
 
@@ -199,6 +223,84 @@ def throughput_suite(cfg: Config, small: Worker, floors: cfloor.Floors, apis: di
     return out
 
 
+def _jobs_skip(method: str, apis: dict[str, str | None]) -> str | None:
+    if method == jobs.RUN_MANY:
+        return apis["run_many"]
+    if method == jobs.AIO_RUN_MANY:
+        return apis["aio_run_many"]
+    if method in (jobs.TPE_PYPROC, jobs.SYNC_SEQUENTIAL):
+        return apis["run"]
+    if method == jobs.AIO_SEQUENTIAL:
+        return apis["aio"]
+    if method == jobs.XARGS and shutil.which("xargs") is None:
+        return "xargs is not on PATH"
+    return None
+
+
+def jobs_suite(cfg: Config, floors: cfloor.Floors, apis: dict[str, str | None], tick: Tick) -> dict[str, Any]:
+    """Many children, K at a time (issue 15): jobs per second of every way at every K, all interleaved in one worker,
+    for the minimal executable and /bin/true; sync pyproc.run vs `await aio.run` one after another; and run_many's
+    peak RSS over many jobs, in a process of its own."""
+    true = shutil.which("true") or "/bin/true"
+    out: dict[str, Any] = {"ks": cfg.jobs_ks, "rounds": cfg.jobs_rounds, "seq_batch": cfg.jobs_seq_batch,
+                           "per_child": cfg.jobs_per_child}
+    with Worker(0, "clean") as w:
+        def runner(method: str, argv: list[str], k: int, least: int = 0) -> Runner:
+            def run(n: int) -> list[int]:
+                ns: list[int] = w.request(op="jobs", method=method, argv=argv, k=k, n=max(n, least),
+                                          jobloop=str(floors.jobloop))["ns"]
+                return ns
+            return run
+
+        for workload, argv, batch in (("minimal", [str(floors.minimal)], cfg.jobs_batch),
+                                      ("true", [true], cfg.jobs_batch_true)):
+            methods = [(jobs.key(m, k), runner(m, argv, k, cfg.jobs_per_child * k), _jobs_skip(m, apis))
+                       for k in cfg.jobs_ks for m in jobs.METHODS]
+            series = _interleave_available(methods, cfg.jobs_rounds, batch, tick, f"jobs {workload}")
+            out[workload] = {"batch": batch, "argv": argv, "series": {k: v.to_json() for k, v in series.items()},
+                             "_series": series}
+        argv = [str(floors.minimal)]
+        methods = [(m, runner(m, argv, 1), _jobs_skip(m, apis)) for m in jobs.SEQUENTIAL]
+        series = _interleave_available(methods, cfg.jobs_seq_rounds, cfg.jobs_seq_batch, tick, "jobs one by one")
+        out["sequential"] = {"argv": argv, "series": {k: v.to_json() for k, v in series.items()},
+                             "_series": series}
+    out["rss"] = jobs_rss(cfg, floors, apis)
+    tick("run_many's memory")
+    return out
+
+
+def jobs_rss(cfg: Config, floors: cfloor.Floors, apis: dict[str, str | None]) -> dict[str, Any]:
+    """`python -m bench.jobsrss`: run_many's peak RSS over cfg.jobs_rss_count jobs, in a process of its own."""
+    if apis["run_many"]:
+        return {"jobs": cfg.jobs_rss_count, "skipped": apis["run_many"]}
+    proc = subprocess.run([sys.executable, "-m", "bench.jobsrss", "--jobs", str(cfg.jobs_rss_count),
+                           str(floors.minimal)], capture_output=True, text=True, timeout=1800, check=False,
+                          cwd=str(_ROOT))
+    if proc.returncode != 0:
+        return {"jobs": cfg.jobs_rss_count,
+                "skipped": f"failed: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}"}
+    answer: dict[str, Any] = json.loads(proc.stdout)
+    return answer
+
+
+def installed_suite(apis: dict[str, str | None], tick: Tick) -> dict[str, Any]:
+    """Issue 16's rows, "subprocess.run, installed vs not" and "asyncio.create_subprocess_exec + communicate,
+    installed vs not", are measured by `python -m bench.installed` (written with pyproc.subprocess.install() on
+    another branch).  LEAD: when the branches meet, pass it this run's sample counts (--quick) and turn its output
+    into the two Series/ratios report.installed_targets() reads; until then its text output goes into the report
+    as it is."""
+    tick("installed vs not")
+    if apis["install"]:
+        return {"skipped": apis["install"]}
+    if not (_ROOT / "bench" / "installed.py").is_file():
+        return {"skipped": f"{NOT_IN_BUILD} (bench/installed.py, issue 16)"}
+    proc = subprocess.run([sys.executable, "-m", "bench.installed"], capture_output=True, text=True, timeout=1800,
+                          check=False, cwd=str(_ROOT))
+    if proc.returncode != 0:
+        return {"skipped": f"python -m bench.installed failed ({proc.returncode}): {proc.stderr.strip()[-500:]}"}
+    return {"output": proc.stdout}
+
+
 def fork_sizes(cfg: Config) -> list[tuple[str, str, int]]:
     """The (pages, state, size) points measure_fork sweeps: every size, fragmented capped at FRAGMENTED_MAX."""
     points = []
@@ -245,7 +347,8 @@ def total_ticks(cfg: Config) -> int:
     io = 2 * cfg.io_rounds + cfg.minimal_io_rounds + cfg.medium_io_rounds
     thr = 2 * len(THROUGHPUT_METHODS) * cfg.throughput_rounds
     cow = len(cfg.cow_sizes) * 3 + len(fork_sizes(cfg))
-    return spawn + sweep + io + thr + cow
+    many = 2 * cfg.jobs_rounds + cfg.jobs_seq_rounds + 1
+    return spawn + sweep + io + thr + cow + many + 1
 
 
 def run_all(cfg: Config, tick: Tick, argv: list[str]) -> dict[str, Any]:
@@ -271,6 +374,8 @@ def run_all(cfg: Config, tick: Tick, argv: list[str]) -> dict[str, Any]:
         timed("throughput", lambda: throughput_suite(cfg, small, floors, apis, tick))
     with Worker(0, "clean") as io_worker:  # its own: the I/O buffers must not make the small parent big
         timed("io", lambda: io_suite(cfg, io_worker, floors, apis, tick))
+    timed("jobs", lambda: jobs_suite(cfg, floors, apis, tick))
+    timed("installed", lambda: installed_suite(apis, tick))
     timed("cow", lambda: cow_suite(cfg, floors, apis, tick))
     results["meta"]["suite_seconds"] = timings
     results["meta"]["loadavg_end"] = machine.describe()["loadavg"]

@@ -20,6 +20,7 @@ from .harness import fmt_ns
 
 FLOOR = "vfork+execve+waitpid"
 CLONE = "clone"
+CAPTURE = "clone+capture_2_pipes"
 STEPS = {
     FLOOR: "vfork + execve + waitpid: the floor",
     CLONE: "clone with CLONE_VM and CLONE_VFORK, on its own stack, + execve + waitpid",
@@ -29,7 +30,7 @@ STEPS = {
     "clone+reset_2_signals": "clone + SIGPIPE and SIGXFSZ reset to SIG_DFL in the child (ignored in the parent)",
     "clone+close_range": "clone + close_range(3, ~0U, 0) in the child",
     "clone+all_of_pyproc": "clone + CLONE_PIDFD + wait4 rusage + the 2 resets + close_range: pyproc's default steps",
-    "clone+capture_2_pipes": "clone + stdout and stderr on two pipes, read to end of file (poll): a capture",
+    CAPTURE: "clone + stdout and stderr on two pipes, read to end of file (poll): a capture",
     "clone+all_of_pyproc+capture": "pyproc's default steps + the capture: what run(capture=True) does in C",
 }
 """The ways spawnparts measures (its names), with what each does."""

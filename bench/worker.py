@@ -169,7 +169,8 @@ def spawner(method: str, argv: list[str]) -> Callable[[], None]:
 
 
 class FloorServer:
-    """A C floor kept running between batches (`spawnloop - ARGV`, `readloop - ARGV`, `pipeloop - SIZE ARGV`), so
+    """A C floor kept running between batches (`spawnloop - ARGV`, `readloop - ARGV`, `pipeloop - SIZE ARGV`,
+    `jobloop K - ARGV`), so
     that it is as warm as this worker: a freshly started process runs its first iterations slowly (page faults,
     caches, the scheduler's view of a new task), which would bias a floor started per batch."""
 
@@ -399,6 +400,23 @@ def op_io(req: dict[str, Any]) -> dict[str, Any]:
     return {"ns": samples}
 
 
+def op_jobs(req: dict[str, Any]) -> dict[str, Any]:
+    """n jobs, k children at a time, by one way (bench.jobs): one sample, the batch's ns per job; or, for the
+    one-after-another ways, one sample per call."""
+    from bench import jobs
+
+    method, argv, k, n = req["method"], req["argv"], int(req["k"]), int(req["n"])
+    if method in jobs.SEQUENTIAL:
+        return {"ns": jobs.sequential(method, argv)(n)}
+    if method == jobs.FLOOR:
+        server = FloorServer.get([req["jobloop"], str(k), "-", *argv])
+        server.send(n)
+        ((total, _),) = server.pairs()
+    else:
+        total = jobs.batch(method, argv, k)(n)
+    return {"ns": [round(total / n)]}
+
+
 def op_cow(req: dict[str, Any]) -> dict[str, Any]:
     """Calls pyproc.cow (issue 4) and returns its results as plain data."""
     from pyproc import cow  # type: ignore[attr-defined,unused-ignore]
@@ -428,7 +446,7 @@ def to_plain(value: Any) -> Any:
 
 
 OPS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "spawn": op_spawn, "throughput": op_throughput, "io": op_io, "cow": op_cow,
+    "spawn": op_spawn, "throughput": op_throughput, "io": op_io, "cow": op_cow, "jobs": op_jobs,
 }
 
 
