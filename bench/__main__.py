@@ -13,8 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import config, machine, plots, report
-from .cfloor import NoCompilerError
+from . import cfloor, config, machine, plots, report
 from .harness import WorkerError
 
 
@@ -55,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         cfg.sizes = sizes
     cfg = config.fit(cfg, available)
+    try:
+        cfloor.compiler()  # before anything is drawn: without one, the run ends with one line
+    except cfloor.NoCompilerError as exc:
+        print(f"python -m bench: {exc}", file=sys.stderr)
+        return 3
 
     from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
 
@@ -69,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         results = run_all(cfg, tick, args_list)
-    except NoCompilerError as exc:
+    except cfloor.NoCompilerError as exc:
         bar.close()
         print(f"python -m bench: {exc}", file=sys.stderr)
         return 3

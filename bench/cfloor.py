@@ -754,15 +754,27 @@ class Floors:
         return {k: str(v) for k, v in self.__dict__.items()}
 
 
-def compiler() -> str:
-    """The C compiler to use: $CC, else cc, gcc or clang on PATH; NoCompilerError when there is none."""
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name:
-            path = shutil.which(name.split()[0])
-            if path:
-                return path
+def compiler() -> tuple[str, str]:
+    """The C compiler to use and its --version output: $CC, else cc, gcc or clang on PATH, the first that runs
+    (`--version` exits 0); NoCompilerError (one line) when none does."""
+    tried = []
+    for label, name in (("$CC", os.environ.get("CC")), ("cc", "cc"), ("gcc", "gcc"), ("clang", "clang")):
+        if not name:
+            continue
+        path = shutil.which(name.split()[0])
+        if not path:
+            tried.append(f"{label}: not found")
+            continue
+        try:
+            proc = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            tried.append(f"{label} ({path}): {exc}")
+            continue
+        if proc.returncode == 0:
+            return path, proc.stdout
+        tried.append(f"{label} ({path}): exits {proc.returncode}")
     raise NoCompilerError(
-        "no C compiler found (tried $CC, cc, gcc, clang): the benchmark builds its C floors itself; "
+        f"no C compiler found ({'; '.join(tried)}): the benchmark builds its C floors itself; "
         "install one (e.g. apt-get install gcc) or set CC")
 
 
@@ -783,11 +795,7 @@ def _run_cc(cmd: list[str]) -> None:
 
 def build(directory: Path | None = None) -> Floors:
     """Builds the C floors (once: cached by a hash of the sources and the compiler) and returns their paths."""
-    cc = compiler()
-    try:
-        version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
-    except OSError as exc:
-        raise NoCompilerError(f"the C compiler {cc} cannot run: {exc}") from None
+    cc, version = compiler()
     digest = hashlib.sha256()
     for part in (version, platform.machine(), _COMMON_C, *_SOURCES.values()):
         digest.update(part.encode())

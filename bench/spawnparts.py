@@ -81,7 +81,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
-    print("\n".join(table(summarize(measure(cfloor.build(), args.rounds)))))
+    try:
+        floors = cfloor.build()
+    except cfloor.NoCompilerError as exc:
+        parser.exit(3, f"python -m bench.spawnparts: {exc}\n")
+    print("\n".join(table(summarize(measure(floors, args.rounds)))))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@
 #include <signal.h>
 #include <sys/wait.h>
 
+#include "glibc_compat.h" /* binds glibc symbols to versions old glibc has (not part of the cdef) */
+
 /* cdef-begin */
 
 /* ---- build --------------------------------------------------------------------------------------------------- */
@@ -64,6 +66,8 @@ const char *pyproc_version(void);
 #define PYPROC_FORCE_NO_CLONE_PIDFD 2
 #define PYPROC_FORCE_NO_CLOSE_RANGE 4
 #define PYPROC_FORCE_NO_PROC_FD 8
+#define PYPROC_FORCE_NO_SPAWN_CHDIR 16     /* as if glibc lacked posix_spawn_file_actions_addchdir_np */
+#define PYPROC_FORCE_NO_SPAWN_CLOSEFROM 32 /* as if glibc lacked posix_spawn_file_actions_addclosefrom_np */
 
 /* One step of the child's fd plan: child fd `target` becomes a copy of parent fd `source` (target == source:
    the fd is kept and its close-on-exec flag cleared).  move_first: `source` is also the target of another step,
@@ -173,6 +177,15 @@ int pyproc_read_child_error(int error_fd, int *got, struct pyproc_spawn_result *
 /* Forces fallbacks (PYPROC_FORCE_* bits) for every later spawn in this process: for tests. */
 void pyproc_set_forced_fallbacks(int mask);
 int pyproc_get_forced_fallbacks(void);
+
+/* ---- glibc_compat.c: posix_spawn features newer than the wheels' glibc floor ----------------------------------- */
+
+#define PYPROC_POSIX_SPAWN_CHDIR 1     /* posix_spawn_file_actions_addchdir_np (glibc 2.29): cwd */
+#define PYPROC_POSIX_SPAWN_CLOSEFROM 2 /* posix_spawn_file_actions_addclosefrom_np (glibc 2.34): close_fds */
+
+/* Which of them the running C library has (PYPROC_POSIX_SPAWN_* bits; a forced PYPROC_FORCE_NO_SPAWN_* reads as
+   absent).  The posix_spawn engine returns ENOSYS for a request that needs a missing one. */
+int pyproc_posix_spawn_features(void);
 
 /* ---- wait.c: reaping, status, rusage, signals to a child ------------------------------------------------------- */
 

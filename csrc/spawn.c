@@ -327,10 +327,10 @@ static int spawn_posix(const struct pyproc_spawn_request *r, const sigset_t *exe
             if (!pyproc__child_is_kept(r->keep_fds, r->n_keep_fds, -1, fd))
                 err = posix_spawn_file_actions_addclose(&actions, fd); /* EBADF in the child is ignored */
         if (!err)
-            err = posix_spawn_file_actions_addclosefrom_np(&actions, top + 1);
+            err = pyproc__spawn_addclosefrom(&actions, top + 1); /* ENOSYS: glibc < 2.34 */
     }
     if (!err && r->cwd)
-        err = posix_spawn_file_actions_addchdir_np(&actions, r->cwd);
+        err = pyproc__spawn_addchdir(&actions, r->cwd); /* ENOSYS: glibc < 2.29 */
     short flags = 0;
     if (!err && r->set_sigmask) {
         flags |= POSIX_SPAWN_SETSIGMASK;

@@ -370,6 +370,31 @@ def _set_options(
                    if given]
         if refused:
             raise ValueError(f"engine='posix_spawn' cannot express {', '.join(refused)}: use engine='auto'")
+        _check_posix_spawn_features(cwd is not None, close_fds)
+
+
+# What the posix_spawn engine needs from the C library beyond the glibc the wheels are built for (2.17).
+_POSIX_SPAWN_FEATURES = (
+    (lib.PYPROC_POSIX_SPAWN_CHDIR, "cwd", "posix_spawn_file_actions_addchdir_np", "2.29"),
+    (lib.PYPROC_POSIX_SPAWN_CLOSEFROM, "close_fds=True", "posix_spawn_file_actions_addclosefrom_np", "2.34"),
+)
+
+
+def _check_posix_spawn_features(cwd: bool, close_fds: bool) -> None:
+    """Refuses (ValueError) a posix_spawn request (with a cwd, with close_fds) that the running C library's
+    posix_spawn cannot express."""
+    features = lib.pyproc_posix_spawn_features()
+    for given, (bit, option, function, since) in zip((cwd, close_fds), _POSIX_SPAWN_FEATURES, strict=True):
+        if given and not features & bit:
+            raise ValueError(f"engine='posix_spawn' cannot express {option} here: this C library ({_libc_name()}) "
+                             f"has no {function} (glibc {since} and later have it): use engine='auto'")
+
+
+def _libc_name() -> str:
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION") or "not glibc"
+    except (ValueError, OSError):
+        return "not glibc"
 
 
 def keepalive_new(keepalive: list[Any], cdecl: str, init: Any) -> Any:
@@ -645,8 +670,9 @@ def spawn(
     child; None: the parent's mask).  Handlers the parent installed are always reset to SIG_DFL in the child.
 
     engine: "auto" (default, the fastest able to express the request), "clone", "vfork", "posix_spawn" (raises
-    ValueError for umask, rlimits, pdeathsig, no_new_privs; glibc leaves its two internal signals, 32 and 33,
-    ignored in the new program and does not say which step failed) or "fork".
+    ValueError for umask, rlimits, pdeathsig, no_new_privs, and for cwd / close_fds=True on a glibc older than
+    2.29 / 2.34; glibc leaves its two internal signals, 32 and 33, ignored in the new program and does not say which
+    step failed) or "fork".
 
     Raises TypeError / ValueError for bad arguments before any child exists, and OSError subclasses
     (FileNotFoundError, PermissionError, ...) with errno, filename and the failing step when the child cannot

@@ -263,14 +263,28 @@ def test_sizes_that_do_not_fit_are_refused() -> None:
     assert proc.returncode == 2 and "not a size" in proc.stderr
 
 
-def test_no_compiler_is_a_clear_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("compilers", ["none on PATH", "all failing"])
+def test_no_compiler_is_one_clear_line(compilers: str, tmp_path: Path) -> None:
+    # No compiler at all, or (as in a machine without one, .ci/wheel-test.sh) cc, gcc, clang and $CC that fail.
+    path = tmp_path / "bin"
+    path.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "CC"}
-    env.update(PATH=str(tmp_path), PYPROC_BENCH_CACHE=str(tmp_path / "cache"))
-    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--no-progress", "--out", str(tmp_path / "o")],
-                          cwd=BENCH_ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
-    assert proc.returncode == 3
-    assert "no C compiler found" in proc.stderr
-    assert not (tmp_path / "o" / "report.md").exists()
+    env.update(PATH=str(path), PYPROC_BENCH_CACHE=str(tmp_path / "cache"))
+    if compilers == "all failing":
+        for name in ("cc", "gcc", "clang"):
+            (path / name).write_text("#!/bin/sh\nexit 1\n")
+            (path / name).chmod(0o755)
+        env.update(PATH=f"{path}:{os.environ['PATH']}", CC="false")
+    for module, args in (("bench", ["--quick", "--out", str(tmp_path / "o")]), ("bench.spawnparts", [])):
+        proc = subprocess.run([sys.executable, "-m", module, *args], cwd=BENCH_ROOT, env=env, capture_output=True,
+                              text=True, timeout=60, check=False)
+        assert proc.returncode == 3, proc.stderr
+        assert proc.stdout == ""
+        lines = proc.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"python -m {module}: no C compiler found"), proc.stderr
+        if compilers == "all failing":
+            assert "$CC (/" in lines[0] and "exits 1" in lines[0]
+    assert not (tmp_path / "o").exists()
 
 
 def test_c_floors_run(quick_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
