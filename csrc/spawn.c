@@ -247,7 +247,7 @@ static int spawn_fork(struct child_ctx *c, pid_t *pid)
         if (err) {
             /* The child's state is unknown: stop it (the caller reaps it) and report the parent's failure. */
             c->shared->fail_stage = PYPROC_STAGE_PARENT;
-            kill(got, SIGKILL);
+            (void)pyproc_send_signal(got, -1, SIGKILL); /* (not kill: with SIGCHLD ignored it may be gone) */
         }
     }
     close(pipefd[0]);
@@ -435,9 +435,13 @@ static int spawn_with_engine(struct child_ctx *c, int engine, struct pyproc_spaw
             reap(pid);
         return res->fail_errno;
     }
+    /* The engines without CLONE_PIDFD open the pidfd now, after the exec.  With SIGCHLD ignored the kernel reaps a
+       child as soon as it exits, and a fast one may be gone already: then it ran the program and nothing is left to
+       manage (its pid may be someone else's by now: no signal, no error), and the caller gets no pidfd. */
     if (pidfd < 0 && (err = pyproc_pidfd_open(pid, &pidfd)) != 0) {
-        /* The child runs the program, but without a pidfd the caller could not manage it safely. */
-        kill(pid, SIGKILL);
+        /* EMFILE, ENOMEM...: the child runs the program, but without a pidfd the caller could not manage it safely.
+           pyproc_send_signal checks that the pid is still our unreaped child before it kills. */
+        (void)pyproc_send_signal(pid, -1, SIGKILL);
         reap(pid);
         res->fail_stage = PYPROC_STAGE_PARENT;
         return err;

@@ -650,7 +650,8 @@ def spawn(
 
     Raises TypeError / ValueError for bad arguments before any child exists, and OSError subclasses
     (FileNotFoundError, PermissionError, ...) with errno, filename and the failing step when the child cannot
-    start; a child that failed has already been reaped.
+    start; a child that failed has already been reaped.  With SIGCHLD ignored, a child that ran its program is never
+    an error, even one the kernel reaped before spawn() returned (see Process for what waiting gives then).
     """
     # Every option at its default, argv a list of str naming a path: the common case, one packed argv and the
     # shared default request.

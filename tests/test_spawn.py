@@ -535,3 +535,69 @@ def test_stale_build_is_refused_clearly() -> None:
         err = proc.stderr.read().decode()
     assert proc.returncode == 1
     assert "ImportError" in err and "0.0.0-stale" in err and "rebuild" in err
+
+
+# ---- SIGCHLD ignored: the kernel reaps children itself (issue 14) ---------------------------------------------------
+
+
+@pytest.fixture
+def sigchld_ignored() -> Iterator[None]:
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+
+
+@pytest.mark.parametrize(("engine_name", "mask_names"), [
+    ("auto", []),
+    ("clone", ["PYPROC_FORCE_NO_CLONE3"]),
+    ("clone", ["PYPROC_FORCE_NO_CLONE3", "PYPROC_FORCE_NO_CLONE_PIDFD"]),
+    ("vfork", []),
+    ("posix_spawn", []),
+    ("fork", []),
+])
+def test_sigchld_ignored_a_child_that_ran_is_no_failure(sigchld_ignored: None, forced: Any, engine_name: str,
+                                                        mask_names: list[str], no_leaks: None) -> None:
+    """The engines without CLONE_PIDFD open the pidfd after the exec; a fast child may be reaped by the kernel
+    first.  That child ran its program: no exception, no signal to its (perhaps recycled) pid, no pidfd, and waiting
+    says what it can (returncode 0, no status), as for every child when SIGCHLD is ignored."""
+    forced(sum(getattr(lib, name) for name in mask_names))
+    without_pidfd = 0
+    for _ in range(300):
+        proc = pyproc.spawn(["true"], engine=engine_name)
+        without_pidfd += proc.pidfd is None
+        proc.send_signal(signal.SIGTERM)  # exited or about to: never an error, never another process
+        assert proc.wait() == 0
+        assert proc.status is None and proc.rusage is None and proc.pidfd is None
+    proc = pyproc.spawn(["sh", "-c", "exit 3"], engine=engine_name)
+    assert proc.wait(timeout=10) == 0  # the kernel kept no status (subprocess says 0 too)
+    if engine_name == "auto":
+        assert without_pidfd == 0  # clone3 gives the pidfd with the child: nothing to race
+
+
+def test_sigchld_ignored_run_and_popen(sigchld_ignored: None, no_leaks: None) -> None:
+    import pyproc.subprocess as psub
+
+    result = pyproc.run(["sh", "-c", "echo out; exit 3"], capture=True)
+    assert (result.returncode, result.stdout, result.status) == (0, b"out\n", None)
+    assert psub.run(["sh", "-c", "echo out; exit 3"], capture_output=True).stdout == b"out\n"
+    with psub.Popen(["sh", "-c", "exit 3"], preexec_fn=lambda: None) as popen:  # the fork done in Python
+        pass
+    assert popen.returncode == 0
+
+
+def test_no_pidfd_for_a_pid_that_is_not_an_unreaped_child(sigchld_ignored: None, no_leaks: None) -> None:
+    """pidfd_open takes any pid: after the kernel reaped our child its pid may be another process's.  pyproc opens a
+    pidfd (or signals a pid) only while the pid is still an unreaped child of ours."""
+    pidfd = ffi.new("int *")
+    stranger = os.getppid()  # alive, and not our child: what a recycled pid would be
+    assert lib.pyproc_pidfd_open(stranger, pidfd) == 0 and pidfd[0] == -1
+    assert lib.pyproc_send_signal(stranger, -1, 0) == errno.ESRCH
+    proc = pyproc.spawn(["true"])
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{proc.pid}") and time.monotonic() < deadline:  # reaped by the kernel
+        time.sleep(0.005)
+    assert lib.pyproc_pidfd_open(proc.pid, pidfd) == 0 and pidfd[0] == -1
+    assert lib.pyproc_send_signal(proc.pid, -1, signal.SIGKILL) == errno.ESRCH
+    assert proc.wait() == 0
