@@ -279,6 +279,8 @@ struct pyproc_pump {
     int sigpipe_default;    /* SIGPIPE is not ignored in this process: block it around writes */
     size_t chunk_max;       /* outputs stay in chunk mode below this many bytes (PYPROC_OUT_CHUNK_MAX) */
     int own_outputs;        /* release closes out_fd[] too (run(): the pump holds every pipe end) */
+    int saved_flags[3];     /* while pyproc_pump_run runs: the file status flags of in_fd, out_fd[0], out_fd[1]
+                               before it set O_NONBLOCK (-1: not changed), put back before it returns */
 };
 
 /* Prepares a pump with nothing moved yet and no deadline: the input (in_fd -1: none; in_data may be NULL when
@@ -290,7 +292,11 @@ void pyproc_pump_setup(struct pyproc_pump *p, int in_fd, const char *in_data, si
 /* Moves data until the outcome is decided: input written as the pipe accepts it, outputs read as they come, all
    polled together (never blocked on one while another fills).  Returns 0 with p->outcome set, EINTR to be called
    again once the caller's signal handlers ran (the state is kept), or the errno of a failure.
-   drain: never wait; read only what the pipes already hold (after the child was killed), then return. */
+   drain: never wait; read only what the pipes already hold (after the child was killed), then return.
+   The fds are non-blocking while it runs.  Without own_outputs they may share their open file descriptions with
+   the caller's file objects (communicate() after a timeout, a Popen's .stdout), so each fd's flags are put back as
+   they were whenever it returns, whatever the outcome; with own_outputs (pipes nobody else sees) O_NONBLOCK is set
+   once and stays. */
 int pyproc_pump_run(struct pyproc_pump *p, int drain);
 
 /* Copies the first n bytes (n <= len) of output `stream` into dest, then frees that buffer.  When dest and the

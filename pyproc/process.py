@@ -285,8 +285,9 @@ class Process:
         Returns (stdout, stderr): bytes for the streams that are pipes, None for the others.  One C call does
         the work with the GIL released, polling all pipes together: no size in either direction deadlocks.  A
         child that closes its stdin early gets the rest of input dropped, without error.  With a timeout it
-        raises pyproc.TimeoutExpired carrying the output read so far and leaves the child running; calling
-        communicate() again (without input) continues where it stopped.  See pyproc.io.communicate.
+        raises pyproc.TimeoutExpired carrying the output read so far and leaves the child running, its pipes as
+        they were (blocking: self.stdout.read() works); calling communicate() again (without input) continues where
+        it stopped.  See pyproc.io.communicate.
         """
         from .io import communicate
 

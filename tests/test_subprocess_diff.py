@@ -350,6 +350,15 @@ def case_communicate_timeout_then_again(sp: Any) -> Any:
 
 
 @case
+def case_communicate_timeout_then_read_the_pipe(sp: Any) -> Any:
+    """After communicate() timed out, .stdout is the caller's again, blocking as before."""
+    with sp.Popen(["sh", "-c", "sleep 0.5; echo late"], stdout=sp.PIPE) as p:
+        with contextlib.suppress(sp.TimeoutExpired):
+            p.communicate(timeout=0.1)
+        return os.get_blocking(p.stdout.fileno()), p.stdout.read()
+
+
+@case
 def case_timeout_then_context_exit(sp: Any) -> Any:
     # leaving the with block closes stdin: cat sees end of file, so the exit's wait() returns
     first = None
@@ -1313,7 +1322,7 @@ PUMP_CASES = ["communicate_big_both_ways", "timeout_then_context_exit", "communi
               "pipe_objects_after_communicate", "one_pipe_object_then_communicate",
               "single_pipe_objects_after_communicate", "context_manager_closes_untouched_pipes",
               "unclosed_pipes_warn_when_collected", "text_pipe_objects_after_communicate",
-              "text_mode_switched_after_start"]
+              "text_mode_switched_after_start", "communicate_timeout_then_read_the_pipe"]
 
 
 @pytest.mark.parametrize("name", PUMP_CASES)
