@@ -178,6 +178,11 @@ int pyproc_read_child_error(int error_fd, int *got, struct pyproc_spawn_result *
 void pyproc_set_forced_fallbacks(int mask);
 int pyproc_get_forced_fallbacks(void);
 
+/* For tests: the clone engines size the child stacks they map from now on as if the system page size were
+   page_size (a power of two, at least the real one); 0 goes back to sysconf(_SC_PAGESIZE).  Each thread keeps its
+   stack once mapped, so a forced size shows in threads that have not spawned yet. */
+void pyproc_set_forced_page_size(size_t page_size);
+
 /* ---- wait.c: reaping, status, rusage, signals to a child ------------------------------------------------------- */
 
 /* Reaps pid with wait4 into child (status, returncode and rusage together).  nohang: child->reaped = 0 while it

@@ -54,7 +54,9 @@ struct clone3_args {
     uint64_t tls;
 };
 
-#define CHILD_STACK_SIZE (64 * 1024)
+/* The usable part of a child stack.  The child side (child.c) needs a few KiB; glibc's posix_spawn gives its child
+   32 KiB plus the page size. */
+#define CHILD_STACK_MIN ((size_t)64 * 1024)
 
 /* ---- the parent side --------------------------------------------------------------------------------------- */
 
@@ -72,36 +74,53 @@ static void restore_signals(const sigset_t *old)
 }
 
 /* One stack per thread, mapped on first use and reused: with CLONE_VFORK the thread is suspended until the child
-   has exec'd, so the stack is free again whenever clone returns. */
+   has exec'd, so the stack is free again whenever clone returns.  The mapping is one guard page (PROT_NONE: an
+   overflow crashes instead of scribbling over other memory) below at least CHILD_STACK_MIN usable bytes, in whole
+   pages of whatever size the kernel uses (4 KiB, 16 KiB, 64 KiB on some arm64 and ppc64le kernels). */
 static pthread_key_t stack_key;
 static pthread_once_t stack_key_once = PTHREAD_ONCE_INIT;
 static __thread char *thread_stack;
+static __thread size_t thread_stack_size; /* the whole mapping, guard page included */
+static __thread size_t thread_stack_guard;
+static size_t forced_page_size;
+
+void pyproc_set_forced_page_size(size_t page_size) { __atomic_store_n(&forced_page_size, page_size, __ATOMIC_RELAXED); }
 
 static void unmap_stack(void *stack)
 {
-    UNPOISON_CHILD_STACK(stack, CHILD_STACK_SIZE); /* memory mapped here later must not inherit the redzones */
-    munmap(stack, CHILD_STACK_SIZE);
+    /* (A key destructor runs in the exiting thread, whose thread-locals are still there.) */
+    UNPOISON_CHILD_STACK(stack, thread_stack_size); /* memory mapped here later must not inherit the redzones */
+    munmap(stack, thread_stack_size);
 }
 static void make_stack_key(void) { (void)pthread_key_create(&stack_key, unmap_stack); }
 
-static int child_stack(char **top)
+static int child_stack(char **bottom, size_t *size)
 {
     if (!thread_stack) {
-        char *stack = mmap(NULL, CHILD_STACK_SIZE, PROT_READ | PROT_WRITE,
+        size_t page = __atomic_load_n(&forced_page_size, __ATOMIC_RELAXED);
+        if (!page) {
+            long system_page = sysconf(_SC_PAGESIZE);
+            page = system_page > 0 ? (size_t)system_page : 4096;
+        }
+        size_t usable = (CHILD_STACK_MIN + page - 1) / page * page;
+        char *stack = mmap(NULL, page + usable, PROT_READ | PROT_WRITE,
                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK | MAP_NORESERVE, -1, 0);
         if (stack == MAP_FAILED)
             return errno;
-        /* A guard page below the stack turns an overflow into a crash, not a scribble over other memory. */
-        if (mprotect(stack, (size_t)sysconf(_SC_PAGESIZE), PROT_NONE) != 0) {
+        if (mprotect(stack, page, PROT_NONE) != 0) {
             int err = errno;
-            munmap(stack, CHILD_STACK_SIZE);
+            munmap(stack, page + usable);
             return err;
         }
         (void)pthread_once(&stack_key_once, make_stack_key);
+        thread_stack_size = page + usable;
+        thread_stack_guard = page;
         (void)pthread_setspecific(stack_key, stack);
         thread_stack = stack;
     }
-    *top = thread_stack + CHILD_STACK_SIZE;
+    /* The child may use everything above the guard page; the stack grows down from bottom + size. */
+    *bottom = thread_stack + thread_stack_guard;
+    *size = thread_stack_size - thread_stack_guard;
     return 0;
 }
 
@@ -155,11 +174,12 @@ static int spawn_clone3(struct child_ctx *c, int *pidfd, pid_t *pid)
     int forced = pyproc_get_forced_fallbacks();
     if (forced & PYPROC_FORCE_NO_CLONE3)
         return CLONE3_UNAVAILABLE;
-    char *stack_top = NULL;
-    int err = child_stack(&stack_top);
+    char *stack = NULL;
+    size_t stack_size = 0;
+    int err = child_stack(&stack, &stack_size);
     if (err)
         return err;
-    UNPOISON_CHILD_STACK(stack_top - CHILD_STACK_SIZE, CHILD_STACK_SIZE);
+    UNPOISON_CHILD_STACK(stack, stack_size);
     if ((err = pyproc__build_exec_mask(c->req, NULL, &c->exec_mask)) != 0)
         return err;
     c->keep_mask = !c->req->set_sigmask;
@@ -173,8 +193,8 @@ static int spawn_clone3(struct child_ctx *c, int *pidfd, pid_t *pid)
         args.pidfd = (uint64_t)(uintptr_t)pidfd;
     }
     args.exit_signal = SIGCHLD;
-    args.stack = (uint64_t)(uintptr_t)(stack_top - CHILD_STACK_SIZE);
-    args.stack_size = CHILD_STACK_SIZE;
+    args.stack = (uint64_t)(uintptr_t)stack;
+    args.stack_size = stack_size;
     long got = pyproc__clone3_run(&args, sizeof args, pyproc__child_main, c);
     c->keep_mask = 0;
     if (got > 0) {
@@ -196,11 +216,13 @@ static int spawn_clone3(struct child_ctx *c, int *pidfd, pid_t *pid)
 static int spawn_clone(struct child_ctx *c, int *pidfd, pid_t *pid)
 {
     int forced = pyproc_get_forced_fallbacks();
-    char *stack_top = NULL;
-    int err = child_stack(&stack_top);
+    char *stack = NULL;
+    size_t stack_size = 0;
+    int err = child_stack(&stack, &stack_size);
     if (err)
         return err;
-    UNPOISON_CHILD_STACK(stack_top - CHILD_STACK_SIZE, CHILD_STACK_SIZE);
+    UNPOISON_CHILD_STACK(stack, stack_size);
+    char *stack_top = stack + stack_size;
     *pidfd = -1;
     c->reset_handlers = 1;
     int flags = CLONE_VM | CLONE_VFORK | SIGCHLD;

@@ -601,3 +601,32 @@ def test_no_pidfd_for_a_pid_that_is_not_an_unreaped_child(sigchld_ignored: None,
     assert lib.pyproc_pidfd_open(proc.pid, pidfd) == 0 and pidfd[0] == -1
     assert lib.pyproc_send_signal(proc.pid, -1, signal.SIGKILL) == errno.ESRCH
     assert proc.wait() == 0
+
+
+# ---- the clone child's stack on kernels with large pages (issue 14) -------------------------------------------------
+
+
+@pytest.mark.parametrize("page_size", [16 << 10, 64 << 10])
+@pytest.mark.parametrize("mask_name", [None, "PYPROC_FORCE_NO_CLONE3"])
+def test_clone_stack_with_large_pages(page_size: int, mask_name: str | None, forced: Any, no_leaks: None) -> None:
+    """arm64 and ppc64le kernels may use 16 KiB or 64 KiB pages.  The stack is one guard page plus at least 64 KiB:
+    with a 64 KiB page it was all guard page, and every child died of SIGSEGV before its exec."""
+    if mask_name:
+        forced(getattr(lib, mask_name))
+    codes: list[Any] = []
+
+    def spawn_in_a_fresh_thread() -> None:  # a thread maps its stack at its first spawn, and keeps it
+        try:
+            codes.append(pyproc.spawn(["sh", "-c", "exit 7"], engine="clone").wait())
+            codes.append(pyproc.run(["echo", "x"], capture=True).stdout)
+        except BaseException as exc:  # asserted on below
+            codes.append(exc)
+
+    lib.pyproc_set_forced_page_size(page_size)
+    try:
+        thread = threading.Thread(target=spawn_in_a_fresh_thread)
+        thread.start()
+        thread.join(timeout=60)
+    finally:
+        lib.pyproc_set_forced_page_size(0)
+    assert codes == [7, b"x\n"]
