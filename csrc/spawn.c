@@ -304,45 +304,41 @@ int pyproc_read_child_error(int error_fd, int *got, struct pyproc_spawn_result *
 }
 
 /* posix_spawn expresses the fd plan, cwd, session, group, signal defaults and mask; the rest is refused (the
-   Python layer raises a ValueError before getting here). */
+   Python layer raises a ValueError before getting here).  moved: scratch, one per fd action (c->moved_sources). */
 static int spawn_posix(const struct pyproc_spawn_request *r, const sigset_t *exec_mask,
-                       struct pyproc_spawn_result *res, pid_t *pid)
+                       struct pyproc_spawn_result *res, pid_t *pid, int *moved)
 {
     if (r->umask >= 0 || r->n_rlimits || r->pdeathsig || r->no_new_privs || r->set_gid || r->set_groups ||
         r->set_uid || r->before_exec)
         return ENOTSUP;
+    /* A source that is also some step's target is copied first, here in the parent: F_DUPFD_CLOEXEC puts the copy
+       on a number nothing else uses (a copy made in the child, on a number of our choosing, could land on an
+       inheritable fd of the parent and take it from the child: close_fds=False), and close-on-exec keeps it from
+       the program; the parent closes it after the spawn. */
+    int n_moved = 0, err = 0;
+    for (int i = 0; i < r->n_fd_actions; i++) {
+        const struct pyproc_fd_action *a = &r->fd_actions[i];
+        moved[i] = -1;
+        if (a->move_first && a->source != a->target) {
+            if ((moved[i] = fcntl(a->source, F_DUPFD_CLOEXEC, 0)) < 0) {
+                err = errno; /* (EMFILE: a failure of the parent's) */
+                break;
+            }
+            n_moved++;
+        }
+    }
     posix_spawn_file_actions_t actions;
     posix_spawnattr_t attr;
-    int err = posix_spawn_file_actions_init(&actions);
-    if (err)
-        return err;
-    err = posix_spawnattr_init(&attr);
-    if (err) {
-        posix_spawn_file_actions_destroy(&actions);
-        return err;
-    }
-    int high = 3;
-    for (int i = 0; i < r->n_fd_actions; i++) {
-        if (r->fd_actions[i].target >= high)
-            high = r->fd_actions[i].target + 1;
-        if (r->fd_actions[i].source >= high)
-            high = r->fd_actions[i].source + 1;
-    }
-    /* Moved sources go to fds above everything named in the plan, one each, closed after the plan. */
-    int moved = 0;
-    for (int i = 0; !err && i < r->n_fd_actions; i++)
-        if (r->fd_actions[i].move_first && r->fd_actions[i].source != r->fd_actions[i].target)
-            err = posix_spawn_file_actions_adddup2(&actions, r->fd_actions[i].source, high + moved++);
-    moved = 0;
+    int have_actions = 0, have_attr = 0;
+    if (!err && !(err = posix_spawn_file_actions_init(&actions)))
+        have_actions = 1;
+    if (!err && !(err = posix_spawnattr_init(&attr)))
+        have_attr = 1;
     for (int i = 0; !err && i < r->n_fd_actions; i++) {
         const struct pyproc_fd_action *a = &r->fd_actions[i];
-        int source = a->source;
-        if (a->move_first && a->source != a->target)
-            source = high + moved++;
+        int source = moved[i] >= 0 ? moved[i] : a->source;
         err = posix_spawn_file_actions_adddup2(&actions, source, a->target); /* same fd: clears CLOEXEC */
     }
-    for (int i = 0; !err && i < moved; i++)
-        err = posix_spawn_file_actions_addclose(&actions, high + i);
     if (!err && r->close_fds) {
         int top = r->n_keep_fds ? r->keep_fds[r->n_keep_fds - 1] : 2;
         for (int fd = 3; !err && fd < top; fd++)
@@ -394,8 +390,13 @@ static int spawn_posix(const struct pyproc_spawn_request *r, const sigset_t *exe
             res->fail_errno = err;
         }
     }
-    posix_spawnattr_destroy(&attr);
-    posix_spawn_file_actions_destroy(&actions);
+    if (have_attr)
+        posix_spawnattr_destroy(&attr);
+    if (have_actions)
+        posix_spawn_file_actions_destroy(&actions);
+    for (int i = 0; n_moved && i < r->n_fd_actions; i++)
+        if (moved[i] >= 0)
+            close(moved[i]);
     return err;
 }
 
@@ -416,7 +417,7 @@ static int spawn_with_engine(struct child_ctx *c, int engine, struct pyproc_spaw
             return EINVAL;
         if ((err = pyproc__build_exec_mask(r, &parent_mask, &c->exec_mask)) != 0)
             return err;
-        err = spawn_posix(r, &c->exec_mask, res, &pid);
+        err = spawn_posix(r, &c->exec_mask, res, &pid, c->moved_sources);
         if (err)
             return err;
     } else if (engine == PYPROC_ENGINE_CLONE && (err = spawn_clone3(c, &pidfd, &pid)) != CLONE3_UNAVAILABLE) {

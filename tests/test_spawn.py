@@ -630,3 +630,33 @@ def test_clone_stack_with_large_pages(page_size: int, mask_name: str | None, for
     finally:
         lib.pyproc_set_forced_page_size(0)
     assert codes == [7, b"x\n"]
+
+
+# ---- posix_spawn, close_fds=False: an inheritable fd numbered like a scratch copy (issue 14) ------------------------
+
+
+def test_posix_spawn_swap_keeps_an_inheritable_fd_above_the_plan(no_leaks: None) -> None:
+    """A swap needs a scratch copy of a source.  It was made in the child on the first number above the plan, where
+    an inheritable fd of the parent (close_fds=False) was then lost to the child."""
+    r1, w1 = os.pipe()
+    r2, w2 = os.pipe()
+    r3, w3 = os.pipe()
+    low, high = 60, 61
+    try:
+        os.dup2(w1, low)
+        os.dup2(w2, high)
+        os.dup2(w3, high + 1, inheritable=True)  # the number the first scratch copy took
+        for fd in (w1, w2, w3):
+            os.close(fd)
+        script = f"import os; os.write({low}, b'to-{low}'); os.write({high}, b'to-{high}'); os.write({high + 1}, b'by')"
+        proc = pyproc.spawn([PY, "-S", "-c", script], engine="posix_spawn", close_fds=False,
+                            fds={low: high, high: low})
+        for fd in (low, high, high + 1):
+            os.close(fd)
+        assert proc.wait() == 0
+        assert os.read(r1, 100) == f"to-{high}".encode()  # swapped
+        assert os.read(r2, 100) == f"to-{low}".encode()
+        assert os.read(r3, 100) == b"by"
+    finally:
+        for fd in (r1, r2, r3):
+            os.close(fd)
