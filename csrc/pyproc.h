@@ -168,8 +168,10 @@ int pyproc_spawn_piped(const struct pyproc_spawn_request *req, const char *args,
                        int engine, int pipes, struct pyproc_child *child, int parent_ends[3]);
 
 /* The child side alone, for a caller that forked by itself: never returns.  Failures are written to error_fd as
-   one record of two int32 (stage | index << 8, errno), then _exit(127). */
-void pyproc_exec_child(const struct pyproc_spawn_request *req, int error_fd);
+   one record of two int32 (stage | index << 8, errno), then _exit(127).  parent_pid: the pid of the process that
+   forked, taken before the fork (getpid() there): the pdeathsig check compares the child's parent with it, since a
+   parent that died before the child's prctl sends no signal. */
+void pyproc_exec_child(const struct pyproc_spawn_request *req, int error_fd, int parent_pid);
 
 /* Decodes a record written by pyproc_exec_child; *got = 0 when error_fd reached EOF with nothing (exec worked). */
 int pyproc_read_child_error(int error_fd, int *got, struct pyproc_spawn_result *res);

@@ -808,11 +808,12 @@ class Popen(Generic[AnyStr]):
         request.c.before_exec_arg = handle
         errpipe_read, errpipe_write = os.pipe()
         try:
+            parent_pid = os.getpid()  # taken before the fork: the child's pdeathsig check compares with it
             pid = os.fork()
             if pid == 0:  # the child: never returns to the caller
                 try:
                     os.close(errpipe_read)
-                    lib.pyproc_exec_child(request.c, errpipe_write)
+                    lib.pyproc_exec_child(request.c, errpipe_write, parent_pid)
                 finally:
                     os._exit(127)
             os.close(errpipe_write)

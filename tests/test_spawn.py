@@ -8,6 +8,7 @@ import importlib
 import json
 import os
 import resource
+import select
 import signal
 import stat
 import sys
@@ -660,3 +661,44 @@ def test_posix_spawn_swap_keeps_an_inheritable_fd_above_the_plan(no_leaks: None)
     finally:
         for fd in (r1, r2, r3):
             os.close(fd)
+
+
+# ---- pyproc_exec_child: the pdeathsig check after a fork done by the caller (issue 14) -----------------------------
+
+
+def test_exec_child_pdeathsig_when_the_parent_died_first(no_leaks: None) -> None:
+    """pyproc_exec_child runs in the child of a fork done by the caller (pyproc.subprocess's preexec_fn path).  If
+    the parent dies before the child's prctl(PR_SET_PDEATHSIG), no signal will ever come, so the child compares its
+    parent with the pid that forked it and kills itself.  That pid must be the caller's, taken before the fork: the
+    child's own getppid() already names the reaper."""
+    request = sys.modules["pyproc.spawn"].prepare([PY, "-S", "-c", "print('ran')"], pdeathsig=signal.SIGKILL)
+    read_end, write_end = os.pipe()
+    request.c.fd_actions = request.keep(ffi.new("struct pyproc_fd_action[]", [(1, write_end, 0)]))
+    request.c.n_fd_actions = 1
+    middle = os.fork()
+    if middle == 0:  # the parent of the child below, which exits at once
+        try:
+            parent = os.getpid()
+            if os.fork() == 0:
+                try:
+                    while os.getppid() == parent:  # until the parent is gone
+                        time.sleep(0.001)
+                    lib.pyproc_exec_child(request.c, os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC), parent)
+                finally:
+                    os._exit(126)
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    try:
+        assert os.waitpid(middle, 0)[1] == 0
+        chunks = []
+        while select.select([read_end], [], [], 30)[0]:  # the child's stdout: at end of file once it is gone
+            chunk = os.read(read_end, 100)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        else:
+            pytest.fail("the orphaned child did not end")
+    finally:
+        os.close(read_end)
+    assert chunks == []  # killed by its pdeathsig before the exec

@@ -169,10 +169,11 @@ def exec_child_round() -> None:
     for argv, want_error in ((["true"], False), (["pyproc-vg-no-such-program"], True)):
         request = spawn_module.prepare(argv)
         r, w = os.pipe()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:
             os.close(r)
-            lib.pyproc_exec_child(request.c, w)
+            lib.pyproc_exec_child(request.c, w, parent)
             os._exit(126)  # not reached
         os.close(w)
         got = ffi.new("int *")
