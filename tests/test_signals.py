@@ -5,17 +5,21 @@ from __future__ import annotations
 import fcntl
 import gc
 import os
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import pyproc
+import pyproc.signals
 from pyproc import PIPE, SignalEvent, SignalPipe
 from pyproc.signals import blocked, take_pending
 
@@ -453,6 +457,7 @@ def test_open_read_close_from_a_non_main_thread() -> None:
     assert got == [SignalEvent(USR1, SI_USER, os.getpid(), os.getuid(), 0)]
     assert _dispositions() == before
 
+
 # ---- closing races another thread's sigaction() (issue 14) ----------------------------------------------------------
 
 # Preloaded into a Python child: wraps sigaction() so that, as another thread could, it installs a foreign handler
@@ -548,3 +553,64 @@ def test_close_never_overwrites_a_handler_installed_meanwhile(tmp_path: Path, fi
     current, warned = done.stdout.split(" ", 1)
     assert int(current) == expected  # the foreign handler installed last is in place
     assert "was replaced while the pipe was open" in warned
+
+
+def test_close_from_another_thread_during_a_wait_never_polls_another_fd(monkeypatch: pytest.MonkeyPatch) -> None:
+    """wait() polled the read end's number while close() in another thread could close it: a closed number is soon
+    another fd's, and the poll then waited on that fd (here a pipe that never becomes readable).  Forced: the close,
+    and a new pipe on the freed number, come just before the poll."""
+    pipe = SignalPipe([USR1])
+    number = pipe.fileno()
+    other: list[int] = []
+
+    class PollAfterAClose:
+        def __init__(self) -> None:
+            self._poll = select.poll()
+
+        def register(self, fd: int, events: int) -> None:
+            self._poll.register(fd, events)
+
+        def poll(self, timeout: float | None = None) -> list[tuple[int, int]]:
+            if not other:
+                closer = threading.Thread(target=pipe.close)
+                closer.start()
+                closer.join(timeout=10)
+                other.extend(os.pipe())  # takes the freed number
+            return self._poll.poll(timeout)
+
+    monkeypatch.setattr(pyproc.signals, "select", types.SimpleNamespace(poll=PollAfterAClose, POLLIN=select.POLLIN))
+    try:
+        with pytest.raises(ValueError, match="closed"):
+            pipe.wait(timeout=2)
+    finally:
+        monkeypatch.undo()
+        for fd in other:
+            os.close(fd)
+    assert number in other  # the scenario: the read end's number went to another fd
+
+
+def test_close_from_another_thread_waits_for_a_read_in_progress(monkeypatch: pytest.MonkeyPatch) -> None:
+    """read() reads the pipe's fd with the GIL released; close() in another thread closed that fd meanwhile, and the
+    read could take the data of whatever fd got the number next.  close() now waits for the read to end."""
+    pipe = SignalPipe([USR1])
+    closer = threading.Thread(target=pipe.close)
+    closed_during_read: list[bool] = []
+
+    class ReadAfterAClose:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(os, name)
+
+        def read(self, fd: int, n: int) -> bytes:
+            if not closed_during_read:
+                closer.start()
+                closer.join(timeout=0.5)  # blocked, as it must be, while this read holds the pipe
+                closed_during_read.append(not closer.is_alive())
+            return os.read(fd, n)
+
+    monkeypatch.setattr(pyproc.signals, "os", ReadAfterAClose())
+    try:
+        pipe.read()
+    finally:
+        monkeypatch.undo()
+        closer.join(timeout=10)
+    assert closed_during_read == [False] and pipe.closed
