@@ -634,7 +634,9 @@ def spawn(
     PATH when env is given.
 
     stdin / stdout / stderr: None inherits the parent's; PIPE makes a pipe (the Process gets .stdin / .stdout /
-    .stderr as binary files); DEVNULL; an fd or an object with fileno().  stderr=STDOUT joins stderr to stdout.
+    .stderr as binary files); DEVNULL; an fd or an object with fileno().  stderr=STDOUT joins stderr to stdout
+    (the child's fd 2 becomes a copy of its fd 1: with the parent's fd 1 closed and stdin=PIPE, the stdin pipe's
+    read end takes fd 1, so stderr is the child's own stdin and its fd 1 is closed, as with subprocess).
     fds={child_fd: parent_fd_or_file} sets any fd of the child (swaps and cycles are fine); pass_fds keeps parent
     fds under their own numbers.  close_fds (default True): no other fd of the parent reaches the child.
 

@@ -11,6 +11,7 @@ import resource
 import select
 import signal
 import stat
+import subprocess
 import sys
 import threading
 import time
@@ -702,3 +703,53 @@ def test_exec_child_pdeathsig_when_the_parent_died_first(no_leaks: None) -> None
     finally:
         os.close(read_end)
     assert chunks == []  # killed by its pdeathsig before the exec
+
+
+# ---- stderr=STDOUT with the parent's fd 1 closed and stdin=PIPE: as the standard library (issue 14) -----------------
+
+# The child reports (are fds 0 and 2 one open file, is fd 0 a pipe, what is fd 1) to the file named by argv[1].
+STDIO_REPORT = """if True:
+    import os, sys
+    seen = []
+    for fd in (0, 1, 2):
+        try:
+            seen.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            seen.append(None)
+    with open(sys.argv[1], "w") as report:
+        report.write(repr([seen[0] == seen[2], seen[0].startswith("pipe:"), seen[1]]))
+"""
+
+# Starts the child with stdin=PIPE and stderr=STDOUT after closing fd 1: the stdin pipe's read end lands on fd 1.
+STDIO_STARTER = """if True:
+    import os, sys
+    import subprocess, pyproc, pyproc.subprocess
+    how, report, child = sys.argv[1], sys.argv[2], sys.argv[3]
+    argv = [sys.executable, "-S", "-c", child, report]
+    os.close(1)
+    if how in ("stdlib", "pyproc.subprocess"):
+        sp = subprocess if how == "stdlib" else pyproc.subprocess
+        proc = sp.Popen(argv, stdin=sp.PIPE, stderr=sp.STDOUT)
+        proc.stdin.close()
+        proc.wait()
+    elif how == "run":
+        pyproc.run(argv, input=b"", stderr=pyproc.STDOUT)
+    else:
+        proc = pyproc.spawn(argv, stdin=pyproc.PIPE, stderr=pyproc.STDOUT, engine=how)
+        proc.stdin.close()
+        proc.wait()
+"""
+
+
+@pytest.mark.parametrize("how", ["pyproc.subprocess", "run", *ENGINES])
+def test_stderr_to_stdout_with_fd_1_closed_is_as_the_standard_library(how: str, tmp_path: Path) -> None:
+    """The stdin pipe's read end takes the free fd 1; stderr=STDOUT then copies fd 1, so the child's stderr is its
+    own stdin, and its fd 1 (that pipe end, close-on-exec) is closed: what the standard library does too."""
+    def seen(starter: str) -> str:
+        report = tmp_path / f"{starter}.report"
+        subprocess.run([PY, "-c", STDIO_STARTER, starter, str(report), STDIO_REPORT], check=True, timeout=60)
+        return report.read_text()
+
+    expected = seen("stdlib")
+    assert expected == repr([True, True, None])
+    assert seen(how) == expected
