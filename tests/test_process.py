@@ -290,15 +290,24 @@ def _end(proc: pyproc.Process) -> None:
     proc.wait()
 
 
-def test_signal_racing_a_reap_never_reaches_the_next_child(no_leaks: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The issue's forced interleaving: send_signal has read the pidfd's number; another thread reaps the child and
-    spawns the next one, whose pidfd takes that number.  The signal must go nowhere, not to the new child."""
+def _race_a_reap(monkeypatch: pytest.MonkeyPatch,
+                 names: set[str]) -> tuple[pyproc.Process, int, list[pyproc.Process], _LibHook]:
+    """(proc, its pidfd's number, reused, hook): a running child, and pyproc.process's lib hooked so that just
+    before the first call to one of `names` another thread kills and reaps it, then spawns the next child (into
+    reused), whose pidfd takes the old number if it is free."""
     proc = pyproc.spawn(["sleep", "30"])
     number = proc.pidfd
     assert number is not None
     reused: list[pyproc.Process] = []
-    hook = _LibHook({"pyproc_send_signal", "pyproc_child_send_signal"}, _kill_and_reap(proc, reused, number))
+    hook = _LibHook(names, _kill_and_reap(proc, reused, number))
     monkeypatch.setattr(pyproc.process, "lib", hook)
+    return proc, number, reused, hook
+
+
+def test_signal_racing_a_reap_never_reaches_the_next_child(no_leaks: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The issue's forced interleaving: send_signal has read the pidfd's number; another thread reaps the child and
+    spawns the next one, whose pidfd takes that number.  The signal must go nowhere, not to the new child."""
+    proc, number, reused, hook = _race_a_reap(monkeypatch, {"pyproc_send_signal", "pyproc_child_send_signal"})
     proc.send_signal(signal.SIGTERM)  # a no-op: proc has been reaped
     monkeypatch.undo()
     assert hook.ran
@@ -317,12 +326,7 @@ def test_wait_timeout_racing_a_reap_never_waits_for_the_next_child(no_leaks: Non
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """wait(timeout) has read the pidfd's number when another thread reaps the child and the next child's pidfd
     takes that number: the wait must end with the first child's returncode, not wait on the second child."""
-    proc = pyproc.spawn(["sleep", "30"])
-    number = proc.pidfd
-    assert number is not None
-    reused: list[pyproc.Process] = []
-    hook = _LibHook({"pyproc_wait_pidfd", "pyproc_child_wait_pidfd"}, _kill_and_reap(proc, reused, number))
-    monkeypatch.setattr(pyproc.process, "lib", hook)
+    proc, number, reused, hook = _race_a_reap(monkeypatch, {"pyproc_wait_pidfd", "pyproc_child_wait_pidfd"})
     try:
         assert proc.wait(timeout=2) == -signal.SIGKILL
     finally:
@@ -338,13 +342,8 @@ def test_wait_any_racing_a_reap_never_waits_for_the_next_child(no_leaks: None, m
                                                                when: str) -> None:
     """wait_any has read the pidfds' numbers when another thread reaps one child and spawns the next: it returns the
     reaped child, and a pidfd it holds is not closed under its poll (the next child gets another number)."""
-    proc = pyproc.spawn(["sleep", "30"])
-    number = proc.pidfd
-    assert number is not None
-    reused: list[pyproc.Process] = []
     names = {"pyproc_wait_any"} if when == "while held" else {"pyproc_wait_any", "pyproc_child_hold_pidfd"}
-    hook = _LibHook(names, _kill_and_reap(proc, reused, number))
-    monkeypatch.setattr(pyproc.process, "lib", hook)
+    proc, number, reused, hook = _race_a_reap(monkeypatch, names)
     try:
         assert pyproc.wait_any([proc], timeout=2) is proc
     finally:
