@@ -359,6 +359,27 @@ def case_communicate_timeout_then_read_the_pipe(sp: Any) -> Any:
 
 
 @case
+def case_sigchld_ignored(sp: Any) -> Any:
+    """With SIGCHLD ignored the kernel reaps children itself: a failed exec still raises its own error (the preexec_fn
+    path waited for the failed child with a waitpid that raised ChildProcessError), and returncodes are 0."""
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        seen: list[Any] = []
+        for options in ({}, {"preexec_fn": lambda: None}):
+            try:
+                sp.Popen(["/nonexistent/program"], **options)
+            except OSError as exc:
+                seen.append(describe(exc))
+            with sp.Popen(["sh", "-c", "exit 3"], **options) as p:
+                pass
+            seen.append(p.returncode)
+            seen.append(plain(sp.run(["sh", "-c", "echo out; exit 3"], capture_output=True, **options)))
+        return seen
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+
+
+@case
 def case_timeout_then_context_exit(sp: Any) -> Any:
     # leaving the with block closes stdin: cat sees end of file, so the exit's wait() returns
     first = None
