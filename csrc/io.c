@@ -203,9 +203,13 @@ static int pump_leave(struct pyproc_pump *p)
 static void close_input(struct pyproc_pump *p)
 {
     if (p->in_fd >= 0) {
+        /* The pump's own fd, but a dup of the caller's may share its open file description: flags back first (a
+           failure changes nothing for the pump, which is done with the fd). */
+        if (p->saved_flags[0] >= 0)
+            (void)fcntl(p->in_fd, F_SETFL, p->saved_flags[0]);
+        p->saved_flags[0] = -1;
         close(p->in_fd);  /* a pipe's close cannot fail in a way that leaves it open */
         p->in_fd = -1;
-        p->saved_flags[0] = -1;  /* nothing left to put back */
     }
 }
 

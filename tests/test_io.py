@@ -486,30 +486,38 @@ def test_communicate_timeout_leaves_the_pipes_blocking() -> None:
 
 
 def test_the_pump_keeps_and_restores_the_callers_fd_flags() -> None:
-    """While the pump runs, O_NONBLOCK is added to each fd's flags (the others kept); whenever it returns each fd has
-    its flags back: stdout with O_APPEND, stderr left non-blocking by its owner, a dup of stdin's pipe blocking."""
-    proc = pyproc.spawn(["sh", "-c", "sleep 0.5; echo late; cat > /dev/null"], stdin=pyproc.PIPE,
-                        stdout=pyproc.PIPE, stderr=pyproc.PIPE)
+    """While the pump runs, O_NONBLOCK is added to each fd's flags (the others kept: O_APPEND here; an fd its owner
+    made non-blocking is left alone); when it returns each pipe end has its flags back, including stdin's, which the
+    pump closes once the child stopped reading.  Seen through dups, which share the flags (communicate() closes the
+    pipes' file objects at the end)."""
+    proc = pyproc.spawn(["sh", "-c", "exec sleep 60"], stdin=pyproc.PIPE, stdout=pyproc.PIPE, stderr=pyproc.PIPE)
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
     out, err = proc.stdout.fileno(), proc.stderr.fileno()
     fcntl.fcntl(out, fcntl.F_SETFL, fcntl.fcntl(out, fcntl.F_GETFL) | os.O_APPEND)
     os.set_blocking(err, False)
-    stdin_copy = os.dup(proc.stdin.fileno())  # shares the pipe end the pump writes to
+    dups = [os.dup(fd) for fd in (out, err, proc.stdin.fileno())]
     try:
-        before = [fcntl.fcntl(fd, fcntl.F_GETFL) for fd in (out, err, stdin_copy)]
+        before = [fcntl.fcntl(fd, fcntl.F_GETFL) for fd in dups]
         during: list[int] = []
-        peek = threading.Timer(0.05, lambda: during.extend(fcntl.fcntl(fd, fcntl.F_GETFL) for fd in (out, err)))
+
+        def peek_then_end_the_child() -> None:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not fcntl.fcntl(dups[0], fcntl.F_GETFL) & os.O_NONBLOCK:
+                time.sleep(0.001)  # until the pump runs
+            during.extend(fcntl.fcntl(fd, fcntl.F_GETFL) for fd in dups)
+            proc.kill()  # the pump then sees end of file on stdout and stderr, EPIPE on stdin
+
+        peek = threading.Thread(target=peek_then_end_the_child)
         peek.start()
-        with pytest.raises(pyproc.TimeoutExpired):
-            proc.communicate(b"x" * (8 << 20), timeout=0.2)  # more than the pipe holds: still writing at the end
+        assert proc.communicate(b"x" * (8 << 20), timeout=60) == (b"", b"")  # more than the stdin pipe holds
         peek.join()
-        assert during == [before[0] | os.O_NONBLOCK, before[1]]
-        assert [fcntl.fcntl(fd, fcntl.F_GETFL) for fd in (out, err, stdin_copy)] == before
+        assert during == [before[0] | os.O_NONBLOCK, before[1], before[2] | os.O_NONBLOCK]
+        assert [fcntl.fcntl(fd, fcntl.F_GETFL) for fd in dups] == before
         assert before[0] & os.O_APPEND and not before[0] & os.O_NONBLOCK and not before[2] & os.O_NONBLOCK
     finally:
-        os.close(stdin_copy)
-    out_data, _ = proc.communicate(timeout=30)
-    assert out_data == b"late\n" and proc.returncode == 0
+        for fd in dups:
+            os.close(fd)
+    assert proc.returncode == -signal.SIGKILL
 
 
 def test_fd_flags_are_back_while_signal_handlers_run() -> None:
