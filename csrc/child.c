@@ -357,7 +357,7 @@ int pyproc__build_exec_mask(const struct pyproc_spawn_request *r, const sigset_t
 
 /* ---- the child side of a fork done by the caller -------------------------------------------------------------- */
 
-void pyproc_exec_child(const struct pyproc_spawn_request *req, int error_fd)
+void pyproc_exec_child(const struct pyproc_spawn_request *req, int error_fd, int parent_pid)
 {
     struct child_ctx c;
     struct pyproc_spawn_result unused;
@@ -368,7 +368,7 @@ void pyproc_exec_child(const struct pyproc_spawn_request *req, int error_fd)
     c.req = req;
     c.error_fd = error_fd;
     c.reset_handlers = 1;
-    c.parent_pid = getppid();
+    c.parent_pid = parent_pid; /* (getppid() here would already be the reaper's pid if the parent died) */
     c.moved_sources = scratch;
     c.shared = &unused;
     if (syscall(SYS_rt_sigprocmask, SIG_SETMASK, NULL, &current, KERNEL_SIGSET_SIZE) != 0 ||

@@ -6,10 +6,12 @@
  * its signal handlers (which may raise) and calls again.  So a signal never surfaces to the user as EINTR and a
  * Ctrl-C is never stuck behind a blocked read.
  *
- * The pump (pyproc_pump_run) sets the parent's pipe ends non-blocking (they are the parent's own open file
- * descriptions: the child's ends are unaffected), then loops: write what the stdin pipe accepts, read what the
- * output pipes hold, and only when no fd can make progress, poll them all together until the deadline.  A short
- * read or write means the pipe is empty or full, so that fd waits for poll; nothing is retried just to see EAGAIN.
+ * The pump (pyproc_pump_run) sets the parent's pipe ends non-blocking (the child's ends are other open file
+ * descriptions, unaffected), then loops: write what the stdin pipe accepts, read what the output pipes hold, and
+ * only when no fd can make progress, poll them all together until the deadline.  A short read or write means the
+ * pipe is empty or full, so that fd waits for poll; nothing is retried just to see EAGAIN.  The parent's ends may
+ * be shared with the caller's file objects (communicate(), then proc.stdout.read() after a timeout), so their flags
+ * are put back whenever the pump returns; run()'s pipes (own_outputs: nobody else sees them) skip that.
  *
  * The output buffers the pump reads into (the chunk pool, map mode, the helper thread that faults pages in, the
  * handover to Python by pyproc_pump_take / pyproc_pump_copy) are in outbuf.c.
@@ -150,18 +152,62 @@ void pyproc_pump_setup(struct pyproc_pump *p, int in_fd, const char *in_data, si
     p->lead = lead;
     p->chunk_max = chunk_max;
     p->own_outputs = own_outputs;
+    p->saved_flags[0] = p->saved_flags[1] = p->saved_flags[2] = -1;
 }
 
-/* The pump's fds are the parent's ends of pipes pyproc made (no O_APPEND, O_ASYNC, O_DIRECT to keep), so one
-   F_SETFL does it. */
+/* run()'s pipes (own_outputs): pyproc made them with no other flag to keep and nobody else sees them, so one
+   F_SETFL does it, once. */
 static int set_nonblocking(int fd)
 {
     return fcntl(fd, F_SETFL, O_NONBLOCK) < 0 ? errno : 0;
 }
 
+static int *pump_fd(struct pyproc_pump *p, int slot)
+{
+    return slot == 0 ? &p->in_fd : &p->out_fd[slot - 1];
+}
+
+/* Without own_outputs: O_NONBLOCK added to each live fd's flags for this call, the flags saved to be put back. */
+static int pump_enter(struct pyproc_pump *p)
+{
+    for (int slot = 0; slot < 3; slot++) {
+        int fd = *pump_fd(p, slot);
+        p->saved_flags[slot] = -1;
+        if (fd < 0 || (slot > 0 && p->out_eof[slot - 1]))
+            continue;
+        int flags = fcntl(fd, F_GETFL);
+        if (flags < 0)
+            return errno;
+        if (flags & O_NONBLOCK)
+            continue;  /* the caller's own choice: left as it is */
+        if (fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0)
+            return errno;
+        p->saved_flags[slot] = flags;
+    }
+    return 0;
+}
+
+/* Puts back the flags pump_enter changed; 0 or the first errno (which only a closed fd could give). */
+static int pump_leave(struct pyproc_pump *p)
+{
+    int err = 0;
+    for (int slot = 0; slot < 3; slot++) {
+        int fd = *pump_fd(p, slot);
+        if (p->saved_flags[slot] >= 0 && fd >= 0 && fcntl(fd, F_SETFL, p->saved_flags[slot]) < 0 && !err)
+            err = errno;
+        p->saved_flags[slot] = -1;
+    }
+    return err;
+}
+
 static void close_input(struct pyproc_pump *p)
 {
     if (p->in_fd >= 0) {
+        /* The pump's own fd, but a dup of the caller's may share its open file description: flags back first (a
+           failure changes nothing for the pump, which is done with the fd). */
+        if (p->saved_flags[0] >= 0)
+            (void)fcntl(p->in_fd, F_SETFL, p->saved_flags[0]);
+        p->saved_flags[0] = -1;
         close(p->in_fd);  /* a pipe's close cannot fail in a way that leaves it open */
         p->in_fd = -1;
     }
@@ -175,9 +221,11 @@ static int pump_start(struct pyproc_pump *p)
             close_input(p);
         } else {
             p->sigpipe_default = sigpipe_is_default();
-            int err = set_nonblocking(p->in_fd);
-            if (err)
-                return err;
+            if (p->own_outputs) {
+                int err = set_nonblocking(p->in_fd);
+                if (err)
+                    return err;
+            }
             if (p->in_len - p->in_pos > (size_t)(64 << 10))
                 (void)fcntl(p->in_fd, F_SETPIPE_SZ, PIPE_BIG);  /* best effort: EPERM past the user's quota */
         }
@@ -187,9 +235,11 @@ static int pump_start(struct pyproc_pump *p)
             p->out_eof[i] = 1;
             continue;
         }
-        int err = set_nonblocking(p->out_fd[i]);
-        if (err)
-            return err;
+        if (p->own_outputs) {
+            int err = set_nonblocking(p->out_fd[i]);
+            if (err)
+                return err;
+        }
     }
     return 0;
 }
@@ -309,11 +359,6 @@ static int pump_run(struct pyproc_pump *p, int drain)
 {
     if (p->outcome != PYPROC_PUMP_RUNNING && !drain)
         return 0;
-    if (!p->started) {
-        int err = pump_start(p);
-        if (err)
-            return err;
-    }
     int in_ready = 1, out_ready[2] = {0, 0};  /* outputs: poll first (a child rarely has written yet) */
     size_t seen = p->out[0].len + p->out[1].len;
     int rounds = 0;
@@ -436,9 +481,20 @@ static int pump_run(struct pyproc_pump *p, int drain)
 
 int pyproc_pump_run(struct pyproc_pump *p, int drain)
 {
-    int err = pump_run(p, drain);
+    int err = 0;
+    if (!p->started)
+        err = pump_start(p);
+    if (!err && !p->own_outputs)
+        err = pump_enter(p);
+    if (!err)
+        err = pump_run(p, drain);
     pyproc__helper_stop(&p->out[0]);
     pyproc__helper_stop(&p->out[1]);
+    if (!p->own_outputs) {  /* every way out, EINTR and errors included */
+        int restored = pump_leave(p);
+        if (!err)
+            err = restored;
+    }
     return err;
 }
 

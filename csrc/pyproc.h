@@ -122,7 +122,8 @@ struct pyproc_spawn_request {
 
 struct pyproc_spawn_result {
     int pid;          /* > 0 once a child existed (already reaped if the spawn failed) */
-    int pidfd;        /* -1 when the kernel gave none */
+    int pidfd;        /* -1 when the kernel gave none, or when the child was already gone (reaped by the kernel
+                         because SIGCHLD is ignored) before the engine could open one */
     int fail_stage;   /* PYPROC_STAGE_* of the failure, NONE on success */
     int fail_index;   /* which fd action / rlimit / exec path failed */
     int fail_errno;
@@ -145,13 +146,16 @@ struct pyproc_rusage {
     int64_t nivcsw;
 };
 
-/* One child as the Python layer holds it: how it started, and once reaped how it ended (one allocation). */
+/* One child as the Python layer holds it: how it started, and once reaped how it ended (one allocation).
+   pidfd_uses guards the child's pidfd when several threads use it (see pyproc_child_hold_pidfd): 2 per thread
+   that holds it, plus 1 once it is retired (the child reaped); zero-initialized. */
 struct pyproc_child {
     struct pyproc_spawn_result spawn;
     int reaped;          /* 0: still running (nohang) */
     int wait_status;     /* wait4's status word */
     int returncode;      /* as subprocess: the exit code, or minus the signal that killed it */
     struct pyproc_rusage rusage;
+    int pidfd_uses;
 };
 
 /* pyproc_spawn into child->spawn.  With args != NULL the argv is argc NUL-terminated strings packed back to back
@@ -168,8 +172,10 @@ int pyproc_spawn_piped(const struct pyproc_spawn_request *req, const char *args,
                        int engine, int pipes, struct pyproc_child *child, int parent_ends[3]);
 
 /* The child side alone, for a caller that forked by itself: never returns.  Failures are written to error_fd as
-   one record of two int32 (stage | index << 8, errno), then _exit(127). */
-void pyproc_exec_child(const struct pyproc_spawn_request *req, int error_fd);
+   one record of two int32 (stage | index << 8, errno), then _exit(127).  parent_pid: the pid of the process that
+   forked, taken before the fork (getpid() there): the pdeathsig check compares the child's parent with it, since a
+   parent that died before the child's prctl sends no signal. */
+void pyproc_exec_child(const struct pyproc_spawn_request *req, int error_fd, int parent_pid);
 
 /* Decodes a record written by pyproc_exec_child; *got = 0 when error_fd reached EOF with nothing (exec worked). */
 int pyproc_read_child_error(int error_fd, int *got, struct pyproc_spawn_result *res);
@@ -177,6 +183,11 @@ int pyproc_read_child_error(int error_fd, int *got, struct pyproc_spawn_result *
 /* Forces fallbacks (PYPROC_FORCE_* bits) for every later spawn in this process: for tests. */
 void pyproc_set_forced_fallbacks(int mask);
 int pyproc_get_forced_fallbacks(void);
+
+/* For tests: the clone engines size the child stacks they map from now on as if the system page size were
+   page_size (a power of two, at least the real one); 0 goes back to sysconf(_SC_PAGESIZE).  Each thread keeps its
+   stack once mapped, so a forced size shows in threads that have not spawned yet. */
+void pyproc_set_forced_page_size(size_t page_size);
 
 /* ---- glibc_compat.c: posix_spawn features newer than the wheels' glibc floor ----------------------------------- */
 
@@ -191,8 +202,23 @@ int pyproc_posix_spawn_features(void);
 
 /* Reaps pid with wait4 into child (status, returncode and rusage together).  nohang: child->reaped = 0 while it
    runs.  EINTR is returned, not retried, so that the caller can run its signal handlers.  Once the child is
-   reaped, also closes pidfd when >= 0 (the caller's pidfd for that child: it refers to nothing afterwards). */
+   reaped, or wait4 says ECHILD (someone else reaped it: SIGCHLD ignored, a waitpid(-1)), pidfd (the child's, or
+   -1) is retired: closed now, or by the last pyproc_child_release_pidfd of a thread that holds it.  Two threads must
+   not reap one child at the same time (the Python layer holds the Process's lock). */
 int pyproc_child_reap(struct pyproc_child *child, int pid, int pidfd, int nohang);
+
+/* A thread that passes a child's pidfd to a call that may block, or may run while another thread reaps the child,
+   holds it first: 0, and the fd stays open (its number cannot be reused) until the matching release; ESRCH once the
+   child was reaped (the pidfd may be closed: do not use it).  Lock-free; no system call. */
+int pyproc_child_hold_pidfd(struct pyproc_child *child);
+void pyproc_child_release_pidfd(struct pyproc_child *child, int pidfd);
+
+/* pyproc_wait_pidfd on child's pidfd, held for the call; a child reaped meanwhile (the hold refused) has exited. */
+int pyproc_child_wait_pidfd(struct pyproc_child *child, int pidfd, int64_t timeout_ns, int *exited,
+                            int64_t *remaining_ns);
+
+/* pyproc_send_signal for child, its pidfd held for the call: ESRCH, and nothing sent, once it was reaped. */
+int pyproc_child_send_signal(struct pyproc_child *child, int pid, int pidfd, int sig);
 
 /* Waits until the child behind pidfd has exited, at most timeout_ns (< 0: no limit); *exited = 0 on timeout.
    EINTR is returned with *remaining_ns set so that the caller can retry after its handlers ran. */
@@ -201,10 +227,14 @@ int pyproc_wait_pidfd(int pidfd, int64_t timeout_ns, int *exited, int64_t *remai
 /* The first of n pidfds whose child has exited, within timeout_ns (< 0: no limit); *index = -1 on timeout. */
 int pyproc_wait_any(const int *pidfds, int n, int64_t timeout_ns, int *index, int64_t *remaining_ns);
 
-/* Sends sig through the pidfd when pidfd >= 0 (a recycled pid is never hit), else kill(pid). */
+/* Sends sig through the pidfd when pidfd >= 0 (a recycled pid is never hit).  pidfd < 0: pid must be an unreaped
+   child of this process; it gets a pidfd for the call, unless the kernel has none (kill(pid), checked first with
+   waitid that pid is still an unreaped child).  ESRCH: the child is gone (exited, or reaped: nothing was sent). */
 int pyproc_send_signal(int pid, int pidfd, int sig);
 
-/* Opens a pidfd for pid (-1 in *pidfd when the kernel has none). */
+/* Opens a pidfd for pid, an unreaped child of this process.  *pidfd = -1 when the kernel has no pidfds, and when
+   the child is gone already (reaped by the kernel because SIGCHLD is ignored, or by someone's waitpid): its pid
+   may belong to another process by now, so no pidfd is opened for it (checked with waitid after the open). */
 int pyproc_pidfd_open(int pid, int *pidfd);
 
 /* ---- io.c: full-buffer loops, the poll pump, pipelines; outbuf.c: its output buffers (issue 3) ------------------ */
@@ -269,6 +299,8 @@ struct pyproc_pump {
     int sigpipe_default;    /* SIGPIPE is not ignored in this process: block it around writes */
     size_t chunk_max;       /* outputs stay in chunk mode below this many bytes (PYPROC_OUT_CHUNK_MAX) */
     int own_outputs;        /* release closes out_fd[] too (run(): the pump holds every pipe end) */
+    int saved_flags[3];     /* while pyproc_pump_run runs: the file status flags of in_fd, out_fd[0], out_fd[1]
+                               before it set O_NONBLOCK (-1: not changed), put back before it returns */
 };
 
 /* Prepares a pump with nothing moved yet and no deadline: the input (in_fd -1: none; in_data may be NULL when
@@ -280,7 +312,11 @@ void pyproc_pump_setup(struct pyproc_pump *p, int in_fd, const char *in_data, si
 /* Moves data until the outcome is decided: input written as the pipe accepts it, outputs read as they come, all
    polled together (never blocked on one while another fills).  Returns 0 with p->outcome set, EINTR to be called
    again once the caller's signal handlers ran (the state is kept), or the errno of a failure.
-   drain: never wait; read only what the pipes already hold (after the child was killed), then return. */
+   drain: never wait; read only what the pipes already hold (after the child was killed), then return.
+   The fds are non-blocking while it runs.  Without own_outputs they may share their open file descriptions with
+   the caller's file objects (communicate() after a timeout, a Popen's .stdout), so each fd's flags are put back as
+   they were whenever it returns, whatever the outcome; with own_outputs (pipes nobody else sees) O_NONBLOCK is set
+   once and stays. */
 int pyproc_pump_run(struct pyproc_pump *p, int drain);
 
 /* Copies the first n bytes (n <= len) of output `stream` into dest, then frees that buffer.  When dest and the

@@ -8,7 +8,8 @@
  * is counted as dropped instead.  The record is smaller than PIPE_BUF, so the pipe takes all of it or none.
  *
  * State is per signal, in static arrays (never freed, so a handler running late on another thread can never touch
- * freed memory).  Uninstalling clears the signal's write fd, puts back the saved disposition, then waits until no
+ * freed memory).  Uninstalling clears the signal's write fd, puts back the saved disposition (by exchange, see
+ * restore_saved: a handler someone else installed meanwhile stays), then waits until no
  * handler for that signal is still inside its critical part: after that the caller may close the pipe, and the fd
  * number is never written to again.  The handler and the uninstaller both use sequentially consistent atomics (the
  * handler: increment in_flight, then load the fd; the uninstaller: store -1, then load in_flight), so one of them
@@ -83,6 +84,40 @@ static void sigpipe_handler(int sig, siginfo_t *info, void *context)
 
 static int valid_signal(int sig) { return sig > 0 && sig < _NSIG; }
 
+static int is_ours(const struct sigaction *action)
+{
+    return (action->sa_flags & SA_SIGINFO) && action->sa_sigaction == sigpipe_handler;
+}
+
+static int same_handler(const struct sigaction *a, const struct sigaction *b)
+{
+    return (a->sa_flags & SA_SIGINFO) == (b->sa_flags & SA_SIGINFO) &&
+           ((a->sa_flags & SA_SIGINFO) ? (void *)a->sa_sigaction == (void *)b->sa_sigaction
+                                       : a->sa_handler == b->sa_handler);
+}
+
+/* Puts the saved disposition back in place of ours, by exchange: sigaction() installs one disposition and returns
+   the one it displaced in the same call, so a handler another thread installed just before is seen, never
+   overwritten unseen.  It cannot be fully atomic: the kernel has no compare-and-exchange for a disposition, so
+   "replace ours, and only ours" takes two calls when someone raced us.  A displaced foreign handler is then put back
+   at once (and so on, should yet another be installed between those two calls: the last one installed stays); a
+   signal delivered between the two calls meets the saved disposition instead of theirs.  *replaced = 1 then. */
+static int restore_saved(int sig, int *replaced)
+{
+    struct sigaction mine = slot_saved[sig], found;
+    if (sigaction(sig, &mine, &found) != 0)
+        return errno; /* ours is still installed */
+    while (!is_ours(&found)) {
+        /* found was installed after our check: put it back; what that displaces should be what we just put. */
+        *replaced = 1;
+        struct sigaction expected = mine;
+        mine = found;
+        if (sigaction(sig, &mine, &found) != 0 || same_handler(&found, &expected))
+            break; /* (it cannot fail with a disposition the kernel just gave us; ours is gone either way) */
+    }
+    return 0;
+}
+
 int pyproc_sigpipe_install(int sig, int write_fd, int restart)
 {
     if (!valid_signal(sig) || sig == SIGKILL || sig == SIGSTOP || write_fd < 0)
@@ -125,10 +160,10 @@ int pyproc_sigpipe_uninstall(int sig, int *replaced)
     struct sigaction current;
     if (sigaction(sig, NULL, &current) != 0) {
         err = errno;
-    } else if (!(current.sa_flags & SA_SIGINFO) || current.sa_sigaction != sigpipe_handler) {
-        *replaced = 1; /* someone installed their own handler meanwhile: theirs stays */
-    } else if (sigaction(sig, &slot_saved[sig], NULL) != 0) {
-        err = errno;
+    } else if (!is_ours(&current)) {
+        *replaced = 1; /* someone installed their own handler while the pipe was open: theirs stays */
+    } else {
+        err = restore_saved(sig, replaced);
     }
     /* Handlers that loaded the fd before it was cleared finish their write() before the caller closes it. */
     while (__atomic_load_n(&slot_in_flight[sig], __ATOMIC_SEQ_CST) != 0)

@@ -54,7 +54,9 @@ struct clone3_args {
     uint64_t tls;
 };
 
-#define CHILD_STACK_SIZE (64 * 1024)
+/* The usable part of a child stack.  The child side (child.c) needs a few KiB; glibc's posix_spawn gives its child
+   32 KiB plus the page size. */
+#define CHILD_STACK_MIN ((size_t)64 * 1024)
 
 /* ---- the parent side --------------------------------------------------------------------------------------- */
 
@@ -72,36 +74,53 @@ static void restore_signals(const sigset_t *old)
 }
 
 /* One stack per thread, mapped on first use and reused: with CLONE_VFORK the thread is suspended until the child
-   has exec'd, so the stack is free again whenever clone returns. */
+   has exec'd, so the stack is free again whenever clone returns.  The mapping is one guard page (PROT_NONE: an
+   overflow crashes instead of scribbling over other memory) below at least CHILD_STACK_MIN usable bytes, in whole
+   pages of whatever size the kernel uses (4 KiB, 16 KiB, 64 KiB on some arm64 and ppc64le kernels). */
 static pthread_key_t stack_key;
 static pthread_once_t stack_key_once = PTHREAD_ONCE_INIT;
 static __thread char *thread_stack;
+static __thread size_t thread_stack_size; /* the whole mapping, guard page included */
+static __thread size_t thread_stack_guard;
+static size_t forced_page_size;
+
+void pyproc_set_forced_page_size(size_t page_size) { __atomic_store_n(&forced_page_size, page_size, __ATOMIC_RELAXED); }
 
 static void unmap_stack(void *stack)
 {
-    UNPOISON_CHILD_STACK(stack, CHILD_STACK_SIZE); /* memory mapped here later must not inherit the redzones */
-    munmap(stack, CHILD_STACK_SIZE);
+    /* (A key destructor runs in the exiting thread, whose thread-locals are still there.) */
+    UNPOISON_CHILD_STACK(stack, thread_stack_size); /* memory mapped here later must not inherit the redzones */
+    munmap(stack, thread_stack_size);
 }
 static void make_stack_key(void) { (void)pthread_key_create(&stack_key, unmap_stack); }
 
-static int child_stack(char **top)
+static int child_stack(char **bottom, size_t *size)
 {
     if (!thread_stack) {
-        char *stack = mmap(NULL, CHILD_STACK_SIZE, PROT_READ | PROT_WRITE,
+        size_t page = __atomic_load_n(&forced_page_size, __ATOMIC_RELAXED);
+        if (!page) {
+            long system_page = sysconf(_SC_PAGESIZE);
+            page = system_page > 0 ? (size_t)system_page : 4096;
+        }
+        size_t usable = (CHILD_STACK_MIN + page - 1) / page * page;
+        char *stack = mmap(NULL, page + usable, PROT_READ | PROT_WRITE,
                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK | MAP_NORESERVE, -1, 0);
         if (stack == MAP_FAILED)
             return errno;
-        /* A guard page below the stack turns an overflow into a crash, not a scribble over other memory. */
-        if (mprotect(stack, (size_t)sysconf(_SC_PAGESIZE), PROT_NONE) != 0) {
+        if (mprotect(stack, page, PROT_NONE) != 0) {
             int err = errno;
-            munmap(stack, CHILD_STACK_SIZE);
+            munmap(stack, page + usable);
             return err;
         }
         (void)pthread_once(&stack_key_once, make_stack_key);
+        thread_stack_size = page + usable;
+        thread_stack_guard = page;
         (void)pthread_setspecific(stack_key, stack);
         thread_stack = stack;
     }
-    *top = thread_stack + CHILD_STACK_SIZE;
+    /* The child may use everything above the guard page; the stack grows down from bottom + size. */
+    *bottom = thread_stack + thread_stack_guard;
+    *size = thread_stack_size - thread_stack_guard;
     return 0;
 }
 
@@ -155,11 +174,12 @@ static int spawn_clone3(struct child_ctx *c, int *pidfd, pid_t *pid)
     int forced = pyproc_get_forced_fallbacks();
     if (forced & PYPROC_FORCE_NO_CLONE3)
         return CLONE3_UNAVAILABLE;
-    char *stack_top = NULL;
-    int err = child_stack(&stack_top);
+    char *stack = NULL;
+    size_t stack_size = 0;
+    int err = child_stack(&stack, &stack_size);
     if (err)
         return err;
-    UNPOISON_CHILD_STACK(stack_top - CHILD_STACK_SIZE, CHILD_STACK_SIZE);
+    UNPOISON_CHILD_STACK(stack, stack_size);
     if ((err = pyproc__build_exec_mask(c->req, NULL, &c->exec_mask)) != 0)
         return err;
     c->keep_mask = !c->req->set_sigmask;
@@ -173,8 +193,8 @@ static int spawn_clone3(struct child_ctx *c, int *pidfd, pid_t *pid)
         args.pidfd = (uint64_t)(uintptr_t)pidfd;
     }
     args.exit_signal = SIGCHLD;
-    args.stack = (uint64_t)(uintptr_t)(stack_top - CHILD_STACK_SIZE);
-    args.stack_size = CHILD_STACK_SIZE;
+    args.stack = (uint64_t)(uintptr_t)stack;
+    args.stack_size = stack_size;
     long got = pyproc__clone3_run(&args, sizeof args, pyproc__child_main, c);
     c->keep_mask = 0;
     if (got > 0) {
@@ -196,11 +216,13 @@ static int spawn_clone3(struct child_ctx *c, int *pidfd, pid_t *pid)
 static int spawn_clone(struct child_ctx *c, int *pidfd, pid_t *pid)
 {
     int forced = pyproc_get_forced_fallbacks();
-    char *stack_top = NULL;
-    int err = child_stack(&stack_top);
+    char *stack = NULL;
+    size_t stack_size = 0;
+    int err = child_stack(&stack, &stack_size);
     if (err)
         return err;
-    UNPOISON_CHILD_STACK(stack_top - CHILD_STACK_SIZE, CHILD_STACK_SIZE);
+    UNPOISON_CHILD_STACK(stack, stack_size);
+    char *stack_top = stack + stack_size;
     *pidfd = -1;
     c->reset_handlers = 1;
     int flags = CLONE_VM | CLONE_VFORK | SIGCHLD;
@@ -247,7 +269,7 @@ static int spawn_fork(struct child_ctx *c, pid_t *pid)
         if (err) {
             /* The child's state is unknown: stop it (the caller reaps it) and report the parent's failure. */
             c->shared->fail_stage = PYPROC_STAGE_PARENT;
-            kill(got, SIGKILL);
+            (void)pyproc_send_signal(got, -1, SIGKILL); /* (not kill: with SIGCHLD ignored it may be gone) */
         }
     }
     close(pipefd[0]);
@@ -282,45 +304,41 @@ int pyproc_read_child_error(int error_fd, int *got, struct pyproc_spawn_result *
 }
 
 /* posix_spawn expresses the fd plan, cwd, session, group, signal defaults and mask; the rest is refused (the
-   Python layer raises a ValueError before getting here). */
+   Python layer raises a ValueError before getting here).  moved: scratch, one per fd action (c->moved_sources). */
 static int spawn_posix(const struct pyproc_spawn_request *r, const sigset_t *exec_mask,
-                       struct pyproc_spawn_result *res, pid_t *pid)
+                       struct pyproc_spawn_result *res, pid_t *pid, int *moved)
 {
     if (r->umask >= 0 || r->n_rlimits || r->pdeathsig || r->no_new_privs || r->set_gid || r->set_groups ||
         r->set_uid || r->before_exec)
         return ENOTSUP;
+    /* A source that is also some step's target is copied first, here in the parent: F_DUPFD_CLOEXEC puts the copy
+       on a number nothing else uses (a copy made in the child, on a number of our choosing, could land on an
+       inheritable fd of the parent and take it from the child: close_fds=False), and close-on-exec keeps it from
+       the program; the parent closes it after the spawn. */
+    int n_moved = 0, err = 0;
+    for (int i = 0; i < r->n_fd_actions; i++) {
+        const struct pyproc_fd_action *a = &r->fd_actions[i];
+        moved[i] = -1;
+        if (a->move_first && a->source != a->target) {
+            if ((moved[i] = fcntl(a->source, F_DUPFD_CLOEXEC, 0)) < 0) {
+                err = errno; /* (EMFILE: a failure of the parent's) */
+                break;
+            }
+            n_moved++;
+        }
+    }
     posix_spawn_file_actions_t actions;
     posix_spawnattr_t attr;
-    int err = posix_spawn_file_actions_init(&actions);
-    if (err)
-        return err;
-    err = posix_spawnattr_init(&attr);
-    if (err) {
-        posix_spawn_file_actions_destroy(&actions);
-        return err;
-    }
-    int high = 3;
-    for (int i = 0; i < r->n_fd_actions; i++) {
-        if (r->fd_actions[i].target >= high)
-            high = r->fd_actions[i].target + 1;
-        if (r->fd_actions[i].source >= high)
-            high = r->fd_actions[i].source + 1;
-    }
-    /* Moved sources go to fds above everything named in the plan, one each, closed after the plan. */
-    int moved = 0;
-    for (int i = 0; !err && i < r->n_fd_actions; i++)
-        if (r->fd_actions[i].move_first && r->fd_actions[i].source != r->fd_actions[i].target)
-            err = posix_spawn_file_actions_adddup2(&actions, r->fd_actions[i].source, high + moved++);
-    moved = 0;
+    int have_actions = 0, have_attr = 0;
+    if (!err && !(err = posix_spawn_file_actions_init(&actions)))
+        have_actions = 1;
+    if (!err && !(err = posix_spawnattr_init(&attr)))
+        have_attr = 1;
     for (int i = 0; !err && i < r->n_fd_actions; i++) {
         const struct pyproc_fd_action *a = &r->fd_actions[i];
-        int source = a->source;
-        if (a->move_first && a->source != a->target)
-            source = high + moved++;
+        int source = moved[i] >= 0 ? moved[i] : a->source;
         err = posix_spawn_file_actions_adddup2(&actions, source, a->target); /* same fd: clears CLOEXEC */
     }
-    for (int i = 0; !err && i < moved; i++)
-        err = posix_spawn_file_actions_addclose(&actions, high + i);
     if (!err && r->close_fds) {
         int top = r->n_keep_fds ? r->keep_fds[r->n_keep_fds - 1] : 2;
         for (int fd = 3; !err && fd < top; fd++)
@@ -372,8 +390,13 @@ static int spawn_posix(const struct pyproc_spawn_request *r, const sigset_t *exe
             res->fail_errno = err;
         }
     }
-    posix_spawnattr_destroy(&attr);
-    posix_spawn_file_actions_destroy(&actions);
+    if (have_attr)
+        posix_spawnattr_destroy(&attr);
+    if (have_actions)
+        posix_spawn_file_actions_destroy(&actions);
+    for (int i = 0; n_moved && i < r->n_fd_actions; i++)
+        if (moved[i] >= 0)
+            close(moved[i]);
     return err;
 }
 
@@ -394,7 +417,7 @@ static int spawn_with_engine(struct child_ctx *c, int engine, struct pyproc_spaw
             return EINVAL;
         if ((err = pyproc__build_exec_mask(r, &parent_mask, &c->exec_mask)) != 0)
             return err;
-        err = spawn_posix(r, &c->exec_mask, res, &pid);
+        err = spawn_posix(r, &c->exec_mask, res, &pid, c->moved_sources);
         if (err)
             return err;
     } else if (engine == PYPROC_ENGINE_CLONE && (err = spawn_clone3(c, &pidfd, &pid)) != CLONE3_UNAVAILABLE) {
@@ -435,9 +458,13 @@ static int spawn_with_engine(struct child_ctx *c, int engine, struct pyproc_spaw
             reap(pid);
         return res->fail_errno;
     }
+    /* The engines without CLONE_PIDFD open the pidfd now, after the exec.  With SIGCHLD ignored the kernel reaps a
+       child as soon as it exits, and a fast one may be gone already: then it ran the program and nothing is left to
+       manage (its pid may be someone else's by now: no signal, no error), and the caller gets no pidfd. */
     if (pidfd < 0 && (err = pyproc_pidfd_open(pid, &pidfd)) != 0) {
-        /* The child runs the program, but without a pidfd the caller could not manage it safely. */
-        kill(pid, SIGKILL);
+        /* EMFILE, ENOMEM...: the child runs the program, but without a pidfd the caller could not manage it safely.
+           pyproc_send_signal checks that the pid is still our unreaped child before it kills. */
+        (void)pyproc_send_signal(pid, -1, SIGKILL);
         reap(pid);
         res->fail_stage = PYPROC_STAGE_PARENT;
         return err;

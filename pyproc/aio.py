@@ -56,11 +56,12 @@ class AsyncProcess:
         self._exited: asyncio.Future[int] = loop.create_future()
         self._watch_fd = -1
         self._poll_step = 0
-        if process.pidfd is not None:
-            # A private copy of the pidfd: the loop keeps it registered whatever happens to the Process's own.
-            self._watch_fd = os.dup(process.pidfd)
-            loop.add_reader(self._watch_fd, self._on_exit)
-        else:  # kernels without pidfds (before 5.3): poll with a growing delay, still on the loop
+        # A private copy of the pidfd: the loop keeps it registered whatever happens to the Process's own.
+        watch_fd = process._dup_pidfd()
+        if watch_fd is not None:
+            self._watch_fd = watch_fd
+            loop.add_reader(watch_fd, self._on_exit)
+        else:  # no pidfd (kernels before 5.3; a child gone already): poll with a growing delay, still on the loop
             loop.call_soon(self._on_exit)
 
     def __repr__(self) -> str:

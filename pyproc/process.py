@@ -2,6 +2,11 @@
 
 Waiting with a timeout polls the pidfd (no sleep loops); reaping uses wait4 so rusage comes with the status;
 signals go through the pidfd, so a recycled pid is never hit.  Nothing here ever calls waitpid(-1).
+
+One Process may be used from several threads: one waits, another signals, a third polls.  The reap closes the
+pidfd, and a closed fd's number is soon another fd's (the next child's pidfd, say), so every call that hands the
+pidfd to C with the GIL released holds it for that call (pyproc_child_hold_pidfd, a counter in the child's struct):
+the reap then leaves the closing to the last holder, and a call that comes after the reap does nothing with it.
 """
 
 from __future__ import annotations
@@ -66,6 +71,9 @@ class Rusage:
 
 
 _EINTR = errno.EINTR
+_ECHILD = errno.ECHILD
+_ESRCH = errno.ESRCH
+_CHILD_PTR = ffi.typeof("struct pyproc_child *")
 _MAX_TIMEOUT_NS = 1 << 62  # 146 years: "no limit" for every practical purpose, and it fits the C int64_t
 
 
@@ -110,9 +118,18 @@ class Process:
     """A child started by pyproc.spawn().
 
     Attributes: pid; pidfd (an fd that refers to this child and no other, or None on kernels without pidfds; closed
-    once the child is reaped); args; stdin / stdout / stderr (binary file objects for PIPE, else None); returncode
-    (None while running; the exit code, or minus the signal number that killed it); status and rusage (after the
-    child is reaped).
+    once the child is reaped, and None from then on: code of yours that uses the number must not race with a reap
+    in another thread); args; stdin / stdout / stderr (binary file objects for PIPE, else None); returncode (None
+    while running; the exit code, or minus the signal number that killed it); status and rusage (after the child
+    is reaped).
+
+    The methods may be called from several threads at once.  Signalling a child that was reaped does nothing; it
+    never reaches another process.
+
+    With SIGCHLD ignored (signal.signal(SIGCHLD, SIG_IGN), or SA_NOCLDWAIT) the kernel reaps children itself as
+    they exit and keeps no exit status: waiting then ends when the child has exited, with returncode 0 (as
+    subprocess gives) and status and rusage None.  A child that had already exited when spawn() returned has no
+    pidfd.
 
     As a context manager it closes the pipes and waits on exit.  A Process collected while its child still runs
     leaves the child running and emits a ResourceWarning (as subprocess does); a finished child is reaped.
@@ -123,7 +140,7 @@ class Process:
     stdout: IO[bytes] | None = None
     stderr: IO[bytes] | None = None
     returncode: int | None = None
-    _c: Any = None  # the struct pyproc_child: spawn result, then wait status and rusage
+    _c: Any = None  # the struct pyproc_child: spawn result, then wait status and rusage, and the pidfd's holders
     _status: Status | None = None
     _rusage: Rusage | None = None
     _reap_lock: threading.Lock | None = None
@@ -148,8 +165,9 @@ class Process:
             self.stdout = stdout
         if stderr is not None:
             self.stderr = stderr
-        if _c is not None:
-            self._c = _c  # start()'s struct pyproc_child, which the reap fills in
+        if _c is None:  # a Process made by hand (not by start()): its own struct, zeroed
+            _c = ffi.new(_CHILD_PTR)
+        self._c = _c  # start()'s struct pyproc_child, which the reap fills in
         self._reap_lock = threading.Lock()
 
     @property
@@ -181,22 +199,19 @@ class Process:
             if self.returncode is not None:
                 return True
             c = self._c
-            if c is None:  # a Process made by hand (not by start()) gets its struct at the first reap
-                c = self._c = ffi.new("struct pyproc_child *")
             pidfd = -1 if self.pidfd is None else self.pidfd
             while True:
-                # Once reaped, the C side also closes the pidfd. Status and Rusage objects are built when asked
-                # for: this is the hot path of every spawn.
+                # Once reaped, the C side also retires the pidfd (closed now, or by its last holder). Status and
+                # Rusage objects are built when asked for: this is the hot path of every spawn.
                 err = lib.pyproc_child_reap(c, self.pid, pidfd, nohang)
                 if err != _EINTR:  # EINTR: go round, so that Python's signal handlers run (and may raise)
                     break
             if err:
-                if err != errno.ECHILD:
+                if err != _ECHILD:
                     check(err)
-                # Reaped behind our back (SIGCHLD ignored, someone's waitpid(-1)): no status to give.
-                if self.pidfd is not None:
-                    os.close(self.pidfd)
-                    self.pidfd = None
+                # Reaped behind our back (SIGCHLD ignored, someone's waitpid(-1)): no status to give.  subprocess
+                # says 0 too.  (The C side retired the pidfd.)
+                self.pidfd = None
                 self.returncode = 0
                 return True
             if nohang and not c.reaped:  # (a blocking wait4 that returned 0 has reaped)
@@ -208,7 +223,7 @@ class Process:
 
     def _set_reaped(self) -> None:
         """Records a reap done by a C call that filled self._c (pyproc_child_reap, pyproc_pump_finish), which
-        closed the pidfd."""
+        retired the pidfd.  Under _reap_lock."""
         self.pidfd = None
         self.returncode = self._c.returncode
 
@@ -232,7 +247,8 @@ class Process:
         return self.returncode
 
     def _wait_exited(self, timeout: float) -> None:
-        """Returns once the child has exited (not yet reaped) or raises TimeoutExpired."""
+        """Returns once the child has exited (perhaps reaped by another thread meanwhile) or raises
+        TimeoutExpired."""
         pidfd = self.pidfd
         if pidfd is None:
             self._poll_exited(timeout)
@@ -241,7 +257,8 @@ class Process:
         remaining = ffi.new("int64_t *")
         left = _timeout_ns(timeout)
         while True:
-            err = lib.pyproc_wait_pidfd(pidfd, left, exited, remaining)
+            # The pidfd is held for the call: a reap in another thread cannot close it under the poll.
+            err = lib.pyproc_child_wait_pidfd(self._c, pidfd, left, exited, remaining)
             if err != errno.EINTR:
                 break
             left = remaining[0]
@@ -250,7 +267,8 @@ class Process:
             raise TimeoutExpired(self.args, timeout)
 
     def _poll_exited(self, timeout: float) -> None:
-        # Only on kernels without pidfds (before 5.3), or after the pidfd was closed by a concurrent reap.
+        # Only without a pidfd: kernels before 5.3, a child already gone when it was spawned (SIGCHLD ignored), or
+        # one reaped by another thread meanwhile.
         deadline = time.monotonic() + timeout
         delay = 0.0005
         while not self._reap(nohang=True):
@@ -267,22 +285,36 @@ class Process:
         Returns (stdout, stderr): bytes for the streams that are pipes, None for the others.  One C call does
         the work with the GIL released, polling all pipes together: no size in either direction deadlocks.  A
         child that closes its stdin early gets the rest of input dropped, without error.  With a timeout it
-        raises pyproc.TimeoutExpired carrying the output read so far and leaves the child running; calling
-        communicate() again (without input) continues where it stopped.  See pyproc.io.communicate.
+        raises pyproc.TimeoutExpired carrying the output read so far and leaves the child running, its pipes as
+        they were (blocking: self.stdout.read() works); calling communicate() again (without input) continues where
+        it stopped.  See pyproc.io.communicate.
         """
         from .io import communicate
 
         return communicate(self, input, timeout)
 
     def send_signal(self, sig: int) -> None:
-        """Sends sig to the child (through its pidfd); does nothing once the child has been reaped."""
+        """Sends sig to the child (through its pidfd); does nothing once the child has exited or been reaped, even
+        by another thread at the same moment: the signal never reaches another process."""
         if self.returncode is not None:
             return
         pidfd = -1 if self.pidfd is None else self.pidfd
-        err = lib.pyproc_send_signal(self.pid, pidfd, int(sig))
-        if err == errno.ESRCH and self.poll() is not None:  # it ended meanwhile
+        err = lib.pyproc_child_send_signal(self._c, self.pid, pidfd, int(sig))  # the pidfd held for the call
+        if err == _ESRCH:  # it ended (reaped meanwhile, perhaps by the kernel): reap it if nobody else does
+            self.poll()
             return
         check(err)
+
+    def _dup_pidfd(self) -> int | None:
+        """A private copy of the pidfd (close-on-exec; the caller closes it), or None when there is none or the
+        child has been reaped."""
+        pidfd = self.pidfd
+        if pidfd is None or lib.pyproc_child_hold_pidfd(self._c):
+            return None
+        try:
+            return os.dup(pidfd)
+        finally:
+            lib.pyproc_child_release_pidfd(self._c, pidfd)
 
     def terminate(self) -> None:
         """Sends SIGTERM."""
@@ -334,19 +366,32 @@ def wait_any(processes: Iterable[Process], timeout: float | None = None) -> Proc
             raise TypeError(f"wait_any takes Process objects, not {type(proc).__name__}")
         if proc.returncode is not None:
             return proc
-    pidfds = [proc.pidfd for proc in procs]
-    if any(fd is None for fd in pidfds):
-        return _wait_any_polling(procs, timeout)
-    c_fds = ffi.new("int[]", pidfds)
-    index = ffi.new("int *")
-    remaining = ffi.new("int64_t *")
     left = -1 if timeout is None else _timeout_ns(timeout)
-    while True:
-        err = lib.pyproc_wait_any(c_fds, len(procs), left, index, remaining)
-        if err != errno.EINTR:
-            break
-        left = remaining[0]
-    check(err)
+    held: list[tuple[Any, int]] = []  # (struct, pidfd) of every pidfd polled: held, so no reap closes one meanwhile
+    try:
+        for proc in procs:
+            pidfd = proc.pidfd
+            if pidfd is None:
+                break
+            if lib.pyproc_child_hold_pidfd(proc._c):  # reaped by another thread since the check above
+                proc.wait()
+                return proc
+            held.append((proc._c, pidfd))
+        if len(held) == len(procs):
+            c_fds = ffi.new("int[]", [pidfd for _, pidfd in held])
+            index = ffi.new("int *")
+            remaining = ffi.new("int64_t *")
+            while True:
+                err = lib.pyproc_wait_any(c_fds, len(procs), left, index, remaining)
+                if err != errno.EINTR:
+                    break
+                left = remaining[0]
+            check(err)
+    finally:
+        for c, pidfd in held:
+            lib.pyproc_child_release_pidfd(c, pidfd)
+    if len(held) < len(procs):
+        return _wait_any_polling(procs, timeout)
     if index[0] < 0:
         raise TimeoutExpired([proc.args for proc in procs], timeout or 0.0)
     proc = procs[int(index[0])]

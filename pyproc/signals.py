@@ -208,25 +208,34 @@ class SignalPipe:
     def wait(self, timeout: float | None = None) -> list[SignalEvent]:
         """Blocks until at least one record is there (or timeout seconds pass) and returns the records read.
 
-        Returns an empty list on timeout.  Other signals' Python handlers run meanwhile (and may raise).
+        Returns an empty list on timeout.  Other signals' Python handlers run meanwhile (and may raise).  A close()
+        from another thread meanwhile ends the wait with ValueError (the pipe is closed).
         """
         if timeout is not None and timeout < 0:
             raise ValueError("timeout must be >= 0 or None")
         events = self.read()
         if events:
             return events
-        poller = select.poll()
-        poller.register(self.fileno(), select.POLLIN)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready = poller.poll(None if left is None else left * 1000)  # EINTR retried by Python (PEP 475)
-            if ready:
-                events = self.read()
-                if events:
-                    return events
-            if deadline is not None and time.monotonic() >= deadline:
-                return []
+        # The poll watches a copy of the read end: close() in another thread cannot pull the number from under it
+        # (a closed number is soon another fd's).  close() closes the write end too, which ends the poll (POLLHUP);
+        # read() then says the pipe is closed.
+        with self._lock:
+            watched = os.dup(self.fileno())
+        try:
+            poller = select.poll()
+            poller.register(watched, select.POLLIN)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                ready = poller.poll(None if left is None else left * 1000)  # EINTR retried by Python (PEP 475)
+                if ready:
+                    events = self.read()
+                    if events:
+                        return events
+                if deadline is not None and time.monotonic() >= deadline:
+                    return []
+        finally:
+            os.close(watched)
 
     def counts(self) -> dict[int, SignalCounts]:
         """{signal: SignalCounts(delivered, dropped)} since the pipe was opened (frozen by close()).
@@ -281,10 +290,11 @@ class SignalPipe:
             raise errors[0]
 
     def _close_fds(self) -> None:
-        for fd in (self._read_fd, self._write_fd):
-            if fd >= 0:
-                os.close(fd)
-        self._read_fd = self._write_fd = -1
+        with self._lock:  # not while another thread's read() uses the read end
+            for fd in (self._read_fd, self._write_fd):
+                if fd >= 0:
+                    os.close(fd)
+            self._read_fd = self._write_fd = -1
 
     def close(self) -> None:
         """Puts back the earlier dispositions, then closes the pipe (unread records are lost); idempotent."""
@@ -317,6 +327,7 @@ def _close_all_in_child() -> None:
     """In the child of os.fork(): closes every SignalPipe (dispositions back, fds closed)."""
     lib.pyproc_sigpipe_after_fork_child()
     for pipe in list(_open_pipes):
+        pipe._lock = threading.Lock()  # it may have been held by a thread of the parent: none of them is here
         with contextlib.suppress(Exception):
             pipe.close()
 

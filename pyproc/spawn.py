@@ -659,7 +659,9 @@ def spawn(
     PATH when env is given.
 
     stdin / stdout / stderr: None inherits the parent's; PIPE makes a pipe (the Process gets .stdin / .stdout /
-    .stderr as binary files); DEVNULL; an fd or an object with fileno().  stderr=STDOUT joins stderr to stdout.
+    .stderr as binary files); DEVNULL; an fd or an object with fileno().  stderr=STDOUT joins stderr to stdout
+    (the child's fd 2 becomes a copy of its fd 1: with the parent's fd 1 closed and stdin=PIPE, the stdin pipe's
+    read end takes fd 1, so stderr is the child's own stdin and its fd 1 is closed, as with subprocess).
     fds={child_fd: parent_fd_or_file} sets any fd of the child (swaps and cycles are fine); pass_fds keeps parent
     fds under their own numbers.  close_fds (default True): no other fd of the parent reaches the child.
 
@@ -676,7 +678,8 @@ def spawn(
 
     Raises TypeError / ValueError for bad arguments before any child exists, and OSError subclasses
     (FileNotFoundError, PermissionError, ...) with errno, filename and the failing step when the child cannot
-    start; a child that failed has already been reaped.
+    start; a child that failed has already been reaped.  With SIGCHLD ignored, a child that ran its program is never
+    an error, even one the kernel reaped before spawn() returned (see Process for what waiting gives then).
     """
     # Every option at its default, argv a list of str naming a path: the common case, one packed argv and the
     # shared default request.

@@ -808,11 +808,12 @@ class Popen(Generic[AnyStr]):
         request.c.before_exec_arg = handle
         errpipe_read, errpipe_write = os.pipe()
         try:
+            parent_pid = os.getpid()  # taken before the fork: the child's pdeathsig check compares with it
             pid = os.fork()
             if pid == 0:  # the child: never returns to the caller
                 try:
                     os.close(errpipe_read)
-                    lib.pyproc_exec_child(request.c, errpipe_write)
+                    lib.pyproc_exec_child(request.c, errpipe_write, parent_pid)
                 finally:
                     os._exit(127)
             os.close(errpipe_write)
@@ -820,13 +821,14 @@ class Popen(Generic[AnyStr]):
             res.pid = pid
             got = ffi.new("int *")
             err = int(lib.pyproc_read_child_error(errpipe_read, got, res))
-            if err:  # the child's state is unknown: stop it
+            if err:  # the child's state is unknown: stop it (checked first: with SIGCHLD ignored it may be gone)
                 res.fail_stage = lib.PYPROC_STAGE_PARENT
-                os.kill(pid, signal.SIGKILL)
+                lib.pyproc_send_signal(pid, -1, signal.SIGKILL)
             elif got[0]:
                 err = res.fail_errno if res.fail_stage != lib.PYPROC_STAGE_BEFORE_EXEC else _PREEXEC_FAILED
             if err:
-                os.waitpid(pid, 0)
+                with contextlib.suppress(ChildProcessError):  # SIGCHLD ignored: the kernel reaped it (as subprocess)
+                    os.waitpid(pid, 0)
                 return err
             pidfd = ffi.new("int *")
             err = int(lib.pyproc_pidfd_open(pid, pidfd))

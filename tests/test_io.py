@@ -473,6 +473,69 @@ def test_communicate_timeout_keeps_state_and_resumes() -> None:
     assert proc.returncode == 0
 
 
+def test_communicate_timeout_leaves_the_pipes_blocking() -> None:
+    """The pump makes the parent's pipe ends non-blocking while it runs; they share their open file description with
+    proc.stdout, so after a timeout proc.stdout reads as before (it read None: the flag was left set)."""
+    proc = pyproc.spawn(["sh", "-c", "sleep 0.5; echo late"], stdout=pyproc.PIPE)
+    with pytest.raises(pyproc.TimeoutExpired):
+        proc.communicate(timeout=0.1)
+    assert proc.stdout is not None
+    assert proc.stdout.read() == b"late\n"
+    proc.stdout.close()
+    assert proc.wait() == 0
+
+
+def test_the_pump_keeps_and_restores_the_callers_fd_flags() -> None:
+    """While the pump runs, O_NONBLOCK is added to each fd's flags (the others kept: O_APPEND here; an fd its owner
+    made non-blocking is left alone); when it returns each pipe end has its flags back, including stdin's, which the
+    pump closes once the child stopped reading.  Seen through dups, which share the flags (communicate() closes the
+    pipes' file objects at the end)."""
+    proc = pyproc.spawn(["sh", "-c", "exec sleep 60"], stdin=pyproc.PIPE, stdout=pyproc.PIPE, stderr=pyproc.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    out, err = proc.stdout.fileno(), proc.stderr.fileno()
+    fcntl.fcntl(out, fcntl.F_SETFL, fcntl.fcntl(out, fcntl.F_GETFL) | os.O_APPEND)
+    os.set_blocking(err, False)
+    dups = [os.dup(fd) for fd in (out, err, proc.stdin.fileno())]
+    try:
+        before = [fcntl.fcntl(fd, fcntl.F_GETFL) for fd in dups]
+        during: list[int] = []
+
+        def peek_then_end_the_child() -> None:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not fcntl.fcntl(dups[0], fcntl.F_GETFL) & os.O_NONBLOCK:
+                time.sleep(0.001)  # until the pump runs
+            during.extend(fcntl.fcntl(fd, fcntl.F_GETFL) for fd in dups)
+            proc.kill()  # the pump then sees end of file on stdout and stderr, EPIPE on stdin
+
+        peek = threading.Thread(target=peek_then_end_the_child)
+        peek.start()
+        assert proc.communicate(b"x" * (8 << 20), timeout=60) == (b"", b"")  # more than the stdin pipe holds
+        peek.join()
+        assert during == [before[0] | os.O_NONBLOCK, before[1], before[2] | os.O_NONBLOCK]
+        assert [fcntl.fcntl(fd, fcntl.F_GETFL) for fd in dups] == before
+        assert before[0] & os.O_APPEND and not before[0] & os.O_NONBLOCK and not before[2] & os.O_NONBLOCK
+    finally:
+        for fd in dups:
+            os.close(fd)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_fd_flags_are_back_while_signal_handlers_run() -> None:
+    """A signal interrupts the pump (EINTR): Python's handler runs between two C calls, with the flags back."""
+    proc = pyproc.spawn(["sh", "-c", "sleep 0.4; echo late"], stdout=pyproc.PIPE)
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    seen: list[bool] = []
+    previous = signal.signal(signal.SIGALRM, lambda signo, frame: seen.append(os.get_blocking(fd)))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.02, 0.02)
+        assert proc.communicate(timeout=10) == (b"late\n", None)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert seen and all(seen)
+
+
 def test_communicate_input_needs_a_stdin_pipe() -> None:
     proc = pyproc.spawn(["true"], stdout=pyproc.PIPE)
     with pytest.raises(ValueError, match="stdin"):

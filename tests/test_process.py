@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import signal
@@ -9,11 +10,15 @@ import subprocess
 import threading
 import time
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from conftest import child_pids, settle_children
 
 import pyproc
+import pyproc.process
+from pyproc._lib import ffi, lib
 
 
 def test_pidfd_and_wait_timeout(no_leaks: None) -> None:
@@ -211,3 +216,190 @@ def test_repr() -> None:
     proc = pyproc.spawn(["true"])
     proc.wait()
     assert f"pid={proc.pid}" in repr(proc) and "returncode=0" in repr(proc)
+
+
+# ---- one Process, several threads: the pidfd is never used after the reap closed it (issue 14) ----------------
+
+
+class _LibHook:
+    """Stands in for a module's `lib`: once, in the calling thread, runs `hook` just before (or after) the first call
+    to one of `names`, so that a test can put another thread's work at exactly that point of the call."""
+
+    def __init__(self, names: set[str], hook: Callable[[], None], after: bool = False) -> None:
+        self._names = names
+        self._hook = hook
+        self._after = after
+        self.ran = False
+
+    def __getattr__(self, name: str) -> Any:
+        func = getattr(lib, name)
+        if name not in self._names:
+            return func
+
+        def hooked(*args: Any) -> Any:
+            if self.ran:
+                return func(*args)
+            self.ran = True
+            if not self._after:
+                self._hook()
+                return func(*args)
+            result = func(*args)
+            self._hook()
+            return result
+
+        return hooked
+
+
+def _in_another_thread(work: Callable[[], None]) -> None:
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+
+
+def _spawn_onto_fd(number: int, argv: list[str]) -> pyproc.Process:
+    """Spawns argv so that its pidfd is fd `number` when that number is free (every lower free fd is filled while
+    the spawn runs): what the kernel does anyway when `number` is the lowest free fd, as after a close."""
+    fillers = []
+    while True:
+        fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        if fd >= number:
+            os.close(fd)
+            break
+        fillers.append(fd)
+    try:
+        return pyproc.spawn(argv)
+    finally:
+        for fd in fillers:
+            os.close(fd)
+
+
+def _kill_and_reap(proc: pyproc.Process, reused: list[pyproc.Process], number: int) -> Callable[[], None]:
+    """Another thread's work: proc killed and reaped, then a new child whose pidfd takes proc's old number."""
+
+    def work() -> None:
+        os.kill(proc.pid, signal.SIGKILL)  # (not reaped yet: the pid is still proc's)
+        assert proc.wait() == -signal.SIGKILL
+        reused.append(_spawn_onto_fd(number, ["sleep", "30"]))
+
+    return lambda: _in_another_thread(work)
+
+
+def _end(proc: pyproc.Process) -> None:
+    proc.kill()
+    proc.wait()
+
+
+def _race_a_reap(monkeypatch: pytest.MonkeyPatch,
+                 names: set[str]) -> tuple[pyproc.Process, int, list[pyproc.Process], _LibHook]:
+    """(proc, its pidfd's number, reused, hook): a running child, and pyproc.process's lib hooked so that just
+    before the first call to one of `names` another thread kills and reaps it, then spawns the next child (into
+    reused), whose pidfd takes the old number if it is free."""
+    proc = pyproc.spawn(["sleep", "30"])
+    number = proc.pidfd
+    assert number is not None
+    reused: list[pyproc.Process] = []
+    hook = _LibHook(names, _kill_and_reap(proc, reused, number))
+    monkeypatch.setattr(pyproc.process, "lib", hook)
+    return proc, number, reused, hook
+
+
+def test_signal_racing_a_reap_never_reaches_the_next_child(no_leaks: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The issue's forced interleaving: send_signal has read the pidfd's number; another thread reaps the child and
+    spawns the next one, whose pidfd takes that number.  The signal must go nowhere, not to the new child."""
+    proc, number, reused, hook = _race_a_reap(monkeypatch, {"pyproc_send_signal", "pyproc_child_send_signal"})
+    proc.send_signal(signal.SIGTERM)  # a no-op: proc has been reaped
+    monkeypatch.undo()
+    assert hook.ran
+    (other,) = reused
+    try:
+        assert other.pidfd == number  # the scenario: the new child's pidfd has the old one's number
+        assert proc.returncode == -signal.SIGKILL
+        with pytest.raises(pyproc.TimeoutExpired):
+            other.wait(timeout=0.2)  # still running: SIGTERM did not reach it
+    finally:
+        _end(other)
+    assert other.returncode == -signal.SIGKILL
+
+
+def test_wait_timeout_racing_a_reap_never_waits_for_the_next_child(no_leaks: None,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """wait(timeout) has read the pidfd's number when another thread reaps the child and the next child's pidfd
+    takes that number: the wait must end with the first child's returncode, not wait on the second child."""
+    proc, number, reused, hook = _race_a_reap(monkeypatch, {"pyproc_wait_pidfd", "pyproc_child_wait_pidfd"})
+    try:
+        assert proc.wait(timeout=2) == -signal.SIGKILL
+    finally:
+        monkeypatch.undo()
+        for other in reused:
+            assert other.pidfd == number and other.poll() is None
+            _end(other)
+    assert hook.ran and reused
+
+
+@pytest.mark.parametrize("when", ["before the hold", "while held"])
+def test_wait_any_racing_a_reap_never_waits_for_the_next_child(no_leaks: None, monkeypatch: pytest.MonkeyPatch,
+                                                               when: str) -> None:
+    """wait_any has read the pidfds' numbers when another thread reaps one child and spawns the next: it returns the
+    reaped child, and a pidfd it holds is not closed under its poll (the next child gets another number)."""
+    names = {"pyproc_wait_any"} if when == "while held" else {"pyproc_wait_any", "pyproc_child_hold_pidfd"}
+    proc, number, reused, hook = _race_a_reap(monkeypatch, names)
+    try:
+        assert pyproc.wait_any([proc], timeout=2) is proc
+    finally:
+        monkeypatch.undo()
+        other_pidfds = [other.pidfd for other in reused]
+        for other in reused:
+            assert other.poll() is None
+            _end(other)
+    assert hook.ran and reused
+    assert proc.returncode == -signal.SIGKILL and proc.pidfd is None
+    # Polled after the reap: the number was free for the next child; held across it: it was not.
+    assert (other_pidfds[0] == number) == (when == "before the hold")
+
+
+def test_a_held_pidfd_stays_open_across_the_reap_until_released(no_leaks: None) -> None:
+    proc = pyproc.spawn(["true"])
+    number = proc.pidfd
+    assert number is not None
+    assert lib.pyproc_child_hold_pidfd(proc._c) == 0
+    try:
+        assert proc.wait() == 0 and proc.pidfd is None
+        assert os.readlink(f"/proc/self/fd/{number}") == "anon_inode:[pidfd]"  # retired, not closed: still held
+        assert lib.pyproc_child_hold_pidfd(proc._c) == errno.ESRCH  # no new holder once reaped
+        assert lib.pyproc_child_send_signal(proc._c, proc.pid, number, signal.SIGKILL) == errno.ESRCH
+        exited = ffi.new("int *")
+        assert lib.pyproc_child_wait_pidfd(proc._c, number, 0, exited, ffi.NULL) == 0 and exited[0]
+    finally:
+        lib.pyproc_child_release_pidfd(proc._c, number)
+    with pytest.raises(FileNotFoundError):
+        os.readlink(f"/proc/self/fd/{number}")  # closed by its last holder
+
+
+def test_wait_with_timeout_racing_poll_from_another_thread(no_leaks: None) -> None:
+    """The issue's first interleaving, with real threads: the child has exited (not reaped); one thread waits with
+    a timeout while another polls.  The poll's reap closed the pidfd under the wait (EBADF, 3% of the rounds)."""
+    failures: list[BaseException] = []
+    for _ in range(500):
+        proc = pyproc.spawn(["true"])
+        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)  # exited, still unreaped
+        start = threading.Barrier(2)
+
+        def wait(proc: pyproc.Process = proc, start: threading.Barrier = start) -> None:
+            start.wait()
+            try:
+                proc.wait(timeout=5)
+            except BaseException as exc:  # collected, asserted on below
+                failures.append(exc)
+
+        def poll(proc: pyproc.Process = proc, start: threading.Barrier = start) -> None:
+            start.wait()
+            proc.poll()
+
+        threads = [threading.Thread(target=wait), threading.Thread(target=poll)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert proc.returncode == 0 and proc.pidfd is None
+    assert failures == []

@@ -5,17 +5,21 @@ from __future__ import annotations
 import fcntl
 import gc
 import os
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import pyproc
+import pyproc.signals
 from pyproc import PIPE, SignalEvent, SignalPipe
 from pyproc.signals import blocked, take_pending
 
@@ -452,3 +456,161 @@ def test_open_read_close_from_a_non_main_thread() -> None:
     thread.join()
     assert got == [SignalEvent(USR1, SI_USER, os.getpid(), os.getuid(), 0)]
     assert _dispositions() == before
+
+
+# ---- closing races another thread's sigaction() (issue 14) ----------------------------------------------------------
+
+# Preloaded into a Python child: wraps sigaction() so that, as another thread could, it installs a foreign handler
+# for the armed signal just before the first (and, if asked, the second) call that installs a disposition.
+SIGACTION_SHIM_C = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <signal.h>
+#include <string.h>
+typedef int (*sigaction_fn)(int, const struct sigaction *, struct sigaction *);
+static sigaction_fn real(void)
+{
+    static sigaction_fn fn;
+    if (!fn)
+        fn = (sigaction_fn)dlsym(RTLD_NEXT, "sigaction");
+    return fn;
+}
+static void foreign1(int sig) { (void)sig; }
+static void foreign2(int sig) { (void)sig; }
+static int armed_sig, calls, before_first, before_second;
+void shim_arm(int sig, int first, int second)
+{
+    armed_sig = sig;
+    calls = 0;
+    before_first = first;
+    before_second = second;
+}
+int shim_current(int sig)
+{
+    struct sigaction now;
+    real()(sig, NULL, &now);
+    return now.sa_handler == foreign1 ? 1 : now.sa_handler == foreign2 ? 2 : 0;
+}
+int sigaction(int sig, const struct sigaction *act, struct sigaction *old)
+{
+    if (act && sig == armed_sig) {
+        calls++;
+        if ((calls == 1 && before_first) || (calls == 2 && before_second)) {
+            struct sigaction foreign;
+            memset(&foreign, 0, sizeof foreign);
+            foreign.sa_handler = calls == 1 ? foreign1 : foreign2;
+            sigemptyset(&foreign.sa_mask);
+            real()(sig, &foreign, NULL);
+        }
+    }
+    return real()(sig, act, old);
+}
+"""
+
+SHIM_CHILD = r"""
+import ctypes, signal, sys, warnings
+import pyproc
+shim = ctypes.CDLL(sys.argv[1])
+first, second = int(sys.argv[2]), int(sys.argv[3])
+pipe = pyproc.SignalPipe([signal.SIGUSR1])
+shim.shim_arm(int(signal.SIGUSR1), first, second)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    pipe.close()
+shim.shim_arm(0, 0, 0)
+print(shim.shim_current(int(signal.SIGUSR1)), [str(w.message) for w in caught])
+"""
+
+
+def _preload_for_sanitized_python(library: Path) -> str:
+    """LD_PRELOAD for a Python child: the shim, after the sanitizer runtimes when the suite runs under them (the
+    sanitized pyproc cannot load without them, and the runtimes must come first)."""
+    if os.environ.get("PYPROC_SANITIZED") != "1":
+        return str(library)
+    cc = os.environ.get("CC", "gcc")
+    runtimes = [subprocess.run([cc, f"-print-file-name={name}"], capture_output=True, text=True,
+                               check=True).stdout.strip() for name in ("libasan.so", "libubsan.so")]
+    return ":".join([*runtimes, str(library)])
+
+
+@pytest.mark.parametrize(("first", "second", "expected"), [(1, 0, 1), (1, 1, 2)])
+def test_close_never_overwrites_a_handler_installed_meanwhile(tmp_path: Path, first: int, second: int,
+                                                               expected: int) -> None:
+    """close() found pyproc's handler in place, then put the saved disposition back over whatever was there by then:
+    a handler another thread installed between the two calls was lost.  Now the restore is an exchange, and a
+    handler it displaces is put back (and one installed while that happens, too: the last one stays)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("needs a C compiler for the sigaction() shim")
+    source = tmp_path / "shim.c"
+    source.write_text(SIGACTION_SHIM_C)
+    library = tmp_path / "shim.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-O2", "-o", str(library), str(source), "-ldl"], check=True)
+    env = {**os.environ, "LD_PRELOAD": _preload_for_sanitized_python(library)}
+    done = subprocess.run([sys.executable, "-c", SHIM_CHILD, str(library), str(first), str(second)], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    current, warned = done.stdout.split(" ", 1)
+    assert int(current) == expected  # the foreign handler installed last is in place
+    assert "was replaced while the pipe was open" in warned
+
+
+def test_close_from_another_thread_during_a_wait_never_polls_another_fd(monkeypatch: pytest.MonkeyPatch) -> None:
+    """wait() polled the read end's number while close() in another thread could close it: a closed number is soon
+    another fd's, and the poll then waited on that fd (here a pipe that never becomes readable).  Forced: the close,
+    and a new pipe on the freed number, come just before the poll."""
+    pipe = SignalPipe([USR1])
+    number = pipe.fileno()
+    other: list[int] = []
+
+    class PollAfterAClose:
+        def __init__(self) -> None:
+            self._poll = select.poll()
+
+        def register(self, fd: int, events: int) -> None:
+            self._poll.register(fd, events)
+
+        def poll(self, timeout: float | None = None) -> list[tuple[int, int]]:
+            if not other:
+                closer = threading.Thread(target=pipe.close)
+                closer.start()
+                closer.join(timeout=10)
+                other.extend(os.pipe())  # takes the freed number
+            return self._poll.poll(timeout)
+
+    monkeypatch.setattr(pyproc.signals, "select", types.SimpleNamespace(poll=PollAfterAClose, POLLIN=select.POLLIN))
+    try:
+        with pytest.raises(ValueError, match="closed"):
+            pipe.wait(timeout=2)
+    finally:
+        monkeypatch.undo()
+        for fd in other:
+            os.close(fd)
+    assert number in other  # the scenario: the read end's number went to another fd
+
+
+def test_close_from_another_thread_waits_for_a_read_in_progress(monkeypatch: pytest.MonkeyPatch) -> None:
+    """read() reads the pipe's fd with the GIL released; close() in another thread closed that fd meanwhile, and the
+    read could take the data of whatever fd got the number next.  close() now waits for the read to end."""
+    pipe = SignalPipe([USR1])
+    closer = threading.Thread(target=pipe.close)
+    closed_during_read: list[bool] = []
+
+    class ReadAfterAClose:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(os, name)
+
+        def read(self, fd: int, n: int) -> bytes:
+            if not closed_during_read:
+                closer.start()
+                closer.join(timeout=0.5)  # blocked, as it must be, while this read holds the pipe
+                closed_during_read.append(not closer.is_alive())
+            return os.read(fd, n)
+
+    monkeypatch.setattr(pyproc.signals, "os", ReadAfterAClose())
+    try:
+        pipe.read()
+    finally:
+        monkeypatch.undo()
+        closer.join(timeout=10)
+    assert closed_during_read == [False] and pipe.closed

@@ -8,8 +8,10 @@ import importlib
 import json
 import os
 import resource
+import select
 import signal
 import stat
+import subprocess
 import sys
 import threading
 import time
@@ -535,3 +537,219 @@ def test_stale_build_is_refused_clearly() -> None:
         err = proc.stderr.read().decode()
     assert proc.returncode == 1
     assert "ImportError" in err and "0.0.0-stale" in err and "rebuild" in err
+
+
+# ---- SIGCHLD ignored: the kernel reaps children itself (issue 14) ---------------------------------------------------
+
+
+@pytest.fixture
+def sigchld_ignored() -> Iterator[None]:
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+
+
+@pytest.mark.parametrize(("engine_name", "mask_names"), [
+    ("auto", []),
+    ("clone", ["PYPROC_FORCE_NO_CLONE3"]),
+    ("clone", ["PYPROC_FORCE_NO_CLONE3", "PYPROC_FORCE_NO_CLONE_PIDFD"]),
+    ("vfork", []),
+    ("posix_spawn", []),
+    ("fork", []),
+])
+def test_sigchld_ignored_a_child_that_ran_is_no_failure(sigchld_ignored: None, forced: Any, engine_name: str,
+                                                        mask_names: list[str], no_leaks: None) -> None:
+    """The engines without CLONE_PIDFD open the pidfd after the exec; a fast child may be reaped by the kernel
+    first.  That child ran its program: no exception, no signal to its (perhaps recycled) pid, no pidfd, and waiting
+    says what it can (returncode 0, no status), as for every child when SIGCHLD is ignored."""
+    forced(sum(getattr(lib, name) for name in mask_names))
+    without_pidfd = 0
+    for _ in range(300):
+        proc = pyproc.spawn(["true"], engine=engine_name)
+        without_pidfd += proc.pidfd is None
+        proc.send_signal(signal.SIGTERM)  # exited or about to: never an error, never another process
+        assert proc.wait() == 0
+        assert proc.status is None and proc.rusage is None and proc.pidfd is None
+    proc = pyproc.spawn(["sh", "-c", "exit 3"], engine=engine_name)
+    assert proc.wait(timeout=10) == 0  # the kernel kept no status (subprocess says 0 too)
+    if engine_name == "auto":
+        assert without_pidfd == 0  # clone3 gives the pidfd with the child: nothing to race
+
+
+def test_sigchld_ignored_run_and_popen(sigchld_ignored: None, no_leaks: None) -> None:
+    import pyproc.subprocess as psub
+
+    result = pyproc.run(["sh", "-c", "echo out; exit 3"], capture=True)
+    assert (result.returncode, result.stdout, result.status) == (0, b"out\n", None)
+    assert psub.run(["sh", "-c", "echo out; exit 3"], capture_output=True).stdout == b"out\n"
+    with psub.Popen(["sh", "-c", "exit 3"], preexec_fn=lambda: None) as popen:  # the fork done in Python
+        pass
+    assert popen.returncode == 0
+
+
+def test_no_pidfd_for_a_pid_that_is_not_an_unreaped_child(sigchld_ignored: None, no_leaks: None) -> None:
+    """pidfd_open takes any pid: after the kernel reaped our child its pid may be another process's.  pyproc opens a
+    pidfd (or signals a pid) only while the pid is still an unreaped child of ours."""
+    pidfd = ffi.new("int *")
+    stranger = os.getppid()  # alive, and not our child: what a recycled pid would be
+    assert lib.pyproc_pidfd_open(stranger, pidfd) == 0 and pidfd[0] == -1
+    assert lib.pyproc_send_signal(stranger, -1, 0) == errno.ESRCH
+    proc = pyproc.spawn(["true"])
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{proc.pid}") and time.monotonic() < deadline:  # reaped by the kernel
+        time.sleep(0.005)
+    assert lib.pyproc_pidfd_open(proc.pid, pidfd) == 0 and pidfd[0] == -1
+    assert lib.pyproc_send_signal(proc.pid, -1, signal.SIGKILL) == errno.ESRCH
+    assert proc.wait() == 0
+
+
+# ---- the clone child's stack on kernels with large pages (issue 14) -------------------------------------------------
+
+
+@pytest.mark.parametrize("page_size", [16 << 10, 64 << 10])
+@pytest.mark.parametrize("mask_name", [None, "PYPROC_FORCE_NO_CLONE3"])
+def test_clone_stack_with_large_pages(page_size: int, mask_name: str | None, forced: Any, no_leaks: None) -> None:
+    """arm64 and ppc64le kernels may use 16 KiB or 64 KiB pages.  The stack is one guard page plus at least 64 KiB:
+    with a 64 KiB page it was all guard page, and every child died of SIGSEGV before its exec."""
+    if mask_name:
+        forced(getattr(lib, mask_name))
+    codes: list[Any] = []
+
+    def spawn_in_a_fresh_thread() -> None:  # a thread maps its stack at its first spawn, and keeps it
+        try:
+            codes.append(pyproc.spawn(["sh", "-c", "exit 7"], engine="clone").wait())
+            codes.append(pyproc.run(["echo", "x"], capture=True).stdout)
+        except BaseException as exc:  # asserted on below
+            codes.append(exc)
+
+    lib.pyproc_set_forced_page_size(page_size)
+    try:
+        thread = threading.Thread(target=spawn_in_a_fresh_thread)
+        thread.start()
+        thread.join(timeout=60)
+    finally:
+        lib.pyproc_set_forced_page_size(0)
+    assert codes == [7, b"x\n"]
+
+
+# ---- posix_spawn, close_fds=False: an inheritable fd numbered like a scratch copy (issue 14) ------------------------
+
+
+def test_posix_spawn_swap_keeps_an_inheritable_fd_above_the_plan(no_leaks: None) -> None:
+    """A swap needs a scratch copy of a source.  It was made in the child on the first number above the plan, where
+    an inheritable fd of the parent (close_fds=False) was then lost to the child."""
+    r1, w1 = os.pipe()
+    r2, w2 = os.pipe()
+    r3, w3 = os.pipe()
+    low, high = 60, 61
+    try:
+        os.dup2(w1, low)
+        os.dup2(w2, high)
+        os.dup2(w3, high + 1, inheritable=True)  # the number the first scratch copy took
+        for fd in (w1, w2, w3):
+            os.close(fd)
+        script = f"import os; os.write({low}, b'to-{low}'); os.write({high}, b'to-{high}'); os.write({high + 1}, b'by')"
+        proc = pyproc.spawn([PY, "-S", "-c", script], engine="posix_spawn", close_fds=False,
+                            fds={low: high, high: low})
+        for fd in (low, high, high + 1):
+            os.close(fd)
+        assert proc.wait() == 0
+        assert os.read(r1, 100) == f"to-{high}".encode()  # swapped
+        assert os.read(r2, 100) == f"to-{low}".encode()
+        assert os.read(r3, 100) == b"by"
+    finally:
+        for fd in (r1, r2, r3):
+            os.close(fd)
+
+
+# ---- pyproc_exec_child: the pdeathsig check after a fork done by the caller (issue 14) -----------------------------
+
+
+def test_exec_child_pdeathsig_when_the_parent_died_first(no_leaks: None) -> None:
+    """pyproc_exec_child runs in the child of a fork done by the caller (pyproc.subprocess's preexec_fn path).  If
+    the parent dies before the child's prctl(PR_SET_PDEATHSIG), no signal will ever come, so the child compares its
+    parent with the pid that forked it and kills itself.  That pid must be the caller's, taken before the fork: the
+    child's own getppid() already names the reaper."""
+    request = sys.modules["pyproc.spawn"].prepare([PY, "-S", "-c", "print('ran')"], pdeathsig=signal.SIGKILL)
+    read_end, write_end = os.pipe()
+    request.c.fd_actions = request.keep(ffi.new("struct pyproc_fd_action[]", [(1, write_end, 0)]))
+    request.c.n_fd_actions = 1
+    middle = os.fork()
+    if middle == 0:  # the parent of the child below, which exits at once
+        try:
+            parent = os.getpid()
+            if os.fork() == 0:
+                try:
+                    while os.getppid() == parent:  # until the parent is gone
+                        time.sleep(0.001)
+                    lib.pyproc_exec_child(request.c, os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC), parent)
+                finally:
+                    os._exit(126)
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    try:
+        assert os.waitpid(middle, 0)[1] == 0
+        chunks = []
+        while select.select([read_end], [], [], 30)[0]:  # the child's stdout: at end of file once it is gone
+            chunk = os.read(read_end, 100)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        else:
+            pytest.fail("the orphaned child did not end")
+    finally:
+        os.close(read_end)
+    assert chunks == []  # killed by its pdeathsig before the exec
+
+
+# ---- stderr=STDOUT with the parent's fd 1 closed and stdin=PIPE: as the standard library (issue 14) -----------------
+
+# The child reports (are fds 0 and 2 one open file, is fd 0 a pipe, what is fd 1) to the file named by argv[1].
+STDIO_REPORT = """if True:
+    import os, sys
+    seen = []
+    for fd in (0, 1, 2):
+        try:
+            seen.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            seen.append(None)
+    with open(sys.argv[1], "w") as report:
+        report.write(repr([seen[0] == seen[2], seen[0].startswith("pipe:"), seen[1]]))
+"""
+
+# Starts the child with stdin=PIPE and stderr=STDOUT after closing fd 1: the stdin pipe's read end lands on fd 1.
+STDIO_STARTER = """if True:
+    import os, sys
+    import subprocess, pyproc, pyproc.subprocess
+    how, report, child = sys.argv[1], sys.argv[2], sys.argv[3]
+    argv = [sys.executable, "-S", "-c", child, report]
+    os.close(1)
+    if how in ("stdlib", "pyproc.subprocess"):
+        sp = subprocess if how == "stdlib" else pyproc.subprocess
+        proc = sp.Popen(argv, stdin=sp.PIPE, stderr=sp.STDOUT)
+        proc.stdin.close()
+        proc.wait()
+    elif how == "run":
+        pyproc.run(argv, input=b"", stderr=pyproc.STDOUT)
+    else:
+        proc = pyproc.spawn(argv, stdin=pyproc.PIPE, stderr=pyproc.STDOUT, engine=how)
+        proc.stdin.close()
+        proc.wait()
+"""
+
+
+@pytest.mark.parametrize("how", ["pyproc.subprocess", "run", *ENGINES])
+def test_stderr_to_stdout_with_fd_1_closed_is_as_the_standard_library(how: str, tmp_path: Path) -> None:
+    """The stdin pipe's read end takes the free fd 1; stderr=STDOUT then copies fd 1, so the child's stderr is its
+    own stdin, and its fd 1 (that pipe end, close-on-exec) is closed: what the standard library does too."""
+    def seen(starter: str) -> str:
+        report = tmp_path / f"{starter}.report"
+        subprocess.run([PY, "-c", STDIO_STARTER, starter, str(report), STDIO_REPORT], check=True, timeout=60)
+        return report.read_text()
+
+    expected = seen("stdlib")
+    assert expected == repr([True, True, None])
+    assert seen(how) == expected

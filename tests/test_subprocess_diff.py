@@ -350,6 +350,36 @@ def case_communicate_timeout_then_again(sp: Any) -> Any:
 
 
 @case
+def case_communicate_timeout_then_read_the_pipe(sp: Any) -> Any:
+    """After communicate() timed out, .stdout is the caller's again, blocking as before."""
+    with sp.Popen(["sh", "-c", "sleep 0.5; echo late"], stdout=sp.PIPE) as p:
+        with contextlib.suppress(sp.TimeoutExpired):
+            p.communicate(timeout=0.1)
+        return os.get_blocking(p.stdout.fileno()), p.stdout.read()
+
+
+@case
+def case_sigchld_ignored(sp: Any) -> Any:
+    """With SIGCHLD ignored the kernel reaps children itself: a failed exec still raises its own error (the preexec_fn
+    path waited for the failed child with a waitpid that raised ChildProcessError), and returncodes are 0."""
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        seen: list[Any] = []
+        for options in ({}, {"preexec_fn": lambda: None}):
+            try:
+                sp.Popen(["/nonexistent/program"], **options)
+            except OSError as exc:
+                seen.append(describe(exc))
+            with sp.Popen(["sh", "-c", "exit 3"], **options) as p:
+                pass
+            seen.append(p.returncode)
+            seen.append(plain(sp.run(["sh", "-c", "echo out; exit 3"], capture_output=True, **options)))
+        return seen
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+
+
+@case
 def case_timeout_then_context_exit(sp: Any) -> Any:
     # leaving the with block closes stdin: cat sees end of file, so the exit's wait() returns
     first = None
@@ -1313,7 +1343,7 @@ PUMP_CASES = ["communicate_big_both_ways", "timeout_then_context_exit", "communi
               "pipe_objects_after_communicate", "one_pipe_object_then_communicate",
               "single_pipe_objects_after_communicate", "context_manager_closes_untouched_pipes",
               "unclosed_pipes_warn_when_collected", "text_pipe_objects_after_communicate",
-              "text_mode_switched_after_start"]
+              "text_mode_switched_after_start", "communicate_timeout_then_read_the_pipe"]
 
 
 @pytest.mark.parametrize("name", PUMP_CASES)

@@ -3,7 +3,7 @@
 Every engine, the fd plan (swaps, cycles, more than 16 actions, pass_fds), process state (cwd, env, umask,
 rlimits, sigmask, session, group, pdeathsig, no_new_privs), the forced fallbacks, failures reported from the
 child (missing program along PATH, bad cwd, a failing dup2), the child side alone (pyproc_exec_child after
-os.fork) and the waits (wait, wait with timeout, poll, wait_any, signals).
+os.fork) and the waits (wait, wait with timeout, poll, wait_any, signals, the pidfd's holders).
 
 Under valgrind the CLONE_VM engines become plain forks (valgrind cannot run a child in the parent's memory),
 so a failure the child writes into the parent's memory is lost and the parent sees exit status 127 instead of
@@ -16,11 +16,13 @@ Usage: python tests/valgrind_driver.py [--rounds N]
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import resource
 import signal
 import sys
 import tempfile
+import threading
 
 import pyproc
 from pyproc._lib import ffi, lib
@@ -169,10 +171,11 @@ def exec_child_round() -> None:
     for argv, want_error in ((["true"], False), (["pyproc-vg-no-such-program"], True)):
         request = spawn_module.prepare(argv)
         r, w = os.pipe()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:
             os.close(r)
-            lib.pyproc_exec_child(request.c, w)
+            lib.pyproc_exec_child(request.c, w, parent)
             os._exit(126)  # not reached
         os.close(w)
         got = ffi.new("int *")
@@ -225,6 +228,47 @@ def direct_round() -> None:
     finally:
         os.close(r)
         os.close(w)
+
+
+def pidfd_round() -> None:
+    """A child's pidfd shared between threads (wait.c): holds, the reap's retirement, the last holder's close; a
+    signal without a pidfd; the pump's flags put back after a timeout; a child stack for a forced page size."""
+    proc = pyproc.spawn(["sleep", "5"], engine="fork")
+    child = ffi.new("struct pyproc_child *")
+    stand_in, other_end = os.pipe()  # stands for the pidfd: valgrind gives none
+    try:
+        check(lib.pyproc_child_hold_pidfd(child) == 0, "hold")
+        check(lib.pyproc_child_send_signal(child, proc.pid, -1, signal.SIGKILL) == 0, "signal without a pidfd")
+        check(lib.pyproc_child_reap(child, proc.pid, stand_in, 0) == 0 and child.reaped, "reap")
+        check(lib.pyproc_child_hold_pidfd(child) == errno.ESRCH, "no hold after the reap")
+        os.fstat(stand_in)  # still open: held
+        lib.pyproc_child_release_pidfd(child, stand_in)  # the last holder closes it
+        try:
+            os.fstat(stand_in)
+            check(False, "the last holder closes a retired pidfd")
+        except OSError:
+            pass
+    finally:
+        os.close(other_end)
+    check(proc.wait() == 0 and proc.status is None, "a child reaped behind the Process's back")
+    late = pyproc.spawn(["sh", "-c", "sleep 0.5; echo late"], stdout=pyproc.PIPE, engine="fork")
+    try:
+        late.communicate(timeout=0.05)
+        check(False, "communicate timeout")
+    except pyproc.TimeoutExpired:
+        pass
+    assert late.stdout is not None
+    check(os.get_blocking(late.stdout.fileno()), "the pump put the flags back")
+    check(late.communicate(timeout=30) == (b"late\n", None), "communicate after a timeout")
+    codes: list[int] = []
+    lib.pyproc_set_forced_page_size(64 << 10)
+    try:
+        thread = threading.Thread(target=lambda: codes.append(pyproc.spawn(["true"], engine="clone").wait()))
+        thread.start()
+        thread.join()
+    finally:
+        lib.pyproc_set_forced_page_size(0)
+    check(codes == [0], f"clone with 64 KiB pages: {codes}")
 
 
 def signals_round() -> None:
@@ -315,6 +359,7 @@ def main() -> None:
             fallback_round()
             exec_child_round()
             direct_round()
+            pidfd_round()
             signals_round()
             io_round()
             cow_round()
