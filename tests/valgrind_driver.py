@@ -23,6 +23,7 @@ import sys
 import tempfile
 
 import pyproc
+import pyproc._pump
 from pyproc._lib import ffi, lib
 
 EXACT_ENGINES = (
@@ -271,12 +272,12 @@ def io_round() -> None:
     # Chunk mode past one chunk (the copy out by two threads), then map mode (the crossover lowered: the switch).
     medium = bytes(range(256)) * (12 << 10)  # 3 MiB
     check(pyproc.run(["cat"], input=medium, capture=True).stdout == medium, "run cat 3 MiB (chunks)")
-    saved = pyproc.io._chunk_max
-    pyproc.io._chunk_max = (1 << 20) + 123
+    saved = pyproc._pump.chunk_max
+    pyproc._pump.chunk_max = (1 << 20) + 123
     try:
         check(pyproc.run(["cat"], input=medium, capture=True).stdout == medium, "run cat 3 MiB (map mode)")
     finally:
-        pyproc.io._chunk_max = saved
+        pyproc._pump.chunk_max = saved
     result = pyproc.run(["sh", "-c", "echo out; echo err >&2"], capture=True, engine="fork", encoding="utf-8")
     check(result.stdout == "out\n" and result.stderr == "err\n", f"run text {result.stdout!r}")
     try:
