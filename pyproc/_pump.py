@@ -172,7 +172,8 @@ class Pump:
 
 
 def take(c: Any, stream: int, limit: int | None = None) -> bytes:
-    """What pump c read from stream, handed over once (at most limit bytes); the buffer is freed."""
+    """What pump c (a struct pyproc_pump, or a pointer to one) read from stream, handed over once (at most limit
+    bytes); the buffer is freed."""
     out = c.out[stream]
     n = int(out.len) if limit is None else min(int(out.len), limit)
     if n < SMALL:  # contiguous: the first chunk (or the mapping) holds it; the release frees it
@@ -181,6 +182,8 @@ def take(c: Any, stream: int, limit: int | None = None) -> bytes:
     # or, from a large mapping, its pages moved there when the offsets in a page agree (else copied).
     result = uninitialized_bytes(n)
     dest = ffi.from_buffer("char[]", result)
+    if ffi.typeof(c).kind != "pointer":
+        c = ffi.addressof(c)  # a pool job's pump (a field, not an allocation of its own)
     check(lib.pyproc_pump_take(c, stream, dest, n), None, "handing over the output")
     return result
 

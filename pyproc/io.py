@@ -133,41 +133,55 @@ def _kill(proc: Process, group: bool) -> None:
 
 
 class Result:
-    """What run() gives back.
+    """What run() (and run_many(), for each command) gives back.
 
     args; returncode (the exit code, or minus the signal number); stdout / stderr (bytes, str in text mode, or
     None for a stream that was not captured); status (pyproc.Status); rusage (pyproc.Rusage: the child's CPU
     times, max RSS, faults); elapsed (seconds from the spawn to the reap).  status and rusage are decoded when
-    first read.
+    read.  error: None, except for a run_many() job that failed as a whole: the OSError of a command that could
+    not start (returncode 127, no status), or the pyproc.TimeoutExpired of one killed at its timeout (timed_out
+    is then True; stdout / stderr hold what it wrote until then).
     """
 
-    __slots__ = ("_proc", "args", "elapsed", "returncode", "stderr", "stdout")
+    __slots__ = ("_child", "args", "elapsed", "error", "returncode", "stderr", "stdout")
 
-    def __init__(self, args: Any, returncode: int, stdout: Any = None, stderr: Any = None,
-                 proc: Process | None = None, elapsed: float = 0.0) -> None:
+    def __init__(self, args: Any, returncode: int, stdout: Any = None, stderr: Any = None, child: Any = None,
+                 elapsed: float = 0.0, error: BaseException | None = None) -> None:
         self.args = args
         self.returncode = returncode
         self.stdout = stdout
         self.stderr = stderr
-        self._proc = proc
+        self._child = child  # the struct pyproc_child the reap filled in (None: no status to give)
         self.elapsed = elapsed
+        self.error = error
 
     @property
     def status(self) -> Status | None:
-        """How the child ended (pyproc.Status)."""
-        return None if self._proc is None else self._proc.status
+        """How the child ended (pyproc.Status); None when it was not reaped by pyproc."""
+        c = self._child
+        return Status.from_wait_status(c.wait_status) if c is not None and c.reaped else None
 
     @property
     def rusage(self) -> Rusage | None:
-        """The resources the child used (pyproc.Rusage)."""
-        return None if self._proc is None else self._proc.rusage
+        """The resources the child used (pyproc.Rusage); None when it was not reaped by pyproc."""
+        c = self._child
+        return Rusage.from_c(c.rusage) if c is not None and c.reaped else None
+
+    @property
+    def timed_out(self) -> bool:
+        """True for a run_many() job killed at its timeout."""
+        return isinstance(self.error, TimeoutExpired)
 
     def __repr__(self) -> str:
+        error = "" if self.error is None else f", error={self.error!r}"
         return (f"{type(self).__name__}(args={self.args!r}, returncode={self.returncode!r}, "
-                f"stdout={self.stdout!r}, stderr={self.stderr!r}, elapsed={self.elapsed!r})")
+                f"stdout={self.stdout!r}, stderr={self.stderr!r}, elapsed={self.elapsed!r}{error})")
 
     def check_returncode(self) -> None:
-        """Raises pyproc.CalledProcessError (carrying the output) if returncode is nonzero."""
+        """Raises error if there is one, else pyproc.CalledProcessError (carrying the output) if returncode is
+        nonzero."""
+        if self.error is not None:
+            raise self.error
         if self.returncode:
             raise CalledProcessError(self.returncode, self.args, self.stdout, self.stderr)
 
@@ -345,7 +359,7 @@ def _run_capture_direct(argv: Sequence[Any], packed: bytes, check: bool) -> Resu
         proc.wait()
         raise
     assert proc.returncode is not None
-    result = Result(proc.args, proc.returncode, out, err, proc, time.monotonic() - started)
+    result = Result(proc.args, proc.returncode, out, err, proc._c, time.monotonic() - started)
     if check and proc.returncode:
         result.check_returncode()
     return result
@@ -395,7 +409,7 @@ def _run_started(proc: Process, parent: list[int | None], open_fds: list[int], d
         if deadline is None:
             pump.finish(proc)  # the common ending: pipes closed and the child reaped in one C call
             assert proc.returncode is not None
-            return Result(proc.args, proc.returncode, out, err, proc)
+            return Result(proc.args, proc.returncode, out, err, proc._c)
     finally:
         pump.release()
     return _wait_run(proc, out, err, deadline, timeout, own_group)
@@ -414,7 +428,7 @@ def _wait_run(proc: Process, out: bytes | None, err: bytes | None, deadline: flo
             proc.wait()
             raise TimeoutExpired(proc.args, timeout or 0.0, out, err) from None
     assert proc.returncode is not None
-    return Result(proc.args, proc.returncode, out, err, proc)
+    return Result(proc.args, proc.returncode, out, err, proc._c)
 
 
 # ---- pipeline ----------------------------------------------------------------------------------------------
