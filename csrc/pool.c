@@ -2,24 +2,27 @@
  * pool.c - many children at once (pyproc.run_many): one loop, GIL released, keeps `jobs` children running.
  *
  * Jobs are submitted into slots and started in order, through the same spawn as run() (pyproc_spawn_piped: the
- * default engine, pipes made with the spawn).  Every running child's pidfd and pipe ends sit in one epoll set; the
- * loop waits on it, feeds inputs and reads outputs with the pump's single steps (pump.h: the same buffers and chunk
- * pool as run()), reaps with wait4 (rusage) into the caller's struct pyproc_child, kills jobs past their deadline
- * (the whole group when the child leads one), and as soon as a job is done starts the next queued one and returns,
- * so the caller builds results while the children run.  With block = 0 one pass never waits: an event loop watches
- * epfd (readable when there is work) and calls it.
+ * default engine, pipes made with the spawn).  Every running child's pipe ends (and its pidfd when needed, see
+ * watch_exit) sit in one epoll set; the loop waits on it, feeds inputs and reads outputs with the pump's single steps
+ * (pump.h: the same buffers and chunk pool as run()), reaps with wait4 (rusage) into the caller's struct
+ * pyproc_child, kills jobs past their deadline (the whole group when the child leads one), and as soon as a job is
+ * done starts the next queued one and returns, so the caller builds results while the children run.  With block = 0
+ * one pass never waits: an event loop watches epfd (readable when there is work) and calls it.
  *
  * Every fd here is the pool's own: the pipes come from pyproc_spawn_piped, the pidfd from the spawn.  Each is in the
  * epoll set with EPOLLONESHOT: an event disarms it, and the pool re-arms it (EPOLL_CTL_MOD) only to wait on it
  * again.  An fd closed while armed leaves the set first (a copy held by a concurrent fork in another thread would
  * otherwise keep it there, reporting events for a slot that has moved on); one closed right after its event (an
  * output at end of file, the input written, the pidfd of a child that exited) is disarmed, inert until the kernel
- * drops it with the file: no EPOLL_CTL_DEL, three syscalls fewer per job.  An output whose writers are all gone
- * (EPOLLHUP) is read to end of file at once, without another round of epoll_wait.  A child is reaped only once its outputs reached end of
- * file (or it was killed): until then its pid, which is its group's id when it leads one, cannot be reused, so a
- * kill of the group is safe.  The pidfd is closed by the reap and never used after.  A child reaped by someone else
- * (wait4 gives ECHILD, e.g. SIGCHLD ignored) ends with status_lost; on kernels without pidfds, exits are found by
- * wait4 WNOHANG at growing intervals.
+ * drops it with the file: no EPOLL_CTL_DEL.  An output whose writers are all gone (EPOLLHUP) is read to end of file
+ * at once, without another round of epoll_wait; and as a child's outputs mostly reach end of file because it exited,
+ * it is reaped then if it can be, its pidfd armed only if not.  So a job with captured output costs two epoll_ctl
+ * calls.
+ *
+ * A child is reaped only once its outputs reached end of file (or it was killed): until then its pid, which is its
+ * group's id when it leads one, cannot be reused, so a kill of the group is safe.  The pidfd is closed by the reap
+ * and never used after.  A child reaped by someone else (wait4 gives ECHILD, e.g. SIGCHLD ignored) ends with
+ * status_lost; on kernels without pidfds, exits are found by wait4 WNOHANG at growing intervals.
  *
  * Every function returns 0 or a positive errno; EINTR from a wait or a write comes back to the caller with the
  * state kept, so that Python's signal handlers run (a Ctrl-C then closes the pool: pyproc_pool_close kills and
@@ -249,26 +252,24 @@ static void kill_job(struct pyproc_pool_job *j)
     (void)pyproc_send_signal(pid, j->child->spawn.pidfd, SIGKILL); /* ESRCH: it has exited */
 }
 
-/* Reaps j (wait4, nohang or not); returns 1 once it is reaped.  The pidfd leaves the epoll set first, and is closed
-   by the reap. */
+/* Reaps j (wait4, nohang or not); returns 1 once it is reaped.  The pidfd then leaves the epoll set (if armed) and is
+   closed. */
 static int reap_job(struct pyproc_pool *p, struct pyproc_pool_job *j, int nohang)
 {
     if (j->reaped)
         return 1;
-    unwatch(p, j, KIND_PIDFD);
     struct pyproc_child *c = j->child;
     int err;
-    while ((err = pyproc_child_reap(c, c->spawn.pid, c->spawn.pidfd, nohang)) == EINTR) {
+    while ((err = pyproc_child_reap(c, c->spawn.pid, -1, nohang)) == EINTR) {
     }
     if (!err && !c->reaped)
         return 0;
-    if (err) {
-        /* ECHILD: reaped by someone else (SIGCHLD ignored, a waitpid(-1) elsewhere): no status to give. */
+    if (err) /* ECHILD: reaped by someone else (SIGCHLD ignored, a waitpid(-1) elsewhere): no status to give. */
         j->status_lost = 1;
-        if (c->spawn.pidfd >= 0)
-            close(c->spawn.pidfd);
-    }
-    c->spawn.pidfd = -1; /* closed (by pyproc_child_reap when it reaped) */
+    unwatch(p, j, KIND_PIDFD);
+    if (c->spawn.pidfd >= 0)
+        close(c->spawn.pidfd); /* nothing to undo if it failed: the fd number is released either way */
+    c->spawn.pidfd = -1;
     j->reaped = j->exited = 1;
     return 1;
 }
@@ -304,13 +305,36 @@ static void abort_job(struct pyproc_pool *p, int slot, int err)
     done_job(p, slot);
 }
 
+/* Arms the job's pidfd for its exit, unless it is armed or reported already.  A job with output pipes arms it only
+   when their end of file did not let the pool reap the child at once (it went on running, or had not quite exited),
+   or when it is killed: two epoll_ctl calls fewer for most jobs.  A failure ends the job (abort_job). */
+static void watch_exit(struct pyproc_pool *p, int slot)
+{
+    struct pyproc_pool_job *j = &p->slots[slot];
+    if (j->exited || j->reaped || j->child->spawn.pidfd < 0 || (j->armed & (1 << KIND_PIDFD)))
+        return;
+    int err = watch(p, slot, KIND_PIDFD, EPOLL_CTL_ADD);
+    if (err)
+        abort_job(p, slot, err);
+}
+
 /* Moves a job on after something happened to it: done once it has exited, its input is written and its outputs
    reached end of file (a killed job: once it has exited, with what its pipes hold then). */
 static void advance(struct pyproc_pool *p, int slot)
 {
     struct pyproc_pool_job *j = &p->slots[slot];
-    if (j->state != PYPROC_JOB_RUNNING || !j->exited)
+    if (j->state != PYPROC_JOB_RUNNING)
         return;
+    if (!j->exited) {
+        /* Its outputs just reached end of file, which a child usually does by exiting: it is mostly reapable
+           already, without waiting for its pidfd (which is only armed now when it is not). */
+        if (j->pump.in_fd >= 0 || j->pump.out_fd[0] >= 0 || j->pump.out_fd[1] >= 0 || j->timed_out)
+            return;
+        if (!reap_job(p, j, 1)) {
+            watch_exit(p, slot);
+            return;
+        }
+    }
     if (j->timed_out) {
         close_watched(p, j, KIND_IN);
         drain_and_close(p, j);
@@ -382,8 +406,8 @@ static void start_job(struct pyproc_pool *p, int slot, int *sigpipe_default)
         }
     }
     if (j->child->spawn.pidfd >= 0) {
-        if ((err = watch(p, slot, KIND_PIDFD, EPOLL_CTL_ADD)) != 0)
-            abort_job(p, slot, err);
+        if (pump->out_fd[0] < 0 && pump->out_fd[1] < 0)
+            watch_exit(p, slot); /* nothing else will say when it ends (else: see watch_exit) */
     } else { /* a kernel without pidfds: wait4 WNOHANG from time to time */
         j->recheck_ns = j->start_ns + RECHECK_FIRST_NS;
         wake_at(p, j->recheck_ns);
@@ -462,6 +486,7 @@ static void check_times(struct pyproc_pool *p, int64_t now)
                 j->timed_out = 1;
                 kill_job(j); /* its group too when it leads one: grandchildren holding the pipes go as well */
                 close_watched(p, j, KIND_IN);
+                watch_exit(p, slot); /* its pipes may stay open (a grandchild elsewhere): wait for the exit */
                 advance(p, slot);
             } else {
                 wake_at(p, j->deadline_ns);

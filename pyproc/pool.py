@@ -156,7 +156,9 @@ class _Plan:
     """What every job of one run shares, checked once; submits each command to a pool and builds its Result."""
 
     def __init__(self, capture: object, stdin: FileSpec, input: object, timeout: object,
-                 options: dict[str, Any]) -> None:
+                 options: dict[str, Any], shared: bool = True) -> None:
+        # shared: for many jobs (run_many), every option is checked now and open() builds one request that every
+        # packed argv uses; not shared (one aio.run call), the job's own conversion checks and builds everything.
         if not isinstance(capture, (bool, int)):
             raise TypeError(f"capture must be a bool, not {type(capture).__name__}")
         self.timeout = check_timeout(timeout)
@@ -193,11 +195,14 @@ class _Plan:
         self.own_group = options.get("process_group") == 0 or bool(options.get("new_session"))
         self.executable = options.get("executable")
         self.env = options.get("env")
-        # Every option checked now, before any child exists (DEVNULL is opened and closed again).
-        request = prepare(["/"], stdin=stdin, stdout=stdout, stderr=stderr, **options)
-        request.stdio.close_all()
-        self.engine = ENGINE_CODES[request.engine]
         self.default = not options and stdin is None and stdout is None and stderr is None
+        self.shared = shared
+        self.engine = lib.PYPROC_ENGINE_CLONE
+        if shared and not self.default:
+            # Every option checked now, before any child exists (DEVNULL is opened and closed again).
+            request = prepare(["/"], stdin=stdin, stdout=stdout, stderr=stderr, **options)
+            request.stdio.close_all()
+            self.engine = ENGINE_CODES[request.engine]
         self.devnull: int | None = None
         self.template: Request | None = None
         self.request: Any = _DEFAULT_REQUEST
@@ -217,6 +222,9 @@ class _Plan:
                     self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
                 specs[i] = self.devnull
         self.stdio = (specs[0], specs[1], specs[2])
+        if not self.shared:
+            self.request = self.group_request = None  # every job takes the general conversion
+            return
         template = prepare(["/"], stdin=specs[0], stdout=specs[1], stderr=specs[2], **self.options)
         if self.executable is None:
             template.c.exec_paths = ffi.NULL  # each job's argv[0] (pyproc_spawn_child's packed argv)
@@ -263,33 +271,29 @@ class _Plan:
         try:
             return prepare(argv, stdin=stdin, stdout=stdout, stderr=stderr, **options)
         except (TypeError, ValueError) as exc:
-            if type(exc) not in (TypeError, ValueError):
-                raise  # (UnicodeError ...: their own arguments)
+            if index < 0 or type(exc) not in (TypeError, ValueError):
+                raise  # (not a run_many command; UnicodeError ...: their own arguments)
             raise type(exc)(f"run_many: command {index}: {exc}") from exc
 
     # ---- one job ----------------------------------------------------------------------------------------------
 
-    def submit(self, pool: _Pool, command: Any, index: int) -> int:
-        """Converts command and queues it in pool; returns its slot.  A bad command raises (naming index)."""
-        argv = command
-        data = self.input
+    def submit(self, pool: _Pool, argv: Any, index: int, data: memoryview | None = None,
+               timeout: float | None = None, cwd: Any = None, env: Any = None) -> int:
+        """Converts argv and queues it in pool; returns its slot.  data / timeout / cwd / env: the job's own (a
+        Job's, checked), else the plan's.  A bad command raises (naming index when it is >= 0)."""
         data_c = self.input_c
-        timeout = self.timeout
-        cwd = env = None
-        if type(command) is Job:
-            argv = command.argv
-            if command.input is not None:
-                if self.stdin_given:
-                    raise ValueError(f"run_many: command {index}: Job(input=...) and run_many's stdin= both say "
-                                     "where its stdin comes from")
-                data = command.input
-                data_c = ffi.from_buffer("char[]", data)
-            if command.timeout is not None:
-                timeout = command.timeout
-            cwd, env = command.cwd, command.env
+        if data is None:
+            data = self.input
+        else:
+            if self.stdin_given:
+                raise ValueError(f"run_many: command {index}: Job(input=...) and run_many's stdin= both say "
+                                 "where its stdin comes from")
+            data_c = ffi.from_buffer("char[]", data)
+        if timeout is None:
+            timeout = self.timeout
         group = timeout is not None and not self.grouped
         packed = None
-        if cwd is None and env is None and (type(argv) is list or type(argv) is tuple):
+        if cwd is None and env is None and self.request is not None and (type(argv) is list or type(argv) is tuple):
             packed = _pack_argv(argv)  # None for anything but non-empty str items without NUL
         if packed is not None:
             if self.executable is not None or "/" in argv[0]:
@@ -382,7 +386,7 @@ def _progress_bar(commands: Iterable[Any]) -> Callable[[], Any] | None:
             from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
         except ImportError:
             warnings.warn("run_many(progress=True) needs tqdm (pip install tqdm): running without a progress bar",
-                          RuntimeWarning, stacklevel=3)
+                          RuntimeWarning, stacklevel=4)  # (the caller of run_many)
             return None
 
         class _Bar(tqdm):  # type: ignore[misc,unused-ignore]
@@ -436,6 +440,14 @@ def run_many(
     it is read, naming its index.  However the iteration ends (an exception in the loop, Ctrl-C, break and close()
     or garbage collection of the iterator), every running child is killed and reaped and every fd closed.
     """
+    return _results(_new_run(commands, jobs, capture, stdin, input, timeout, check, fail_fast, ordered, progress,
+                             spawn_options))
+
+
+def _new_run(commands: Iterable[Any], jobs: object, capture: object, stdin: FileSpec, input: object,
+             timeout: object, check: object, fail_fast: object, ordered: object, progress: object,
+             spawn_options: dict[str, Any]) -> _Run:
+    """run_many's (and aio.run_many's) arguments checked, before anything starts: a _Run to open."""
     jobs = _check_jobs(jobs)
     flags = []
     for name, value in (("check", check), ("fail_fast", fail_fast), ("ordered", ordered), ("progress", progress)):
@@ -444,70 +456,130 @@ def run_many(
         flags.append(bool(value))
     plan = _Plan(capture, stdin, input, timeout, spawn_options)
     source = iter(commands)
-    bar = _progress_bar(commands) if progress else None
-    return _results(plan, source, jobs, flags[0], flags[1], flags[2], bar)
+    bar = _progress_bar(commands) if flags[3] else None
+    return _Run(plan, source, jobs, flags[0], flags[1], flags[2], bar)
 
 
 def _failed(result: Result) -> bool:
     return result.error is not None or result.returncode != 0
 
 
-def _results(plan: _Plan, source: Iterator[Any], jobs: int, check: bool, fail_fast: bool, ordered: bool,
-             make_bar: Callable[[], Any] | None) -> Iterator[Result]:
-    ahead = read_ahead(jobs)
-    pool: _Pool | None = None
-    bar = None
-    try:
-        plan.open()
-        pool = _Pool(jobs, ahead + jobs)
-        bar = make_bar() if make_bar is not None else None
+class _Run:
+    """One run_many's state, shared by the iterator of run_many and that of aio.run_many: reads commands into the
+    pool within the read-ahead, and turns the done jobs into the results to hand out, in their order."""
+
+    def __init__(self, plan: _Plan, source: Iterator[Any], jobs: int, check: bool, fail_fast: bool, ordered: bool,
+                 make_bar: Callable[[], Any] | None) -> None:
+        self.plan = plan
+        self.source = source
+        self.jobs = jobs
+        self.ahead = read_ahead(jobs)
+        self.check = check
+        self.fail_fast = fail_fast
+        self.ordered = ordered
+        self.make_bar = make_bar
+        self.bar: Any = None
+        self.pool: _Pool | None = None
+        self.submitted = self.handed = 0  # commands read; results handed out (ordered: the index of the next one)
+        self.ready: dict[int, Result | None] = {}  # ordered: done, waiting for their turn (None: dropped)
+        self.exhausted = self.stopping = False
+
+    def open(self) -> _Pool:
+        self.plan.open()
+        self.pool = pool = _Pool(self.jobs, self.ahead + self.jobs)
+        if self.make_bar is not None:
+            self.bar = self.make_bar()
+        return pool
+
+    def refill(self, held: int = 0) -> int:
+        """Reads commands into the queue while fewer than `jobs` wait there and the read-ahead allows (held:
+        results handed out that the consumer has not taken yet); returns how many.  A bad command, or the source
+        itself, raises here."""
+        pool = self.pool
+        assert pool is not None
         c = pool.c
-        submitted = yielded = 0  # commands read; results yielded (ordered: the index of the next one to yield)
-        ready: dict[int, Result | None] = {}  # ordered: finished, waiting for their turn (None: dropped)
-        exhausted = stopping = False
-        while True:
-            while not (exhausted or stopping) and c.n_queued < jobs and submitted - yielded < ahead:
-                try:
-                    command = next(source)
-                except StopIteration:
-                    exhausted = True
-                    break
-                plan.submit(pool, command, submitted)
-                submitted += 1
-            if not (c.running or c.n_queued or c.n_done):
+        plan = self.plan
+        before = self.submitted
+        while (not (self.exhausted or self.stopping) and c.n_queued < self.jobs
+               and self.submitted - self.handed + held < self.ahead):
+            try:
+                command = next(self.source)
+            except StopIteration:
+                self.exhausted = True
                 break
+            if type(command) is Job:
+                plan.submit(pool, command.argv, self.submitted, command.input, command.timeout, command.cwd,
+                            command.env)
+            else:
+                plan.submit(pool, command, self.submitted)
+            self.submitted += 1
+        return self.submitted - before
+
+    def finished(self) -> bool:
+        """Nothing left to run or hand out (after a refill)."""
+        c = self.pool.c  # type: ignore[union-attr]
+        return not (c.running or c.n_queued or c.n_done)
+
+    def collect(self) -> list[Result]:
+        """The results to hand out now, from the jobs done since the last call (their slots recycled).  Raises
+        the first failure with check=True; drops what is queued at the first failure with fail_fast=True."""
+        pool = self.pool
+        assert pool is not None
+        c = pool.c
+        n = c.n_done
+        if not n:
+            return []
+        done = [self.plan.result(pool, c.done[k]) for k in range(n)]
+        lib.pyproc_pool_recycle(c)
+        out = []
+        for index, result in done:
+            if _failed(result):
+                if self.check:
+                    result.check_returncode()  # raises; closing the run kills and reaps what runs
+                if self.fail_fast and not self.stopping:
+                    self.stopping = True  # no job starts after a failure
+                    for record in pool.drop_queued():
+                        self.ready[record[0]] = None
+            if self.ordered:
+                self.ready[index] = result
+            else:
+                out.append(result)
+        if self.ordered:
+            ready = self.ready
+            while self.handed in ready:
+                ready_result = ready.pop(self.handed)
+                self.handed += 1
+                if ready_result is not None:
+                    out.append(ready_result)
+        else:
+            self.handed += len(out)
+        if self.bar is not None and out:
+            self.bar.update(len(out))
+        return out
+
+    def close(self) -> None:
+        """Kills and reaps what runs, closes every fd (idempotent)."""
+        try:
+            if self.pool is not None:
+                self.pool.close()
+        finally:
+            self.plan.close()
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+
+def _results(run: _Run) -> Iterator[Result]:
+    try:
+        pool = run.open()
+        while True:
+            run.refill()
+            if run.finished():
+                return
             pool.run(True)
-            done = [plan.result(pool, c.done[k]) for k in range(c.n_done)]
-            lib.pyproc_pool_recycle(c)
-            for index, result in done:
-                if _failed(result):
-                    if check:
-                        result.check_returncode()  # raises; the finally kills and reaps what runs
-                    if fail_fast and not stopping:
-                        stopping = True  # no job starts after a failure
-                        for record in pool.drop_queued():
-                            ready[record[0]] = None
-                if ordered:
-                    ready[index] = result
-                    continue
-                yielded += 1
-                if bar is not None:
-                    bar.update(1)
-                yield result
-            while ordered and yielded in ready:
-                ready_result = ready.pop(yielded)
-                yielded += 1
-                if ready_result is None:
-                    continue
-                if bar is not None:
-                    bar.update(1)
-                yield ready_result
+            yield from run.collect()
     finally:
-        if pool is not None:
-            pool.close()
-        plan.close()
-        if bar is not None:
-            bar.close()
+        run.close()
 
 
 __all__ = ["Job", "run_many"]

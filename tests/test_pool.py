@@ -110,6 +110,19 @@ def test_child_closing_stdin_early_drops_the_rest_without_error() -> None:
     assert [(r.returncode, r.stdout, r.error) for r in results] == [(0, b"xxxxx", None)] * 3
 
 
+def test_children_that_close_their_outputs_early_or_have_none() -> None:
+    # The pool reaps a child when its outputs reach end of file if it can; one that closed them and runs on is
+    # waited for through its pidfd, and one without output pipes (input only, nothing captured) too.
+    commands: list[Any] = [[SH, "-c", "exec >&- 2>&-; sleep 0.3; exit 5"],
+                           pyproc.Job([SH, "-c", "cat > /dev/null; exit 6"], input=b"x" * 300_000)]
+    started = time.monotonic()
+    (closed_early,) = pyproc.run_many(commands[:1], capture=True)
+    assert (closed_early.returncode, closed_early.stdout, closed_early.stderr) == (5, b"", b"")
+    assert closed_early.elapsed >= 0.3 and time.monotonic() - started >= 0.3
+    (input_only,) = pyproc.run_many(commands[1:])
+    assert (input_only.returncode, input_only.stdout) == (6, None)
+
+
 def test_stderr_to_stdout_devnull_and_stdin_pipe() -> None:
     (r,) = pyproc.run_many([[SH, "-c", "echo a; echo b >&2"]], stdout=pyproc.PIPE, stderr=pyproc.STDOUT)
     assert (r.stdout, r.stderr) == (b"a\nb\n", None)
