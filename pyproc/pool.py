@@ -6,7 +6,7 @@ and reads outputs with run()'s pump, reaps with wait4, kills jobs past their dea
 is done, its replacement already started.  Python only converts commands (argv packed as spawn() packs it) and
 builds Results while the children run.
 
-How it fits together (_Plan, _Pool, the generator):
+How it fits together (_Plan, _Pool, _Run):
 - _Plan checks everything the jobs share once, at the call (bad options raise before any child exists), and
   converts each command when it is read: a list or tuple of str takes the packed path with a request built once
   for the whole run (a program without a slash gets its PATH candidates once per run); anything else (bytes,
@@ -14,9 +14,10 @@ How it fits together (_Plan, _Pool, the generator):
   command.
 - _Pool is one struct pyproc_pool with the Python record of each of its jobs (kept until the job is recycled: the
   C side points into it).
-- The generator reads commands only while fewer than `jobs` wait in the queue and fewer than 3 * jobs + 16 are
-  read ahead of the results yielded (so a generator of a million commands is consumed lazily, in bounded memory),
-  and its finally closes the pool: every running child killed and reaped, every fd closed, whatever ends the
+- _Run (one iteration; run_many's generator and aio.run_many's iterator both drive one) reads commands only while
+  fewer than `jobs` wait in the queue and fewer than 3 * jobs + 16 are read ahead of the results yielded (so a
+  generator of a million commands is consumed lazily, in bounded memory), turns done jobs into results in their
+  order, and its close() closes the pool: every running child killed and reaped, every fd closed, whatever ends the
   iteration (an exception in the consumer, Ctrl-C, close(), garbage collection).
 
 Decisions (where the issue left a choice):
@@ -320,7 +321,7 @@ class _Plan:
                                      pool.slot_out)
         if err:
             check(err, None, "queueing a job")
-        slot = int(pool.slot_out[0])
+        slot: int = pool.slot_out[0]
         records = pool.records
         if slot >= len(records):
             records.extend([None] * (slot + 1 - len(records)))
@@ -339,12 +340,13 @@ class _Plan:
         errors = take(pump, 1) if pipes & _PIPE_STDERR else None
         error: BaseException | None = None
         # Not reaped by the pool: it could not start (127), or someone else reaped it (no status: 0, as Process).
-        returncode = int(child.returncode) if child.reaped else 127 if child.spawn.fail_stage else 0
-        if job.error:
+        returncode = child.returncode if child.reaped else 127 if child.spawn.fail_stage else 0
+        failed = job.error
+        if failed:
             if child.spawn.fail_stage:
-                error = self._start_error(argv, child, job.pipes, int(job.error), job_options)
+                error = self._start_error(argv, child, job.pipes, failed, job_options)
             else:
-                error = os_error(int(job.error), None, "running the job (its pipes, or the pool's epoll set)")
+                error = os_error(failed, None, "running the job (its pipes, or the pool's epoll set)")
         elif job.timed_out:
             error = TimeoutExpired(argv, timeout or 0.0, out, errors)
         return index, Result(argv, returncode, out, errors, child, (job.end_ns - job.start_ns) / 1e9, error)
