@@ -1,11 +1,13 @@
-"""asyncio face of pyproc: await run(...), await spawn(...) -> AsyncProcess, and SignalPipe with `async for`.
+"""asyncio face of pyproc: await run(...), async for ... in run_many(...), await spawn(...) -> AsyncProcess, and
+SignalPipe with `async for`.
 
-Everything runs on the event loop's own thread: no helper threads, no SIGCHLD watcher, never waitpid(-1).  A
-child's exit is watched through its pidfd registered with the loop (loop.add_reader: a pidfd becomes readable
-when the child exits), then the child is reaped with wait4 (so rusage comes with the status).  Pipes are
-pumped by the loop through asyncio's own pipe transports (non-blocking fds, add_reader / add_writer).
-Starting the child is one synchronous C call (clone + exec, with the GIL released), short enough to make on
-the loop.
+Everything runs on the event loop's own thread: no helper threads, no SIGCHLD watcher, never waitpid(-1).
+Starting a child is one synchronous C call (clone + exec, with the GIL released), short enough to make on the
+loop.  run() and run_many() go through the C job pool: the loop watches the pool's epoll fd, and each wake-up
+runs one pass of the C loop that never waits (pyproc._aio_pool).  For spawn() and AsyncProcess, a child's exit is
+watched through its pidfd registered with the loop (loop.add_reader: a pidfd becomes readable when the child
+exits), then the child is reaped with wait4 (so rusage comes with the status), and pipes are pumped by the loop
+through asyncio's own pipe transports (non-blocking fds, add_reader / add_writer).
 
 Timeouts and cancellation kill the child (its whole process group when it leads one: new_session=True or
 process_group=0) and reap it, so nothing is left running and no zombie stays behind.
@@ -17,15 +19,17 @@ import asyncio
 import contextlib
 import os
 import signal
-import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
+from . import _aio_pool
 from . import signals as _signals
+from ._aio_pool import AsyncResults
 from .errors import TimeoutExpired
 from .io import Result
+from .pool import _new_run
 from .process import Process, Rusage, Status
 from .spawn import DEVNULL, PIPE, STDOUT, FileSpec
 from .spawn import spawn as _spawn
@@ -296,7 +300,7 @@ async def spawn(
 async def run(
     argv: Sequence[Any],
     *,
-    input: bytes | None = None,
+    input: bytes | bytearray | memoryview | None = None,
     capture: bool = False,
     stdin: FileSpec = None,
     stdout: FileSpec = None,
@@ -310,30 +314,41 @@ async def run(
     input: bytes for the child's stdin (implies stdin=PIPE).  capture=True: stdout=PIPE and stderr=PIPE.
     Other keyword arguments are pyproc.spawn's (cwd, env, new_session, ...).
 
-    timeout (seconds): the child is killed (its process group too when it leads one) and reaped, and
-    pyproc.TimeoutExpired is raised with the partial output.  Cancelling the awaiting task kills and reaps the
-    child before the CancelledError propagates.  check=True raises pyproc.CalledProcessError on a nonzero
-    exit.
+    timeout (seconds): as with pyproc.run(), the child runs in a process group of its own (unless process_group or
+    new_session is given); when time runs out the group is killed, the child reaped, and pyproc.TimeoutExpired
+    raised with the partial output.  Cancelling the awaiting task kills and reaps the child before the
+    CancelledError propagates.  check=True raises pyproc.CalledProcessError on a nonzero exit.  A child that
+    cannot start raises as pyproc.run() does (FileNotFoundError ...).
+
+    Every call on one loop shares one job pool (pyproc.run_many's C loop, one pass per wake-up of the loop): see
+    pyproc._aio_pool.
     """
-    if input is not None:
-        if stdin is not None:
-            raise ValueError("stdin and input cannot both be given")
-        stdin = PIPE
-    if capture:
-        if stdout is not None or stderr is not None:
-            raise ValueError("stdout and stderr cannot be given with capture=True")
-        stdout = stderr = PIPE
-    if timeout is not None and timeout < 0:
-        raise ValueError("timeout must be >= 0 or None")
-    start = time.monotonic()
-    proc = await spawn(argv, stdin=stdin, stdout=stdout, stderr=stderr, **kwargs)
-    out, err = await proc.communicate(input, timeout)
-    elapsed = time.monotonic() - start
-    assert proc.returncode is not None
-    result = Result(proc.args, proc.returncode, out, err, proc._process, elapsed)
-    if check:
-        result.check_returncode()
-    return result
+    return await _aio_pool.run(argv, input, capture, stdin, stdout, stderr, timeout, check, kwargs)
+
+
+def run_many(
+    commands: Iterable[Any],
+    *,
+    jobs: int | None = None,
+    capture: bool = False,
+    stdin: FileSpec = None,
+    input: bytes | bytearray | memoryview | None = None,
+    timeout: float | None = None,
+    check: bool = False,
+    fail_fast: bool = False,
+    ordered: bool = True,
+    progress: bool = False,
+    **spawn_options: Any,
+) -> AsyncResults:
+    """pyproc.run_many on the event loop: `async for result in aio.run_many(commands, ...)`, same arguments and
+    semantics (jobs at a time, lazy reading, ordered or as completed, per-job timeouts, check, fail_fast).
+
+    The loop watches the pool's epoll fd and runs one non-blocking pass of the C loop whenever it is readable: no
+    threads.  Cancelling the consuming task, an exception, aclose() (or `async with`) or dropping the iterator kills
+    and reaps every running child and closes every fd.  Bad options raise here, before anything starts.
+    """
+    return AsyncResults(_new_run(commands, jobs, capture, stdin, input, timeout, check, fail_fast, ordered, progress,
+                                 spawn_options))
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -420,4 +435,5 @@ class SignalPipe(_signals.SignalPipe):
         self.close()
 
 
-__all__ = ["DEVNULL", "PIPE", "STDOUT", "AsyncProcess", "Result", "SignalPipe", "run", "spawn"]
+__all__ = ["DEVNULL", "PIPE", "STDOUT", "AsyncProcess", "AsyncResults", "Result", "SignalPipe", "run", "run_many",
+           "spawn"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import threading
@@ -306,5 +307,201 @@ def test_input_the_child_never_reads_and_stderr_to_stdout() -> None:
         assert result.returncode == 0
         assert result.stdout is not None and sorted(result.stdout.splitlines()) == [b"err", b"out"]
         assert result.stderr is None
+
+    run_async(main())
+
+
+# ---- aio.run on the shared job pool, aio.run_many (issue 15) ---------------------------------------------------
+
+
+def test_run_shares_one_pool_per_loop_and_closes_it_once_idle() -> None:
+    from pyproc import _aio_pool
+
+    fds = set(os.listdir("/proc/self/fd"))
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for i in range(5):  # back to back: the same pool serves them
+            assert (await aio.run(["echo", str(i)], capture=True)).stdout == f"{i}\n".encode()
+            pool = _aio_pool._loop_pools.get(loop)
+            assert pool is not None
+        results = await asyncio.gather(*[aio.run(["echo", str(i)], capture=True) for i in range(50)])
+        assert [r.stdout for r in results] == [f"{i}\n".encode() for i in range(50)]
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert loop not in _aio_pool._loop_pools  # idle for a whole iteration: closed
+
+    run_async(main())
+    assert set(os.listdir("/proc/self/fd")) == fds
+
+
+def test_run_timeout_kills_the_group_without_being_asked(tmp_path: Path) -> None:
+    # As pyproc.run(): a timeout puts the child in a group of its own, so the grandchild goes too.
+    pidfile = tmp_path / "pids"
+    script = f"sleep 60 & echo $! > {pidfile}.tmp; mv {pidfile}.tmp {pidfile}; echo started; wait"
+
+    async def main() -> None:
+        with pytest.raises(pyproc.TimeoutExpired) as info:
+            await aio.run(["sh", "-c", script], capture=True, timeout=0.5)
+        assert info.value.stdout == b"started\n"
+
+    run_async(main())
+    assert _wait_dead(int(pidfile.read_text())), "the grandchild survived the timeout"
+
+
+def test_runs_on_loops_in_several_threads_at_once() -> None:
+    errors: list[BaseException] = []
+
+    def worker(k: int) -> None:
+        async def main() -> None:
+            results = await asyncio.gather(*[aio.run(["echo", f"{k}.{i}"], capture=True) for i in range(20)])
+            assert [r.stdout for r in results] == [f"{k}.{i}\n".encode() for i in range(20)]
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
+def test_run_many_order_output_errors_and_timeouts() -> None:
+    commands: list[Any] = [["sh", "-c", f"sleep 0.0{5 - i % 5}; echo {i}"] for i in range(12)]
+    commands[3] = ["/nonexistent/program"]
+    commands[7] = pyproc.Job(["sleep", "60"], timeout=0.3)
+
+    async def main() -> tuple[list[pyproc.Result], list[pyproc.Result]]:
+        ordered = [r async for r in aio.run_many(commands, jobs=3, capture=True)]
+        completed = [r async for r in aio.run_many(commands, jobs=3, capture=True, ordered=False)]
+        return ordered, completed
+
+    ordered, completed = run_async(main())
+    assert [r.args for r in ordered] == [c.argv if isinstance(c, pyproc.Job) else c for c in commands]
+    for i, r in enumerate(ordered):
+        if i == 3:
+            assert isinstance(r.error, FileNotFoundError) and r.returncode == 127
+        elif i == 7:
+            assert r.timed_out and r.returncode == -signal.SIGKILL
+        else:
+            assert (r.returncode, r.stdout, r.error) == (0, f"{i}\n".encode(), None)
+    assert sorted(map(repr, (r.args for r in completed))) == sorted(map(repr, (r.args for r in ordered)))
+    assert completed[-1].args == ["sleep", "60"]  # the timed-out one ends last
+
+
+def _sleepers(n: int = 50) -> Any:
+    return (["sleep", "60"] for _ in range(n))
+
+
+def test_run_many_cancelled_mid_way_leaves_nothing_behind() -> None:
+    from leakcheck import no_leaks as strict
+
+    async def main() -> None:
+        got = []
+
+        async def consume() -> None:
+            async for r in aio.run_many(itertools.chain([["true"]], _sleepers()), jobs=3, capture=True):
+                got.append(r)
+
+        task = asyncio.ensure_future(consume())
+        while not got:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # the sleepers are running now
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    with strict("aio.run_many cancelled"):
+        run_async(main())
+
+
+def test_run_many_every_other_way_out_leaves_nothing_behind() -> None:
+    from leakcheck import no_leaks as strict
+
+    async def exception() -> None:
+        with pytest.raises(ZeroDivisionError):
+            async for _ in aio.run_many(itertools.chain([["true"]], _sleepers()), jobs=3):
+                1 / 0  # noqa: B018
+
+    async def break_out() -> None:
+        async for _ in aio.run_many(itertools.chain([["true"]], _sleepers()), jobs=3):
+            break  # the iterator is dropped: closed at once
+
+    async def aclose() -> None:
+        results = aio.run_many(itertools.chain([["true"]], _sleepers()), jobs=3)
+        await results.__anext__()
+        await results.aclose()
+        with pytest.raises(StopAsyncIteration):
+            await results.__anext__()
+
+    async def context() -> None:
+        async with aio.run_many(itertools.chain([["true"]], _sleepers()), jobs=3) as results:
+            await results.__anext__()
+
+    async def check() -> None:
+        with pytest.raises(pyproc.CalledProcessError):
+            async for _ in aio.run_many(itertools.chain([["false"]], _sleepers()), jobs=3, check=True):
+                pass
+
+    async def bad_command() -> None:
+        with pytest.raises(TypeError, match="command 4: argv must be a sequence"):
+            async for _ in aio.run_many(itertools.chain(_sleepers(2), [["true"]] * 2, [5]), jobs=3):
+                pass
+
+    for way in (exception, break_out, aclose, context, check, bad_command):
+        with strict(way.__name__):
+            run_async(way())
+
+
+def test_run_many_fail_fast_and_bad_options() -> None:
+    async def main() -> list[pyproc.Result]:
+        commands = [["sh", "-c", "sleep 0.3"], ["false"], *(["true"] for _ in range(20))]
+        return [r async for r in aio.run_many(commands, jobs=2, fail_fast=True)]
+
+    results = run_async(main())
+    assert [r.returncode for r in results[:2]] == [0, 1] and len(results) <= 4
+    with pytest.raises(ValueError):
+        aio.run_many([["true"]], jobs=0)
+    with pytest.raises(TypeError):
+        aio.run_many([["true"]], umask="022")
+
+
+def test_run_many_reads_lazily_with_a_slow_consumer() -> None:
+    from pyproc.pool import read_ahead
+
+    read = 0
+
+    def commands() -> Any:
+        nonlocal read
+        for _ in range(200):
+            read += 1
+            yield ["true"]
+
+    async def main() -> int:
+        n = worst = 0
+        async for _ in aio.run_many(commands(), jobs=2):
+            n += 1
+            worst = max(worst, read - n)
+            if n % 20 == 0:
+                await asyncio.sleep(0.05)  # the jobs already queued finish meanwhile; nothing more is read
+        assert worst <= read_ahead(2)
+        return n
+
+    assert run_async(main()) == 200
+
+
+def test_run_many_and_runs_share_the_loop() -> None:
+    async def main() -> None:
+        async def many() -> list[bytes | None]:
+            return [r.stdout async for r in aio.run_many([["echo", str(i)] for i in range(30)], jobs=2,
+                                                          capture=True)]
+
+        listing, *singles = await asyncio.gather(many(), *[aio.run(["echo", "x"], capture=True) for _ in range(10)])
+        assert listing == [f"{i}\n".encode() for i in range(30)]
+        assert [r.stdout for r in singles] == [b"x\n"] * 10
 
     run_async(main())
