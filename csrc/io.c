@@ -12,10 +12,12 @@
  * read or write means the pipe is empty or full, so that fd waits for poll; nothing is retried just to see EAGAIN.
  *
  * The output buffers the pump reads into (the chunk pool, map mode, the helper thread that faults pages in, the
- * handover to Python by pyproc_pump_take / pyproc_pump_copy) are in outbuf.c.
+ * handover to Python by pyproc_pump_take / pyproc_pump_copy) are in outbuf.c.  The job pool (pool.c) drives many
+ * pumps from one epoll set through the single steps that pump.h exports (one write, one read).
  * Pipes that carry a lot are enlarged with F_SETPIPE_SZ (fewer wake-ups, bigger reads).
  */
 #include "outbuf.h"
+#include "pump.h"
 
 #include <poll.h>
 #include <pthread.h>
@@ -51,7 +53,7 @@ int64_t pyproc_monotonic_ns(void)
 
 /* ---- SIGPIPE: a write to a pipe whose reader is gone must give EPIPE, not kill the process ------------------- */
 
-static int sigpipe_is_default(void)
+int pyproc__sigpipe_is_default(void)
 {
     struct sigaction old;
     if (sigaction(SIGPIPE, NULL, &old) != 0)
@@ -118,7 +120,7 @@ int pyproc_read_full(int fd, char *buf, size_t n, size_t *done)
 
 int pyproc_write_full(int fd, const char *buf, size_t n, size_t *done)
 {
-    int guard = sigpipe_is_default();
+    int guard = pyproc__sigpipe_is_default();
     while (*done < n) {
         ssize_t got = write_nosigpipe(fd, buf + *done, n - *done, guard);
         if (got >= 0) {
@@ -159,7 +161,7 @@ static int set_nonblocking(int fd)
     return fcntl(fd, F_SETFL, O_NONBLOCK) < 0 ? errno : 0;
 }
 
-static void close_input(struct pyproc_pump *p)
+void pyproc__pump_close_input(struct pyproc_pump *p)
 {
     if (p->in_fd >= 0) {
         close(p->in_fd);  /* a pipe's close cannot fail in a way that leaves it open */
@@ -172,9 +174,9 @@ static int pump_start(struct pyproc_pump *p)
     p->started = 1;
     if (p->in_fd >= 0) {
         if (p->in_pos >= p->in_len) {
-            close_input(p);
+            pyproc__pump_close_input(p);
         } else {
-            p->sigpipe_default = sigpipe_is_default();
+            p->sigpipe_default = pyproc__sigpipe_is_default();
             int err = set_nonblocking(p->in_fd);
             if (err)
                 return err;
@@ -194,11 +196,11 @@ static int pump_start(struct pyproc_pump *p)
     return 0;
 }
 
-/* Writes once; *ready = 0 when the pipe is (now) full. */
-static int pump_write(struct pyproc_pump *p, int *ready)
+int pyproc__pump_write(struct pyproc_pump *p, int *ready, int *finished)
 {
     size_t left = p->in_len - p->in_pos;
     size_t chunk = left < WRITE_CHUNK ? left : WRITE_CHUNK;
+    *finished = 0;
     ssize_t got = write_nosigpipe(p->in_fd, p->in_data + p->in_pos, chunk, p->sigpipe_default);
     if (got < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK) {
@@ -209,17 +211,27 @@ static int pump_write(struct pyproc_pump *p, int *ready)
             return EINTR;
         if (errno == EPIPE) {  /* the child closed its stdin: drop the rest */
             p->in_broken = 1;
-            close_input(p);
+            *finished = 1;
             return 0;
         }
         return errno;
     }
     p->in_pos += (size_t)got;
     if (p->in_pos >= p->in_len)
-        close_input(p);
+        *finished = 1;
     else if ((size_t)got < chunk)
         *ready = 0;
     return 0;
+}
+
+/* pyproc__pump_write, closing the input once it is finished. */
+static int pump_write(struct pyproc_pump *p, int *ready)
+{
+    int finished = 0;
+    int err = pyproc__pump_write(p, ready, &finished);
+    if (finished)
+        pyproc__pump_close_input(p);
+    return err;
 }
 
 /* Output b flows into an enlarged pipe, in chunk mode (in map mode, naps were measured slower: 1 GiB capture). */
@@ -228,8 +240,7 @@ static int napping(const struct pyproc_outbuf *b)
     return b->big_pipe && !b->map_size;
 }
 
-/* Reads once from output i; *ready = 0 when the pipe is (now) empty. */
-static int pump_read(struct pyproc_pump *p, int i, int *ready)
+int pyproc__pump_read(struct pyproc_pump *p, int i, int *ready)
 {
     struct pyproc_outbuf *b = &p->out[i];
     uint64_t allowed = p->max_output == UINT64_MAX ? UINT64_MAX : p->max_output + 1;  /* one more: to see it */
@@ -339,7 +350,7 @@ static int pump_run(struct pyproc_pump *p, int drain)
                 continue;
             active = 1;
             if (out_ready[i]) {
-                int err = pump_read(p, i, &out_ready[i]);
+                int err = pyproc__pump_read(p, i, &out_ready[i]);
                 if (err)
                     return err;
                 progressed = 1;
@@ -444,7 +455,7 @@ int pyproc_pump_run(struct pyproc_pump *p, int drain)
 
 void pyproc_pump_release(struct pyproc_pump *p)
 {
-    close_input(p);
+    pyproc__pump_close_input(p);
     for (int i = 0; i < 2; i++) {
         pyproc__outbuf_free(&p->out[i]);
         if (p->own_outputs && p->out_fd[i] >= 0) {

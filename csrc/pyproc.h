@@ -160,10 +160,11 @@ struct pyproc_child {
 int pyproc_spawn_child(const struct pyproc_spawn_request *req, const char *args, size_t args_len, int argc,
                        int engine, struct pyproc_child *child);
 
-/* pyproc_spawn_child with pipes made here for the standard fds in `pipes` (PYPROC_PIPE_* | PYPROC_STDERR_TO_STDOUT;
-   req must have no fd actions of its own).  On success parent_ends[i] is the parent's end of fd i's pipe (-1 for
-   fds without one) and the child's ends are closed; on failure nothing stays open.  A failed dup2 names its index
-   in the order stdin, stdout, stderr of the fds that have an action. */
+/* pyproc_spawn_child with pipes made here for the standard fds in `pipes` (PYPROC_PIPE_* | PYPROC_STDERR_TO_STDOUT).
+   req's own fd actions are kept (EINVAL if one targets a piped fd); its keep_fds must hold 0, 1 and 2.  On
+   success parent_ends[i] is the parent's end of fd i's pipe (-1 for fds without one) and the child's ends are
+   closed; on failure nothing stays open.  A failed dup2 names its index in the merged plan: req's actions first,
+   then one per pipe in the order stdin, stdout, stderr, then stderr joined to stdout. */
 int pyproc_spawn_piped(const struct pyproc_spawn_request *req, const char *args, size_t args_len, int argc,
                        int engine, int pipes, struct pyproc_child *child, int parent_ends[3]);
 
@@ -301,6 +302,95 @@ int pyproc_pump_finish(struct pyproc_pump *p, struct pyproc_child *child, int pi
 
 /* CLOCK_MONOTONIC now, in ns (the clock of deadline_ns). */
 int64_t pyproc_monotonic_ns(void);
+
+/* ---- pool.c: many children at once, one epoll loop (run_many, issue 15) ---------------------------------------- */
+
+/* A job's state (pyproc_pool_job.state). */
+#define PYPROC_JOB_FREE 0
+#define PYPROC_JOB_QUEUED 1     /* submitted, waiting for a free place among the `jobs` running */
+#define PYPROC_JOB_RUNNING 2
+#define PYPROC_JOB_DONE 3       /* in the pool's done list until pyproc_pool_recycle */
+
+/* One job of a pool: what to start (pyproc_pool_submit), then how it went.  The pool owns its pipes and its pidfd;
+   the caller owns req, the input and child, and keeps them alive until the job is recycled, cancelled or the pool
+   closed.  Fields after `pump` are the pool's own bookkeeping. */
+struct pyproc_pool_job {
+    const struct pyproc_spawn_request *req;
+    int argc;
+    int engine;
+    int pipes;               /* PYPROC_PIPE_* | PYPROC_STDERR_TO_STDOUT: made by the spawn (pyproc_spawn_piped) */
+    int kill_group;          /* the child leads its own process group: kills reach the whole group */
+    int64_t timeout_ns;      /* from the start; < 0: none */
+    struct pyproc_child *child;  /* spawn result, then wait status and rusage */
+    int state;               /* PYPROC_JOB_* */
+    int error;               /* 0, or the errno of a failed start (child->spawn says where) or of the pool's work */
+    int timed_out;           /* killed at its deadline; the pump holds what was read until then */
+    int status_lost;         /* someone else reaped it (wait4 gave ECHILD: SIGCHLD ignored ...): no status */
+    int64_t start_ns;        /* CLOCK_MONOTONIC before the spawn, and when it was done */
+    int64_t end_ns;
+    struct pyproc_pump pump; /* the pipes and the output read so far (pyproc_pump_take hands it over) */
+    char *args;              /* the pool's copy of the packed argv (NULL: req->argv) */
+    size_t args_len;
+    size_t args_cap;
+    int exited;              /* the child has exited (its pidfd said so), not yet reaped */
+    int reaped;
+    int armed;               /* which of its fds the epoll set may report (a bit per kind, see pool.c) */
+    int64_t deadline_ns;     /* < 0: none */
+    int64_t recheck_ns;      /* no pidfd to watch: when to look with wait4 again; < 0: not needed */
+    int next;                /* the queue or the free list */
+};
+
+/* A pool: at most `jobs` children running, started from a FIFO of submitted jobs.  slots grows on demand; use
+   slots[i] only between calls (a submit may move it).  done[0 .. n_done) are the jobs finished since the last
+   pyproc_pool_recycle, in the order they finished. */
+struct pyproc_pool {
+    int epfd;                /* the epoll set of every running child's pidfd and pipes (readable: work to do) */
+    int jobs;
+    struct pyproc_pool_job *slots;
+    int n_slots;
+    int *done;
+    int n_done;
+    int running;
+    int n_queued;
+    int queue_head;
+    int queue_tail;
+    int free_head;
+    size_t lead;             /* the pumps' lead and chunk_max (see pyproc_pump_setup) */
+    size_t chunk_max;
+    int64_t next_wake_ns;    /* the earliest deadline or wait4 recheck of a running job; < 0: none */
+};
+
+/* Makes an empty pool for `jobs` children at once (> 0), with room for `slots` jobs before it grows.  Nothing to
+   free on failure. */
+int pyproc_pool_open(struct pyproc_pool *p, int jobs, int slots, size_t lead, size_t chunk_max);
+
+/* Queues a job and gives its slot: args/args_len/argc as pyproc_spawn_child takes them (copied; NULL: req->argv),
+   input (input_len bytes, kept by the caller; written to a stdin pipe, which needs PYPROC_PIPE_STDIN), timeout_ns
+   (< 0: none), child (the caller's, filled in by the spawn and the reap).  It starts in a later pyproc_pool_run. */
+int pyproc_pool_submit(struct pyproc_pool *p, const struct pyproc_spawn_request *req, const char *args,
+                       size_t args_len, int argc, int engine, int pipes, const char *input, size_t input_len,
+                       int64_t timeout_ns, int kill_group, struct pyproc_child *child, int *slot);
+
+/* Runs the pool with the GIL released: starts queued jobs while fewer than `jobs` run, pumps the pipes, reaps,
+   kills jobs past their deadline (their group when they lead one), and returns once at least one job is done (its
+   replacement already started) or nothing runs.  block = 0: one pass that never waits (for an event loop watching
+   epfd).  A job that fails to start is done at once, with error set.  EINTR is returned with the state kept: the
+   caller runs its signal handlers and calls again. */
+int pyproc_pool_run(struct pyproc_pool *p, int block);
+
+/* Frees the done jobs (their output buffers) and empties the done list: take their outputs first. */
+void pyproc_pool_recycle(struct pyproc_pool *p);
+
+/* Forgets the queued jobs that have not started. */
+void pyproc_pool_drop_queued(struct pyproc_pool *p);
+
+/* Ends one job now whatever its state: a running child is killed (its group when it leads one) and reaped, its
+   fds closed, its buffers freed; the slot is free again.  A done job is taken out of the done list. */
+void pyproc_pool_cancel(struct pyproc_pool *p, int slot);
+
+/* Kills every running child (its group when it leads one), reaps it, closes every fd (the epoll set too) and frees
+   everything; the pool is empty and closed.  Safe to call twice. */
+void pyproc_pool_close(struct pyproc_pool *p);
 
 /* ---- sigpipe.c: the async-signal-safe self-pipe (issue 6) ------------------------------------------------------- */
 

@@ -524,14 +524,27 @@ int pyproc_spawn_piped(const struct pyproc_spawn_request *req, const char *args,
                        int engine, int pipes, struct pyproc_child *child, int parent_ends[3])
 {
     int child_ends[3] = {-1, -1, -1};
-    struct pyproc_fd_action actions[3];
-    int n = 0, err = 0;
+    int err = 0;
     parent_ends[0] = parent_ends[1] = parent_ends[2] = -1;
     memset(child, 0, sizeof *child); /* what a failure before pyproc_spawn_child reports through */
     child->spawn.pidfd = -1;
-    if (!req || req->n_fd_actions != 0 || (pipes & PYPROC_STDERR_TO_STDOUT && pipes & PYPROC_PIPE_STDERR))
+    if (!req || req->n_fd_actions < 0 || (pipes & PYPROC_STDERR_TO_STDOUT && pipes & PYPROC_PIPE_STDERR))
         return parent_failed(&child->spawn, EINVAL);
-    for (int fd = 0; fd < 3; fd++) {
+    /* The request's own steps first, then one per pipe (and stderr joined to stdout): a failed dup2's index says
+       which. */
+    int n = req->n_fd_actions, stdout_source = 1;
+    struct pyproc_fd_action on_stack[16], *actions = on_stack;
+    if (n + 3 > 16 && !(actions = malloc(sizeof *actions * (size_t)(n + 3))))
+        return parent_failed(&child->spawn, ENOMEM);
+    for (int a = 0; a < n; a++) {
+        actions[a] = req->fd_actions[a];
+        int target = actions[a].target;
+        if ((target < 3 && pipes & (1 << target)) || (target == 2 && pipes & PYPROC_STDERR_TO_STDOUT))
+            err = EINVAL; /* the request already says what this fd is */
+        if (target == 1)
+            stdout_source = actions[a].source;
+    }
+    for (int fd = 0; fd < 3 && !err; fd++) {
         int ends[2];
         if (!(pipes & (1 << fd)))
             continue;
@@ -544,13 +557,15 @@ int pyproc_spawn_piped(const struct pyproc_spawn_request *req, const char *args,
         actions[n++] = (struct pyproc_fd_action){fd, child_ends[fd], 0};
     }
     if (!err && pipes & PYPROC_STDERR_TO_STDOUT)
-        actions[n++] = (struct pyproc_fd_action){2, child_ends[1] >= 0 ? child_ends[1] : 1, 0};
-    /* With the parent's fd 0, 1 or 2 closed a pipe end can land there: move such a source out of the way first,
-       as the general fd plan does. */
-    for (int a = 0; a < n; a++)
+        actions[n++] = (struct pyproc_fd_action){2, child_ends[1] >= 0 ? child_ends[1] : stdout_source, 0};
+    /* A source that is also a target is moved out of the way first, as the general fd plan does (with the parent's
+       fd 0, 1 or 2 closed a pipe end can land there; a request's source can be a pipe's target). */
+    for (int a = 0; a < n; a++) {
+        actions[a].move_first = 0;
         for (int b = 0; b < n; b++)
             if (actions[a].source != actions[a].target && actions[a].source == actions[b].target)
                 actions[a].move_first = 1;
+    }
     if (err) {
         parent_failed(&child->spawn, err);
     } else {
@@ -567,5 +582,7 @@ int pyproc_spawn_piped(const struct pyproc_spawn_request *req, const char *args,
             parent_ends[fd] = -1;
         }
     }
+    if (actions != on_stack)
+        free(actions);
     return err;
 }

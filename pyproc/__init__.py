@@ -9,6 +9,7 @@ from . import cow
 from ._version import __version__
 from .errors import CalledProcessError, OutputLimitExceeded, TimeoutExpired
 from .io import Pipeline, Result, pipeline, read_full, run, write_full
+from .pool import Job, run_many
 from .process import Process, Rusage, Status, wait_any
 from .signals import SignalEvent, SignalPipe
 from .spawn import DEVNULL, ENGINES, PIPE, STDOUT, spawn
@@ -19,6 +20,7 @@ __all__ = [
     "PIPE",
     "STDOUT",
     "CalledProcessError",
+    "Job",
     "OutputLimitExceeded",
     "Pipeline",
     "Process",
@@ -33,6 +35,7 @@ __all__ = [
     "pipeline",
     "read_full",
     "run",
+    "run_many",
     "spawn",
     "wait_any",
     "write_full",

@@ -9,7 +9,7 @@ TimeoutExpired so that a second communicate() goes on where the first stopped) w
   close_input()               the child's stdin reaches end of file (Popen.__exit__ after a timeout);
   stdin_done / stdout_done / stderr_done: which file objects the caller may close.
 
-NativeExchange is pyproc.io's C pump (one poll loop over the three pipes with the GIL released, buffers that
+NativeExchange is pyproc._pump's C pump (one poll loop over the three pipes with the GIL released, buffers that
 grow without copying): what communicate() uses.  Exchange is the same in Python, a select.poll loop with stdin
 non-blocking while it runs: the fallback when _Pump is None (the tests run the differential cases on it too).
 """
@@ -23,11 +23,11 @@ import time
 from collections.abc import Callable
 from typing import IO, Any, cast
 
-from . import io as _io
+from . import _pump
 from ._lib import lib
 
-# The C pump of run() / Process.communicate (pyproc.io); None selects the Python fallback (the tests do).
-_Pump: Any = _io._Pump
+# The C pump of run() / Process.communicate (pyproc._pump); None selects the Python fallback (the tests do).
+_Pump: Any = _pump.Pump
 _PUMP_DONE = lib.PYPROC_PUMP_DONE
 
 _READ_SIZE = 65536
@@ -146,7 +146,7 @@ def pump(ex: Exchange, deadline: float | None) -> bool:
 
 
 class NativeExchange:
-    """The same exchange on pyproc.io's C pump; it owns stdin_fd (a dup: the file object is closed at once)."""
+    """The same exchange on pyproc._pump's C pump; it owns stdin_fd (a dup: the file object is closed at once)."""
 
     __slots__ = ("_output", "_pump", "stderr_done", "stdin_done", "stdout_done")
 

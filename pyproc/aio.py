@@ -329,7 +329,7 @@ async def run(
     out, err = await proc.communicate(input, timeout)
     elapsed = time.monotonic() - start
     assert proc.returncode is not None
-    result = Result(proc.args, proc.returncode, out, err, proc._process, elapsed)
+    result = Result(proc.args, proc.returncode, out, err, proc._process._c, elapsed)
     if check:
         result.check_returncode()
     return result

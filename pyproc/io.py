@@ -1,21 +1,14 @@
-"""Moving bytes to and from children: run(), Result, Process.communicate(), pipeline(), read_full /
-write_full.
-
-The work is done by one C call (csrc/io.c, GIL released) that polls the child's stdin, stdout and stderr
-together: input is written as the pipe accepts it and outputs are read as they arrive, so no size in either
-direction can deadlock.  A signal interrupts the C call, Python runs its handlers (which may raise) and the
-call resumes where it was: a signal never surfaces as EINTR.
+"""Moving bytes to and from children: run(), Result, pipeline(), read_full / write_full (and communicate, from
+pyproc._pump, whose pump all of them use).
 
 Decisions (where the issue left a choice):
-- run(..., timeout=T) starts the child in a new process group of its own (unless process_group or new_session
-is
+- run(..., timeout=T) starts the child in a new process group of its own (unless process_group or new_session is
   given), so that the timeout kills grandchildren too, and a grandchild holding the pipes cannot keep run()
   waiting.  Such a child is not in the terminal's foreground group: Ctrl-C at a terminal reaches pyproc's
   process, whose KeyboardInterrupt then kills the child's group.
 - Without a timeout, run() reads until end of file, as subprocess does: a grandchild that keeps the pipes open
   keeps run() waiting.
-- On a timeout or max_output, the child (its group when it leads one) is killed with SIGKILL and reaped; what
-the
+- On a timeout or max_output, the child (its group when it leads one) is killed with SIGKILL and reaped; what the
   pipes already hold is read without waiting, never until end of file.
 - TimeoutExpired and OutputLimitExceeded carry the output as bytes (text mode or not: a partial output may end
   inside a character); Result and CalledProcessError carry str in text mode.
@@ -24,20 +17,13 @@ the
 - A child in its own group (run() with a timeout) that reads the terminal is stopped by SIGTTIN: give it
   input= or stdin=, or keep it in pyproc's group with process_group=os.getpgrp() (then a timeout kills the
   child alone).
-- Captured output below 32 MiB per stream is read into 256 KiB chunks from a process-wide pool (reused by later
-  runs, so their pages are faulted in once; the pool keeps at most 32 MiB) and copied once, with the GIL
-  released, into the result.  Past 32 MiB (glibc's largest mmap threshold, above which a bytes object is always a
-  fresh mapping) the output goes to one growing mapping, read with a short-lived helper thread (all signals
-  blocked) that faults its pages in ahead of the reads on the other CPU (it never outlives the C call), and
-  reaches Python by moving its pages into the bytes object (mremap), not by copying them.
+- How captured output is buffered and handed over: see pyproc._pump.
 """
 
 from __future__ import annotations
 
 import errno
-import functools
 import locale
-import math
 import os
 import signal
 import time
@@ -46,58 +32,14 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from ._lib import ffi, lib
+from ._pump import NO_LIMIT, Pump, byte_view, capture_to_end, check_timeout, communicate
 from .errors import CalledProcessError, OutputLimitExceeded, TimeoutExpired, check
 from .process import Process, Rusage, Status
 from .spawn import PIPE, STDOUT, FileSpec, _pack_argv, _start_piped, prepare, start
 
 _EINTR = errno.EINTR
-_NO_LIMIT = (1 << 64) - 1
-# Smaller outputs are sliced out of the pump's first chunk (one contiguous piece); larger ones are copied (or
-# their pages moved) into a new bytes object by C, with the GIL released.
-_SMALL = min(64 << 10, lib.PYPROC_OUT_CHUNK)
-_PAGE = os.sysconf("SC_PAGESIZE")
-_page_lead: int | None = None
-_PUMP_PTR = ffi.typeof("struct pyproc_pump *")
-_chunk_max = lib.PYPROC_OUT_CHUNK_MAX  # outputs below this stay in the pump's reused chunks (tests lower it)
-_new_bytes: Any = None
 
 Input = Union[bytes, bytearray, memoryview, str, None]  # noqa: UP007 - a runtime alias on 3.10
-
-
-def _lead() -> int:
-    """The offset in a page at which a large fresh bytes object's data starts (48 with glibc and CPython).
-
-    The pump starts its large buffers at the same offset, so that pyproc_pump_take can move whole pages into
-    the bytes object instead of copying them.  Measured once: 40 MiB is above glibc's largest mmap threshold.
-    """
-    global _page_lead
-    if _page_lead is None:
-        probe = bytes(40 << 20)
-        _page_lead = int(ffi.cast("uintptr_t", ffi.from_buffer("char[]", probe))) % _PAGE
-        del probe
-    return _page_lead
-
-
-def _uninitialized_bytes(n: int) -> bytes:
-    """A new bytes object of n bytes that the caller fills at once (through ffi.from_buffer) before anyone sees it.
-
-    CPython's PyBytes_FromStringAndSize(NULL, n) (through ctypes, imported on first use): unlike bytes(n), it does
-    not zero memory that is about to be overwritten -- glibc's calloc clears recycled heap memory, a whole extra
-    pass over a medium output.  Falls back to bytes(n) where ctypes or that function is missing.
-    """
-    global _new_bytes
-    if _new_bytes is None:
-        try:
-            import ctypes
-
-            func = ctypes.pythonapi.PyBytes_FromStringAndSize
-            func.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
-            func.restype = ctypes.py_object
-            _new_bytes = functools.partial(func, None)
-        except (ImportError, AttributeError):
-            _new_bytes = bytes
-    result: bytes = _new_bytes(n)
-    return result
 
 
 # ---- read_full / write_full --------------------------------------------------------------------------------
@@ -148,7 +90,7 @@ def write_full(fd: int, data: bytes | bytearray | memoryview) -> int:
     is released while writing.
     """
     _check_fd(fd)
-    view = _byte_view(data, "data")
+    view = byte_view(data, "data")
     n = view.nbytes
     if n == 0:
         return 0
@@ -162,138 +104,13 @@ def write_full(fd: int, data: bytes | bytearray | memoryview) -> int:
     return n
 
 
-def _byte_view(data: object, name: str) -> memoryview:
-    if isinstance(data, str):
-        raise TypeError(f"{name} must be bytes-like, not str (encode it, or use text mode with encoding=)")
-    try:
-        view = memoryview(data)  # type: ignore[arg-type]
-    except TypeError:
-        kind = type(data).__name__
-        raise TypeError(f"{name} must be bytes, bytearray or another buffer, not {kind}") from None
-    if not view.c_contiguous:
-        raise ValueError(f"{name} must be a contiguous buffer")
-    return view.cast("B") if view.format != "B" or view.ndim != 1 else view
-
-
-# ---- the pump ----------------------------------------------------------------------------------------------
-
-
-class _Pump:
-    """One struct pyproc_pump and what it points to; resumable (communicate after a timeout continues it)."""
-
-    def __init__(self, in_fd: int | None, data: memoryview | None, out_fds: tuple[int | None, int | None],
-                 max_output: int | None, own_outputs: bool = False) -> None:
-        self.c = ffi.new(_PUMP_PTR)
-        self._data = ffi.NULL  # the input, kept alive while the pump may write it
-        n = 0
-        if in_fd is not None and data is not None and data.nbytes:
-            self._data = ffi.from_buffer("char[]", data)
-            n = data.nbytes
-        out, err = out_fds
-        lib.pyproc_pump_setup(self.c, -1 if in_fd is None else in_fd, self._data, n, -1 if out is None else out,
-                              -1 if err is None else err, _NO_LIMIT if max_output is None else max_output, _lead(),
-                              _chunk_max, own_outputs)
-        self.released = False
-
-    def run(self, deadline: float | None) -> int:
-        """Pumps until done, the deadline (time.monotonic()) or the limit; returns a PYPROC_PUMP_* outcome."""
-        c = self.c
-        if c.outcome == lib.PYPROC_PUMP_TIMEOUT:
-            c.outcome = lib.PYPROC_PUMP_RUNNING  # resumed after a timeout (communicate again)
-        c.deadline_ns = -1 if deadline is None else max(0, int(deadline * 1e9))
-        while True:
-            err = lib.pyproc_pump_run(c, 0)
-            if err != _EINTR:  # EINTR: go round, so that Python's signal handlers run (and may raise)
-                break
-        check(err, None, "pumping the child's pipes")
-        return int(c.outcome)
-
-    def drain(self) -> None:
-        """Reads what the pipes already hold, without waiting (after the child was killed)."""
-        while True:
-            err = lib.pyproc_pump_run(self.c, 1)
-            if err != _EINTR:
-                break
-        check(err, None, "reading the child's pipes")
-
-    def peek(self, stream: int) -> bytes:
-        """A copy of what was read so far (the state is kept)."""
-        n = int(self.c.out[stream].len)
-        if n < _SMALL:
-            return ffi.buffer(self.c.out[stream].data, n)[:] if n else b""
-        result = _uninitialized_bytes(n)
-        check(lib.pyproc_pump_copy(self.c, stream, ffi.from_buffer("char[]", result), n), None,
-              "copying the output")
-        return result
-
-    def take(self, stream: int, limit: int | None = None) -> bytes:
-        """What was read, handed over once (at most limit bytes); the buffer is freed."""
-        return _take(self.c, stream, limit)
-
-    def finish(self, proc: Process) -> None:
-        """release(), then reaps proc, in one C call (run()'s ending once the outputs were taken)."""
-        _finish(self.c, proc)
-        self.released = True  # (after: if it raised before its C call, release() must still free the pump)
-
-    def release(self) -> None:
-        if not self.released:
-            self.released = True
-            lib.pyproc_pump_release(self.c)
-
-    def __del__(self) -> None:
-        if hasattr(self, "released"):
-            self.release()
-
-
-def _take(c: Any, stream: int, limit: int | None = None) -> bytes:
-    """What pump c read from stream, handed over once (at most limit bytes); the buffer is freed."""
-    out = c.out[stream]
-    n = int(out.len) if limit is None else min(int(out.len), limit)
-    if n < _SMALL:  # contiguous: the first chunk (or the mapping) holds it; the release frees it
-        return ffi.buffer(out.data, n)[:] if n else b""
-    # A new bytes object, not yet shared, receives the output with the GIL released: copied from the chunks,
-    # or, from a large mapping, its pages moved there when the offsets in a page agree (else copied).
-    result = _uninitialized_bytes(n)
-    dest = ffi.from_buffer("char[]", result)
-    check(lib.pyproc_pump_take(c, stream, dest, n), None, "handing over the output")
-    return result
-
-
-def _finish(c: Any, proc: Process) -> None:
-    """Releases pump c, then reaps proc, in one C call (run()'s ending once the outputs were taken)."""
-    child = proc._c
-    if child is None or proc.returncode is not None:
-        lib.pyproc_pump_release(c)
-        proc.wait()
-        return
-    pidfd = -1 if proc.pidfd is None else proc.pidfd
-    while True:
-        err = lib.pyproc_pump_finish(c, child, proc.pid, pidfd)
-        if err != _EINTR:  # EINTR: go round, so that Python's signal handlers run (and may raise)
-            break
-    if err:
-        proc.wait()  # ECHILD (reaped behind our back) and the rest: the general reap decides
-    else:
-        proc._set_reaped()
-
-
-def _check_timeout(timeout: object) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
-    if math.isnan(timeout) or timeout < 0:
-        raise ValueError(f"timeout must be >= 0, not {timeout!r}")
-    return float(timeout)
-
-
 def _check_limit(max_output: object) -> int | None:
     if max_output is None:
         return None
     if isinstance(max_output, bool) or not isinstance(max_output, int):
         kind = type(max_output).__name__
         raise TypeError(f"max_output must be an int (bytes per stream) or None, not {kind}")
-    if not 0 <= max_output < _NO_LIMIT:
+    if not 0 <= max_output < NO_LIMIT:
         raise ValueError(f"max_output must be >= 0, not {max_output}")
     return max_output
 
@@ -312,122 +129,59 @@ def _kill(proc: Process, group: bool) -> None:
     proc.kill()
 
 
-# ---- communicate -------------------------------------------------------------------------------------------
-
-
-def communicate(proc: Process, input: bytes | bytearray | memoryview | None = None,
-                timeout: float | None = None) -> tuple[bytes | None, bytes | None]:
-    """Process.communicate: sends input, reads stdout and stderr to end of file, waits for the child.
-
-    Returns (stdout, stderr): bytes for the streams that are pipes, else None.  With a timeout, raises
-    pyproc.TimeoutExpired carrying the output read so far and leaves the child running; calling communicate()
-    again (without input) continues where it stopped, as subprocess does.  input needs stdin=PIPE; a child
-    that closes its stdin early gets the rest dropped, without error.
-    """
-    timeout = _check_timeout(timeout)
-    pump: _Pump | None = proc._pump
-    if pump is None:
-        if input is not None:
-            view: memoryview | None = _byte_view(input, "input")
-            if proc.stdin is None or proc.stdin.closed:
-                raise ValueError("communicate(input=...) needs the child's stdin to be a pipe (stdin=PIPE)")
-        else:
-            view = None
-        in_fd = None
-        if proc.stdin is not None and proc.stdin.closed:
-            proc.stdin = None
-        if proc.stdin is not None:
-            in_fd = _detach_stdin(proc)
-        pump = _Pump(in_fd, view, (_fileno(proc.stdout), _fileno(proc.stderr)), None)
-        proc._pump = pump
-    elif input is not None:
-        raise ValueError("communicate() was already started: input cannot be sent again")
-    deadline = None if timeout is None else time.monotonic() + timeout
-    outcome = pump.run(deadline)
-    if outcome == lib.PYPROC_PUMP_TIMEOUT:
-        partial = _peek(pump, proc.stdout, 0), _peek(pump, proc.stderr, 1)
-        raise TimeoutExpired(proc.args, timeout or 0.0, *partial)
-    out = pump.take(0) if _fileno(proc.stdout) is not None else None
-    err = pump.take(1) if _fileno(proc.stderr) is not None else None
-    pump.release()
-    proc._pump = None
-    for stream in (proc.stdout, proc.stderr):
-        if stream is not None:
-            stream.close()
-    if deadline is None:
-        proc.wait()
-    else:
-        try:
-            proc.wait(max(0.0, deadline - time.monotonic()))
-        except TimeoutExpired:
-            raise TimeoutExpired(proc.args, timeout or 0.0, out, err) from None
-    return out, err
-
-
-def _peek(pump: _Pump, stream: Any, i: int) -> bytes | None:
-    return None if _fileno(stream) is None else pump.peek(i)
-
-
-def _fileno(stream: Any) -> int | None:
-    """The fd of a pipe the caller has not closed (a closed one is treated as no pipe)."""
-    return None if stream is None or stream.closed else int(stream.fileno())
-
-
-def _detach_stdin(proc: Process) -> int:
-    """Takes the stdin pipe from proc.stdin (flushing what it buffered) as an fd the pump owns."""
-    stdin = proc.stdin
-    assert stdin is not None
-    fd = os.dup(stdin.fileno())
-    try:
-        stdin.close()
-    except BrokenPipeError:
-        pass  # the child already closed its stdin
-    except BaseException:
-        os.close(fd)
-        raise
-    proc.stdin = None
-    return fd
-
-
 # ---- run ---------------------------------------------------------------------------------------------------
 
 
 class Result:
-    """What run() gives back.
+    """What run() (and run_many(), for each command) gives back.
 
     args; returncode (the exit code, or minus the signal number); stdout / stderr (bytes, str in text mode, or
     None for a stream that was not captured); status (pyproc.Status); rusage (pyproc.Rusage: the child's CPU
     times, max RSS, faults); elapsed (seconds from the spawn to the reap).  status and rusage are decoded when
-    first read.
+    read.  error: None, except for a run_many() job that failed as a whole: the OSError of a command that could
+    not start (returncode 127, no status), or the pyproc.TimeoutExpired of one killed at its timeout (timed_out
+    is then True; stdout / stderr hold what it wrote until then).
     """
 
-    __slots__ = ("_proc", "args", "elapsed", "returncode", "stderr", "stdout")
+    __slots__ = ("_child", "args", "elapsed", "error", "returncode", "stderr", "stdout")
 
-    def __init__(self, args: Any, returncode: int, stdout: Any = None, stderr: Any = None,
-                 proc: Process | None = None, elapsed: float = 0.0) -> None:
+    def __init__(self, args: Any, returncode: int, stdout: Any = None, stderr: Any = None, child: Any = None,
+                 elapsed: float = 0.0, error: BaseException | None = None) -> None:
         self.args = args
         self.returncode = returncode
         self.stdout = stdout
         self.stderr = stderr
-        self._proc = proc
+        self._child = child  # the struct pyproc_child the reap filled in (None: no status to give)
         self.elapsed = elapsed
+        self.error = error
 
     @property
     def status(self) -> Status | None:
-        """How the child ended (pyproc.Status)."""
-        return None if self._proc is None else self._proc.status
+        """How the child ended (pyproc.Status); None when it was not reaped by pyproc."""
+        c = self._child
+        return Status.from_wait_status(c.wait_status) if c is not None and c.reaped else None
 
     @property
     def rusage(self) -> Rusage | None:
-        """The resources the child used (pyproc.Rusage)."""
-        return None if self._proc is None else self._proc.rusage
+        """The resources the child used (pyproc.Rusage); None when it was not reaped by pyproc."""
+        c = self._child
+        return Rusage.from_c(c.rusage) if c is not None and c.reaped else None
+
+    @property
+    def timed_out(self) -> bool:
+        """True for a run_many() job killed at its timeout."""
+        return isinstance(self.error, TimeoutExpired)
 
     def __repr__(self) -> str:
+        error = "" if self.error is None else f", error={self.error!r}"
         return (f"{type(self).__name__}(args={self.args!r}, returncode={self.returncode!r}, "
-                f"stdout={self.stdout!r}, stderr={self.stderr!r}, elapsed={self.elapsed!r})")
+                f"stdout={self.stdout!r}, stderr={self.stderr!r}, elapsed={self.elapsed!r}{error})")
 
     def check_returncode(self) -> None:
-        """Raises pyproc.CalledProcessError (carrying the output) if returncode is nonzero."""
+        """Raises error if there is one, else pyproc.CalledProcessError (carrying the output) if returncode is
+        nonzero."""
+        if self.error is not None:
+            raise self.error
         if self.returncode:
             raise CalledProcessError(self.returncode, self.args, self.stdout, self.stderr)
 
@@ -453,7 +207,7 @@ def _input_view(input: Input, text: tuple[str, str] | None) -> memoryview | None
         if text is None:
             raise TypeError("input is a str but run() is not in text mode: pass bytes, or encoding=")
         return memoryview(input.encode(*text))
-    return _byte_view(input, "input")
+    return byte_view(input, "input")
 
 
 def _check_io_arguments(
@@ -468,7 +222,7 @@ def _check_io_arguments(
 ) -> tuple[tuple[str, str] | None, float | None, int | None, memoryview | None, FileSpec, FileSpec]:
     """The checks run() and pipeline() share: (text settings, timeout, limit, input bytes, stdout, stderr)."""
     text = _text_settings(encoding, errors)
-    checked_timeout = _check_timeout(timeout)
+    checked_timeout = check_timeout(timeout)
     limit = _check_limit(max_output)
     data = _input_view(input, text)
     if not isinstance(capture, (bool, int)):
@@ -599,49 +353,16 @@ def _run_capture_direct(argv: Sequence[Any], packed: bytes, check: bool) -> Resu
     started = time.monotonic()
     proc, parent = _start_piped(argv, packed, _CAPTURE_PIPES, False)
     try:
-        out, err = _capture_to_end(proc, parent[1], parent[2])
+        out, err = capture_to_end(proc, parent[1], parent[2])
     except BaseException:
         _kill(proc, False)
         proc.wait()
         raise
     assert proc.returncode is not None
-    result = Result(proc.args, proc.returncode, out, err, proc, time.monotonic() - started)
+    result = Result(proc.args, proc.returncode, out, err, proc._c, time.monotonic() - started)
     if check and proc.returncode:
         result.check_returncode()
     return result
-
-
-def _capture_to_end(proc: Process, out_fd: int | None, err_fd: int | None) -> tuple[bytes, bytes]:
-    """Reads proc's stdout and stderr pipes (the parent's ends) to end of file, closes them and reaps proc.
-
-    No input, deadline or limit: the C pump can only finish.  The fds are this call's from the start (closed even
-    when it raises); proc is reaped by the same C call that frees the pump.  For run(argv, capture=True) and
-    pyproc.subprocess's run(args, capture_output=True).
-    """
-    # The pump's struct is used directly, without a _Pump: this is the hot path of every run(capture=True).
-    try:
-        c = ffi.new(_PUMP_PTR)
-        lib.pyproc_pump_setup(c, -1, ffi.NULL, 0, -1 if out_fd is None else out_fd, -1 if err_fd is None else err_fd,
-                              _NO_LIMIT, _lead(), _chunk_max, 1)
-    except BaseException:
-        _close_fds([fd for fd in (out_fd, err_fd) if fd is not None])
-        raise
-    released = False
-    try:
-        while True:
-            err = lib.pyproc_pump_run(c, 0)  # no deadline: it returns when both outputs reached end of file
-            if err != _EINTR:  # EINTR: go round, so that Python's signal handlers run (and may raise)
-                break
-        if err:
-            check(err, None, "pumping the child's pipes")
-        out = _take(c, 0)
-        errors = _take(c, 1)
-        _finish(c, proc)
-        released = True  # (after: if it raised before its C call, the pump must still be freed)
-    finally:
-        if not released:
-            lib.pyproc_pump_release(c)
-    return out, errors
 
 
 def _pipe_flags(stdin: object, data: memoryview | None, stdout: object, stderr: object) -> int:
@@ -670,7 +391,7 @@ def _run_started(proc: Process, parent: list[int | None], open_fds: list[int], d
     in_fd = parent[0]
     if in_fd is None and parent[1] is None and parent[2] is None:
         return _wait_run(proc, None, None, deadline, timeout, own_group)  # nothing to pump
-    pump = _Pump(in_fd, data, (parent[1], parent[2]), limit, True)  # own_outputs (positional: see spawn.start())
+    pump = Pump(in_fd, data, (parent[1], parent[2]), limit, True)  # own_outputs (positional: see spawn.start())
     open_fds.clear()  # the pump owns every pipe end now: it closes the input once written, all at release
     try:
         outcome = pump.run(deadline)
@@ -688,7 +409,7 @@ def _run_started(proc: Process, parent: list[int | None], open_fds: list[int], d
         if deadline is None:
             pump.finish(proc)  # the common ending: pipes closed and the child reaped in one C call
             assert proc.returncode is not None
-            return Result(proc.args, proc.returncode, out, err, proc)
+            return Result(proc.args, proc.returncode, out, err, proc._c)
     finally:
         pump.release()
     return _wait_run(proc, out, err, deadline, timeout, own_group)
@@ -707,7 +428,7 @@ def _wait_run(proc: Process, out: bytes | None, err: bytes | None, deadline: flo
             proc.wait()
             raise TimeoutExpired(proc.args, timeout or 0.0, out, err) from None
     assert proc.returncode is not None
-    return Result(proc.args, proc.returncode, out, err, proc)
+    return Result(proc.args, proc.returncode, out, err, proc._c)
 
 
 # ---- pipeline ----------------------------------------------------------------------------------------------
@@ -812,7 +533,7 @@ def pipeline(
         raise
 
     procs: list[Process] = []
-    pump: _Pump | None = None
+    pump: Pump | None = None
     started = time.monotonic()
     deadline = None if timeout is None else started + timeout
     try:
@@ -835,7 +556,7 @@ def pipeline(
             _close_fds(open_fds, err_spec)  # type: ignore[arg-type]
         if in_parent is not None:
             open_fds.remove(in_parent)  # the pump owns it now, and closes it once the input is written
-        pump = _Pump(in_parent, data, (out_parent, err_parent), limit)
+        pump = Pump(in_parent, data, (out_parent, err_parent), limit)
         outcome = pump.run(deadline)
         if outcome != lib.PYPROC_PUMP_DONE:
             _kill(procs[0], True)

@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from ._lib import ffi, lib
+from ._pump import communicate
 from .errors import TimeoutExpired, check
 
 
@@ -127,7 +128,7 @@ class Process:
     _status: Status | None = None
     _rusage: Rusage | None = None
     _reap_lock: threading.Lock | None = None
-    _pump: Any = None  # communicate()'s state (pyproc.io), kept across a timeout
+    _pump: Any = None  # communicate()'s state (pyproc._pump.Pump), kept across a timeout
 
     def __init__(
         self,
@@ -270,8 +271,6 @@ class Process:
         raises pyproc.TimeoutExpired carrying the output read so far and leaves the child running; calling
         communicate() again (without input) continues where it stopped.  See pyproc.io.communicate.
         """
-        from .io import communicate
-
         return communicate(self, input, timeout)
 
     def send_signal(self, sig: int) -> None:

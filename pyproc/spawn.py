@@ -572,6 +572,23 @@ _STDIO_TARGETS = ((lib.PYPROC_PIPE_STDIN, 0), (lib.PYPROC_PIPE_STDOUT, 1), (lib.
                   (lib.PYPROC_STDERR_TO_STDOUT, 2))
 
 
+def piped_failure(argv: Sequence[StrOrBytesPath], request: Request | None, engine: str, pipes: int, err: int,
+                  res: Any) -> OSError:
+    """The exception for a failed pyproc_spawn_piped (res: its struct pyproc_spawn_result): a pipe's dup2 (the
+    steps after the request's own fd actions), or any other step, named by the request (None: the default one for
+    argv)."""
+    own = 0 if request is None else request.c.n_fd_actions
+    if res.fail_stage == lib.PYPROC_STAGE_DUP2 and res.fail_index >= own:
+        targets = [target for flag, target in _STDIO_TARGETS if pipes & flag]
+        index = res.fail_index - own
+        target = targets[index] if index < len(targets) else "?"
+        return os_error(err, None, f"in the child, dup2 of a pipe to fd {target}")
+    if request is None:
+        return _direct_failure(argv, engine, err, res)
+    where, filename = failure_message(request, res.fail_stage, res.fail_index)
+    return os_error(err, filename, where)
+
+
 def _start_piped(argv: Sequence[StrOrBytesPath], packed: bytes, pipes: int,
                  new_group: bool) -> tuple[Process, list[int | None]]:
     """run()'s common case: default options (new_group: process_group=0), argv packed by _pack_argv(argv, True),
@@ -588,11 +605,7 @@ def _start_piped(argv: Sequence[StrOrBytesPath], packed: bytes, pipes: int,
                                  len(argv), lib.PYPROC_ENGINE_CLONE, pipes, child, ends)
     res = child.spawn
     if err:
-        if res.fail_stage == lib.PYPROC_STAGE_DUP2:
-            targets = [target for flag, target in _STDIO_TARGETS if pipes & flag]
-            target = targets[res.fail_index] if 0 <= res.fail_index < len(targets) else "?"
-            raise os_error(err, None, f"in the child, dup2 of a pipe to fd {target}")
-        raise _direct_failure(argv, "auto", err, res)
+        raise piped_failure(argv, None, "auto", pipes, err, res)
     pidfd = res.pidfd
     proc = Process(res.pid, pidfd if pidfd >= 0 else None, argv, None, None, None, child)  # positional: see start()
     return proc, [None if fd < 0 else fd for fd in ends]

@@ -79,6 +79,7 @@ from typing import IO, Any, AnyStr, Generic, cast
 
 from . import _subprocess_pipes, _subprocess_pump
 from ._lib import ffi, lib
+from ._pump import capture_to_end
 from ._subprocess_child import (
     _BEFORE_EXEC,
     _DIRECT,
@@ -100,7 +101,6 @@ from ._subprocess_child import (
     _path_request,
 )
 from ._subprocess_pipes import _LAZY, _LAZY_CLOSED, _PipeAttribute, _PipeState, _text_codec
-from .io import _capture_to_end
 from .process import abandoned, abandoned_lock, reap_abandoned
 from .spawn import _pack_argv, _prepare
 
@@ -488,7 +488,7 @@ class Popen(Generic[AnyStr]):
             if self._stdout_f is not _LAZY or self._stderr_f is not _LAZY:
                 return None  # another thread made a file object meanwhile
             self._stdout_f = self._stderr_f = _LAZY_CLOSED
-        captured = _capture_to_end(proc, self._stdout_fd, self._stderr_fd)
+        captured = capture_to_end(proc, self._stdout_fd, self._stderr_fd)
         self._sync()
         return captured
 

@@ -51,3 +51,37 @@ def no_leaks() -> Iterator[None]:
     yield
     assert open_fds() == fds_before, "the test leaked fds"
     assert settle_children(children_before) == set(), "the test left children (or zombies) behind"
+
+
+def _minimal_elf() -> bytes | None:
+    """The smallest program Linux runs: a static ELF whose entry point calls exit(0) by a raw syscall (no libc, no
+    loader, no compiler needed); None on an architecture it is not written for."""
+    import platform
+    import struct
+
+    machine = platform.machine()
+    if machine == "x86_64":
+        e_machine, code = 62, bytes.fromhex("b83c000000" "31ff" "0f05")  # mov $60,%eax; xor %edi,%edi; syscall
+    elif machine in ("aarch64", "arm64"):
+        e_machine, code = 183, struct.pack("<3I", 0xD2800BA8, 0xD2800000, 0xD4000001)  # x8=93; x0=0; svc #0
+    else:
+        return None
+    base, headers = 0x400000, 64 + 56
+    size = headers + len(code)
+    elf_header = struct.pack("<4sBBBBB7xHHIQQQIHHHHHH", b"\x7fELF", 2, 1, 1, 0, 0, 2, e_machine, 1,
+                             base + headers, 64, 0, 0, 64, 56, 1, 0, 0, 0)
+    program_header = struct.pack("<IIQQQQQQ", 1, 5, 0, base, base, size, size, 0x10000)
+    return elf_header + program_header + code
+
+
+@pytest.fixture(scope="session")
+def minimal_exe(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The path of a static executable that exits 0 at once: the cheapest child there is, for tests that start
+    many."""
+    image = _minimal_elf()
+    if image is None:
+        pytest.skip("no minimal executable for this architecture")
+    path = tmp_path_factory.mktemp("minimal") / "minimal"
+    path.write_bytes(image)
+    path.chmod(0o755)
+    return str(path)

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 import pyproc
+import pyproc._pump
 import pyproc.io
 
 F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
@@ -33,7 +34,7 @@ def _pipe_capacity() -> int:
 
 PIPE_CAP = _pipe_capacity()
 CHUNK = pyproc._lib.lib.PYPROC_OUT_CHUNK  # the pump's chunk size (chunk mode, below the crossover)
-CROSSOVER = pyproc.io._chunk_max  # outputs past this many bytes leave chunk mode for one growing mapping
+CROSSOVER = pyproc._pump.chunk_max  # outputs past this many bytes leave chunk mode for one growing mapping
 
 # Every test here must leave no fd open in the parent and no child (running or zombie) behind: no_leaks in
 # conftest.py checks that after each test (and some tests check it themselves at a precise point).
@@ -493,13 +494,13 @@ def test_output_at_the_crossover(delta: int) -> None:
     assert res.stdout == data
 
 
-@pytest.mark.parametrize("size", [pyproc.io._SMALL - 1, pyproc.io._SMALL, CHUNK - 1, CHUNK, CHUNK + 1,
+@pytest.mark.parametrize("size", [pyproc._pump.SMALL - 1, pyproc._pump.SMALL, CHUNK - 1, CHUNK, CHUNK + 1,
                                   2 * CHUNK - 1, 2 * CHUNK, 3 * CHUNK + 12344, 3 * CHUNK + 12345,
                                   3 * CHUNK + 12346, 5 * CHUNK + 1])
 def test_chunk_boundaries_and_a_lowered_crossover(monkeypatch: pytest.MonkeyPatch, size: int) -> None:
     # The crossover lowered to an odd size, so that chunk boundaries, the switch to map mode (the chunks copied
     # into the mapping) and what follows are all crossed here, on both streams at once.
-    monkeypatch.setattr(pyproc.io, "_chunk_max", 3 * CHUNK + 12345)
+    monkeypatch.setattr(pyproc._pump, "chunk_max", 3 * CHUNK + 12345)
     data = _pattern(size)
     res = pyproc.run(["sh", "-c", "tee /dev/stderr"], input=data, capture=True, timeout=60)
     assert res.stdout == data
@@ -520,7 +521,7 @@ def test_chunks_are_reused_without_stale_bytes() -> None:
 @pytest.mark.parametrize("limit_delta", [-1, 0, 1])
 def test_max_output_across_a_lowered_crossover(monkeypatch: pytest.MonkeyPatch, limit_delta: int) -> None:
     crossover = 2 * CHUNK + 777
-    monkeypatch.setattr(pyproc.io, "_chunk_max", crossover)
+    monkeypatch.setattr(pyproc._pump, "chunk_max", crossover)
     limit = crossover + limit_delta
     data = _pattern(crossover + 3 * CHUNK)
     with pytest.raises(pyproc.OutputLimitExceeded) as info:
@@ -546,7 +547,7 @@ def test_timeout_partial_output_and_resume_in_either_mode(monkeypatch: pytest.Mo
     # communicate() with a timeout gives a copy of what was read (chunk mode: the chunks copied out; with the
     # lowered crossover: from the mapping), keeps the state, and finishes later with every byte.
     if crossover is not None:
-        monkeypatch.setattr(pyproc.io, "_chunk_max", crossover)
+        monkeypatch.setattr(pyproc._pump, "chunk_max", crossover)
     head = _pattern(5 * CHUNK + 3)
     tail = b"tail" * 1000
     path = os.path.join(tmp_path, "head")
@@ -739,9 +740,9 @@ def test_large_output_handover_moved_or_copied(monkeypatch: pytest.MonkeyPatch, 
     # Whole pages are moved into the bytes object when its data and the buffer's share their page offset
     # (shift 0, with glibc's allocator), otherwise copied (any other shift).  Both must give every byte back.
     # The crossover is lowered so that 6 MiB goes through map mode (and leaves chunk mode at an odd offset).
-    lead = pyproc.io._lead()
-    monkeypatch.setattr(pyproc.io, "_page_lead", (lead + shift) % os.sysconf("SC_PAGESIZE"))
-    monkeypatch.setattr(pyproc.io, "_chunk_max", CHUNK + 12345)
+    lead = pyproc._pump.lead()
+    monkeypatch.setattr(pyproc._pump, "page_lead", (lead + shift) % os.sysconf("SC_PAGESIZE"))
+    monkeypatch.setattr(pyproc._pump, "chunk_max", CHUNK + 12345)
     size = (6 << 20) + 333
     data = _pattern(size)
     res = pyproc.run(["cat"], input=data, capture=True)

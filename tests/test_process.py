@@ -211,3 +211,27 @@ def test_repr() -> None:
     proc = pyproc.spawn(["true"])
     proc.wait()
     assert f"pid={proc.pid}" in repr(proc) and "returncode=0" in repr(proc)
+
+
+def _imported_modules(module: object) -> set[str]:
+    """The pyproc modules a module imports (at any level: inside functions too), by their short names."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(module))  # type: ignore[arg-type]
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            names.add(node.module or "")
+            names.update(alias.name for alias in node.names if not node.module)
+    return names
+
+
+def test_data_flows_one_way_process_and_pump_do_not_import_upwards() -> None:
+    # The pump's Python side (pyproc._pump) is under Process, run() and run_many(); neither it nor process.py
+    # may reach back into the modules built on them (an import circle: process.py used to import pyproc.io).
+    import pyproc._pump
+    import pyproc.process
+
+    assert _imported_modules(pyproc._pump) <= {"_lib", "errors", "process"}  # process: for type hints only
+    assert _imported_modules(pyproc.process) <= {"_lib", "_pump", "errors"}

@@ -3,7 +3,7 @@
 Every engine, the fd plan (swaps, cycles, more than 16 actions, pass_fds), process state (cwd, env, umask,
 rlimits, sigmask, session, group, pdeathsig, no_new_privs), the forced fallbacks, failures reported from the
 child (missing program along PATH, bad cwd, a failing dup2), the child side alone (pyproc_exec_child after
-os.fork) and the waits (wait, wait with timeout, poll, wait_any, signals).
+os.fork), the waits (wait, wait with timeout, poll, wait_any, signals) and run_many's job pool.
 
 Under valgrind the CLONE_VM engines become plain forks (valgrind cannot run a child in the parent's memory),
 so a failure the child writes into the parent's memory is lost and the parent sees exit status 127 instead of
@@ -23,6 +23,7 @@ import sys
 import tempfile
 
 import pyproc
+import pyproc._pump
 from pyproc._lib import ffi, lib
 
 EXACT_ENGINES = (
@@ -271,12 +272,12 @@ def io_round() -> None:
     # Chunk mode past one chunk (the copy out by two threads), then map mode (the crossover lowered: the switch).
     medium = bytes(range(256)) * (12 << 10)  # 3 MiB
     check(pyproc.run(["cat"], input=medium, capture=True).stdout == medium, "run cat 3 MiB (chunks)")
-    saved = pyproc.io._chunk_max
-    pyproc.io._chunk_max = (1 << 20) + 123
+    saved = pyproc._pump.chunk_max
+    pyproc._pump.chunk_max = (1 << 20) + 123
     try:
         check(pyproc.run(["cat"], input=medium, capture=True).stdout == medium, "run cat 3 MiB (map mode)")
     finally:
-        pyproc.io._chunk_max = saved
+        pyproc._pump.chunk_max = saved
     result = pyproc.run(["sh", "-c", "echo out; echo err >&2"], capture=True, engine="fork", encoding="utf-8")
     check(result.stdout == "out\n" and result.stderr == "err\n", f"run text {result.stdout!r}")
     try:
@@ -304,6 +305,31 @@ def io_round() -> None:
         check(out == data, "communicate")
 
 
+def pool_round() -> None:
+    """pool.c (issue 15): run_many's pumps in one epoll loop, inputs, a start failure, a timeout, map mode, and
+    closing with children running (kill, reap, free)."""
+    data = bytes(range(256)) * 1024
+    commands: list[object] = [pyproc.Job(["cat"], input=data), ["sh", "-c", "echo out; echo err >&2"],
+                              ["/nonexistent/program"], pyproc.Job(["sleep", "5"], timeout=0.3)]
+    results = list(pyproc.run_many(commands * 2, jobs=3, capture=True))
+    check(all(r.stdout == data for r in results[0::4]), "run_many cat")
+    check(all((r.stdout, r.stderr) == (b"out\n", b"err\n") for r in results[1::4]), "run_many sh")
+    check(all(r.returncode == 127 for r in results[2::4]), "run_many missing program")
+    check(all(r.timed_out for r in results[3::4]), "run_many timeout")
+    medium = bytes(range(256)) * (12 << 10)
+    saved = pyproc._pump.chunk_max
+    pyproc._pump.chunk_max = (1 << 20) + 123
+    try:
+        results = list(pyproc.run_many([pyproc.Job(["cat"], input=medium)] * 2, capture=True, engine="fork"))
+        check(all(r.stdout == medium for r in results), "run_many cat 3 MiB (map mode)")
+    finally:
+        pyproc._pump.chunk_max = saved
+    running = pyproc.run_many([["true"]] + [["sleep", "5"]] * 4, jobs=3, capture=True, ordered=False)
+    first = next(running)
+    check(first.returncode == 0, "run_many early close")
+    running.close()  # type: ignore[attr-defined]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=1)
@@ -317,6 +343,7 @@ def main() -> None:
             direct_round()
             signals_round()
             io_round()
+            pool_round()
             cow_round()
     print(f"valgrind_driver: ok ({rounds} round(s), engines {', '.join(pyproc.ENGINES)})")
 
