@@ -16,7 +16,9 @@ How it goes (see run_many() for the contract):
   lost worker, up to distributed.scheduler.allowed-failures times, then KilledWorker is raised here), so the
   commands of that batch that had run may run twice.  A batch's Results come back as one task result, so each
   command has exactly one Result in the output.  Every child is started with pdeathsig=SIGKILL (unless you give
-  pdeathsig, or engine="posix_spawn", which cannot express it), so children die with a worker process that dies.
+  pdeathsig, or engine="posix_spawn", which cannot express it), so children die with a worker process that dies,
+  and leads a process group of its own (unless you give process_group or new_session), so that a stop, a timeout
+  and run_many's own cleanup kill what the command started too.
 - However the iteration ends early (an exception in your loop, check=True, break and close(), Ctrl-C), the
   outstanding batches are cancelled and stopped on the workers: a batch that runs has its children killed and
   reaped (pyproc._dask_worker.stop), and the iteration's exception propagates once none is left running.
@@ -100,7 +102,7 @@ class BatchSizer:
             return 2 * low
         per_command = statistics.median(self.per_command)
         size = math.ceil(self.task_cost / (OVERHEAD_SHARE * per_command))
-        high = max(low, int(BATCH_SECONDS / per_command))
+        high = max(low, round(BATCH_SECONDS / per_command))
         if self.total is not None:
             high = min(high, max(low, math.ceil(self.total / (4 * self.workers))))
         return min(max(size, low), high)
@@ -152,6 +154,8 @@ def _worker_options(options: dict[str, Any]) -> dict[str, Any]:
     options = dict(options)
     if "pdeathsig" not in options and options.get("engine", "auto") != "posix_spawn":
         options["pdeathsig"] = signal.SIGKILL  # children die with a worker process that dies
+    if options.get("process_group") is None and not options.get("new_session"):
+        options["process_group"] = 0  # a stop kills the group: what a command started goes with it
     return options
 
 
@@ -282,8 +286,25 @@ def _results(client: Any, source: Iterator[Any], total: int | None, batch_size: 
             bar.close()
 
 
+_stops_in_loop: set[Any] = set()  # the stops scheduled on a client's event loop, until they are done
+
+
 def _stop(client: Any, token: str, futures: list[Any]) -> None:
     """Cancels the outstanding batches and stops the ones that run (children killed and reaped) on every worker."""
+    if client.asynchronous:
+        # In the client's event loop (an iterator dropped there by the garbage collector): blocking would hang the
+        # loop, so the stop is scheduled on it.
+        import asyncio
+
+        async def stop_later() -> None:
+            if futures:
+                await client.cancel(futures)
+            await client.run(_dask_worker.stop, token, _dask_worker.KILL, STOP_WAIT, on_error="return")
+
+        task = asyncio.get_running_loop().create_task(stop_later())
+        _stops_in_loop.add(task)
+        task.add_done_callback(_stops_in_loop.discard)
+        return
     try:
         if futures:
             client.cancel(futures)
