@@ -38,7 +38,7 @@ def test_import_pyproc_imports_no_dask() -> None:
 def _cluster(threads: int) -> Any:
     distributed = pytest.importorskip("distributed", reason=NEED_DISTRIBUTED)
     return distributed.LocalCluster(n_workers=2, threads_per_worker=threads, processes=True,
-                                    dashboard_address=None, silence_logs=40)
+                                    dashboard_address=":0", silence_logs=40)
 
 
 @pytest.fixture(scope="module")
