@@ -33,7 +33,7 @@ _STOPPED_KEPT = 1024  # stopped runs remembered, so that a batch of one that sta
 
 
 class _Run:
-    __slots__ = ("batches", "busy", "changed", "stop", "threads")
+    __slots__ = ("batches", "busy", "changed", "leaders_only", "stop", "threads")
 
     def __init__(self) -> None:
         self.changed = threading.Condition(_lock)
@@ -41,6 +41,9 @@ class _Run:
         self.stop: str | None = None
         self.threads: set[int] = set()  # native ids of the threads running this run's children
         self.batches = 0  # batches of this run in this process (running or waiting)
+        # Every child of the run leads its own process group: a stop kills only group leaders, so a child that
+        # other code left behind on the same thread (an earlier task's) is not touched.
+        self.leaders_only = False
 
 
 _lock = threading.Lock()
@@ -96,6 +99,7 @@ def run_batch(token: str, offset: int, commands: list[Any], jobs: int | None, ch
             if run.stop is not None:
                 return None if run.stop == KILL else ([], 0.0)
             run.busy = True
+            run.leaders_only = options.get("process_group") == 0 or bool(options.get("new_session"))
             run.threads.add(me)
         try:
             results: list[Result] = []
@@ -142,8 +146,9 @@ def _pgid(pid: int) -> int | None:
     return int(stat[stat.rindex(b")") + 2 :].split()[2])
 
 
-def kill_thread_children(tid: int) -> int:
-    """SIGKILLs the children of thread tid of this process (their group when they lead one); returns how many."""
+def kill_thread_children(tid: int, leaders_only: bool = False) -> int:
+    """SIGKILLs the children of thread tid of this process (their group when they lead one; with leaders_only, only
+    the children that lead a group); returns how many."""
     killed = 0
     for pid in _thread_children(tid):
         try:
@@ -155,7 +160,10 @@ def kill_thread_children(tid: int) -> int:
             # process is unreaped), so an unrelated process that took a recycled pid is never signalled.
             if pid not in _thread_children(tid):
                 continue
-            if _pgid(pid) == pid:
+            leader = _pgid(pid) == pid
+            if leaders_only and not leader:
+                continue
+            if leader:
                 with contextlib.suppress(OSError):
                     os.killpg(pid, signal.SIGKILL)  # the group exists while its leader (our child) is unreaped
             with contextlib.suppress(OSError):
@@ -190,7 +198,7 @@ async def stop(token: str, mode: str, wait: float) -> int:
         if left == 0 or time.monotonic() > deadline:
             return left
         for tid in threads:
-            kill_thread_children(tid)
+            kill_thread_children(tid, run.leaders_only)
         await asyncio.sleep(0.005)
 
 

@@ -373,3 +373,64 @@ def test_batch_sizer_rule(pdask: Any) -> None:
     known = pdask.BatchSizer(task_cost=0.5, jobs=1, workers=2, total=8000)
     known.observe(1000, 0.01)
     assert known.size() == 1000  # a quarter of each worker's share
+
+
+# ---- the worker side's kill, in this process (no Dask needed) ----------------------------------------------------
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(b")") + 2 :].split()
+            if int(fields[2]) == pgid and fields[0] != b"Z":
+                members.append(int(name))
+    return members
+
+
+def test_kill_thread_children_kills_this_threads_children_and_their_groups() -> None:
+    from pyproc import _dask_worker
+
+    leader = pyproc.spawn([SH, "-c", "sleep 60 & wait"], process_group=0)
+    plain = pyproc.spawn(["sleep", "60"])
+    elsewhere: list[pyproc.Process] = []
+    spawned, done = threading.Event(), threading.Event()
+
+    def spawn_elsewhere() -> None:
+        # The thread lives on while the test runs: a dead thread's children pass to another thread of the process.
+        elsewhere.append(pyproc.spawn(["sleep", "60"]))
+        spawned.set()
+        done.wait(30)
+
+    other = threading.Thread(target=spawn_elsewhere)
+    other.start()
+    spawned.wait(10)
+    try:
+        deadline = time.monotonic() + 10
+        while len(_group_members(leader.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(_group_members(leader.pid)) == 2  # sh and its sleep
+        me = threading.get_native_id()
+        assert _dask_worker.kill_thread_children(me, leaders_only=True) == 1
+        assert leader.wait(5) == -signal.SIGKILL
+        deadline = time.monotonic() + 5
+        while _group_members(leader.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _group_members(leader.pid) == []  # the grandchild went with its group
+        assert plain.poll() is None
+        assert _dask_worker.kill_thread_children(me) == 1
+        assert plain.wait(5) == -signal.SIGKILL
+        assert elsewhere[0].poll() is None  # another thread's child is not this thread's
+        assert _dask_worker.kill_thread_children(me) == 0
+    finally:
+        for proc in (leader, plain, *elsewhere):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        done.set()
+        other.join()
