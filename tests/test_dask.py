@@ -41,6 +41,19 @@ def _cluster(threads: int) -> Any:
                                     dashboard_address=":0", silence_logs=40)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _stop_the_resource_tracker() -> Iterator[None]:
+    """LocalCluster starts its workers with multiprocessing, whose resource tracker (a child of this process) would
+    outlive the module and fail the later tests that check for leftover children: it is stopped after the module
+    (multiprocessing starts it again when needed)."""
+    yield
+    from multiprocessing import resource_tracker
+
+    stop = getattr(resource_tracker._resource_tracker, "_stop", None)
+    if stop is not None:
+        stop()
+
+
 @pytest.fixture(scope="module")
 def client() -> Iterator[Any]:
     """A 2-worker LocalCluster of worker processes (2 threads each: two batches of a run may land on a worker)."""
