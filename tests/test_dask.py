@@ -35,36 +35,76 @@ def test_import_pyproc_imports_no_dask() -> None:
     assert out.strip() == "[]"
 
 
+def _import_distributed() -> Any:
+    """distributed, imported with every signal blocked: native threads that start at import (numpy's OpenBLAS
+    threads) inherit that mask and live as long as the process; with it, they never take a signal that the other
+    tests send to this process and block in their own thread."""
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        return pytest.importorskip("distributed", reason=NEED_DISTRIBUTED)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
 def _cluster(threads: int) -> Any:
-    distributed = pytest.importorskip("distributed", reason=NEED_DISTRIBUTED)
+    distributed = _import_distributed()
     return distributed.LocalCluster(n_workers=2, threads_per_worker=threads, processes=True,
                                     dashboard_address=":0", silence_logs=40)
 
 
+def _blocked_mask(task: int) -> int | None:
+    """The signal mask of a thread of this process (None: it ended)."""
+    try:
+        with open(f"/proc/self/task/{task}/status") as f:
+            return next(int(line.split()[1], 16) for line in f if line.startswith("SigBlk:"))
+    except (OSError, StopIteration):
+        return None
+
+
 @pytest.fixture(scope="module", autouse=True)
-def _stop_the_resource_tracker() -> Iterator[None]:
-    """LocalCluster starts its workers with multiprocessing, whose resource tracker (a child of this process) would
-    outlive the module and fail the later tests that check for leftover children: it is stopped after the module
-    (multiprocessing starts it again when needed)."""
+def _leave_no_dask_behind() -> Iterator[None]:
+    """What Dask leaves in this process would break later tests, so it goes after the module: the resource tracker
+    that multiprocessing starts for LocalCluster's workers (a child of this process, for the tests that check for
+    leftover children; multiprocessing starts it again when needed), and distributed's offload thread (it outlives
+    every Client, and a thread that does not block the signals the tests block receives them)."""
+    tasks_before = set(os.listdir("/proc/self/task"))
     yield
     from multiprocessing import resource_tracker
 
     stop = getattr(resource_tracker._resource_tracker, "_stop", None)
     if stop is not None:
         stop()
+    if "distributed" in sys.modules:
+        import distributed.utils
+
+        offload = getattr(distributed.utils, "_offload_executor", None)
+        if offload is not None:
+            offload.shutdown(wait=True)
+    # Any thread left (numpy's, see _import_distributed) must block every signal a thread can block.
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        everything = _blocked_mask(threading.get_native_id())
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    open_to_signals = []
+    for task in set(os.listdir("/proc/self/task")) - tasks_before:
+        blocked = _blocked_mask(int(task))
+        if blocked is not None and blocked != everything:
+            open_to_signals.append(task)
+    assert open_to_signals == [], f"threads left by the Dask tests that could take signals: {open_to_signals}"
 
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[Any]:
     """A 2-worker LocalCluster of worker processes (2 threads each: two batches of a run may land on a worker)."""
-    distributed = pytest.importorskip("distributed", reason=NEED_DISTRIBUTED)
+    distributed = _import_distributed()
     with _cluster(2) as cluster, distributed.Client(cluster) as c:
         yield c
 
 
 @pytest.fixture(scope="module")
 def pdask() -> Any:
-    pytest.importorskip("distributed", reason=NEED_DISTRIBUTED)
+    _import_distributed()
     import pyproc.dask
 
     return pyproc.dask
@@ -313,7 +353,7 @@ def test_bad_arguments_raise_before_any_task(client: Any, pdask: Any) -> None:
 
 
 def test_a_worker_killed_mid_run_loses_no_result(pdask: Any, tmp_path: Path) -> None:
-    distributed = pytest.importorskip("distributed", reason=NEED_DISTRIBUTED)
+    distributed = _import_distributed()
     marker = f"pyproc-killed-{uuid.uuid4().hex}"
     runs = tmp_path / "runs"
     runs.mkdir()
