@@ -177,6 +177,16 @@ class Result:
         return (f"{type(self).__name__}(args={self.args!r}, returncode={self.returncode!r}, "
                 f"stdout={self.stdout!r}, stderr={self.stderr!r}, elapsed={self.elapsed!r}{error})")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The reaped struct is C memory, which does not pickle: its status word and rusage travel as numbers, so a
+        # Result crosses processes (pyproc.dask) with everything it gives.
+        c = self._child
+        ended = None
+        if c is not None and c.reaped:
+            ended = (c.wait_status, c.returncode, tuple(getattr(c.rusage, name) for name in _RUSAGE_FIELDS))
+        return (_unpickle_result,
+                (self.args, self.returncode, self.stdout, self.stderr, self.elapsed, self.error, ended))
+
     def check_returncode(self) -> None:
         """Raises error if there is one, else pyproc.CalledProcessError (carrying the output) if returncode is
         nonzero."""
@@ -184,6 +194,22 @@ class Result:
             raise self.error
         if self.returncode:
             raise CalledProcessError(self.returncode, self.args, self.stdout, self.stderr)
+
+
+_RUSAGE_FIELDS = tuple(name for name, _ in ffi.typeof("struct pyproc_rusage").fields)
+
+
+def _unpickle_result(args: Any, returncode: int, stdout: Any, stderr: Any, elapsed: float,
+                     error: BaseException | None, ended: tuple[int, int, tuple[int, ...]] | None) -> Result:
+    """A pickled Result again, with a struct pyproc_child of its own holding the status and rusage it had."""
+    child = None
+    if ended is not None:
+        child = ffi.new("struct pyproc_child *")
+        child.reaped = 1
+        child.wait_status, child.returncode, usage = ended
+        for name, value in zip(_RUSAGE_FIELDS, usage, strict=True):
+            setattr(child.rusage, name, value)
+    return Result(args, returncode, stdout, stderr, child, elapsed, error)
 
 
 def _text_settings(encoding: object, errors: object) -> tuple[str, str] | None:

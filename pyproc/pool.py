@@ -102,12 +102,21 @@ class Job:
         self.env = env
         self.timeout = check_timeout(timeout)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # input is held as a memoryview, which does not pickle: it travels as bytes (pyproc.dask ships Jobs).
+        data = None if self.input is None else bytes(self.input)
+        return (_make_job, (self.argv, data, self.cwd, self.env, self.timeout))
+
     def __repr__(self) -> str:
         extra = "".join(f", {name}={getattr(self, name)!r}" for name in ("cwd", "env", "timeout")
                         if getattr(self, name) is not None)
         if self.input is not None:
             extra += f", input=<{self.input.nbytes} bytes>"
         return f"Job({self.argv!r}{extra})"
+
+
+def _make_job(argv: Any, input: bytes | None, cwd: Any, env: Mapping[Any, Any] | None, timeout: float | None) -> Job:
+    return Job(argv, input=input, cwd=cwd, env=env, timeout=timeout)
 
 
 def _is_code(spec: object, code: int) -> bool:

@@ -821,3 +821,50 @@ def test_communicate_with_streams_the_caller_already_closed() -> None:
         proc.communicate(b"x")
     assert proc.communicate(timeout=10) == (b"out\n", None)
     assert proc.returncode == 0
+
+
+# ---- Result crosses processes (pyproc.dask ships Results back from its workers) --------------------------------
+
+
+def _same_result(a: pyproc.Result, b: pyproc.Result) -> None:
+    for name in ("args", "returncode", "stdout", "stderr", "elapsed", "status", "rusage", "timed_out"):
+        assert getattr(a, name) == getattr(b, name), name
+
+
+def test_result_pickles_with_status_rusage_and_error() -> None:
+    import pickle
+
+    ran = pyproc.run([sys.executable, "-c", "import sys; print('out'); print('err', file=sys.stderr); sys.exit(3)"],
+                     capture=True)
+    assert ran.rusage is not None and ran.rusage.maxrss_kib > 0
+    again = pickle.loads(pickle.dumps(ran))
+    _same_result(ran, again)
+    assert again.status == pyproc.Status(True, 3, None, False) and again.error is None
+    with pytest.raises(pyproc.CalledProcessError) as raised:
+        again.check_returncode()
+    assert raised.value.stderr == b"err\n"
+
+    missing, killed, signalled = pyproc.run_many(
+        [["no-such-program-pyproc"], ["sleep", "5"], [sys.executable, "-c", "import os; os.abort()"]],
+        capture=True, timeout=0.5)
+    for result in (missing, killed, signalled):
+        copy = pickle.loads(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+        _same_result(result, copy)
+        assert type(copy.error) is type(result.error)
+    copy = pickle.loads(pickle.dumps(missing))
+    assert copy.status is None and copy.rusage is None and copy.returncode == 127
+    assert isinstance(copy.error, FileNotFoundError) and copy.error.errno == missing.error.errno
+    assert str(copy.error) == str(missing.error)
+    copy = pickle.loads(pickle.dumps(killed))
+    assert copy.timed_out and isinstance(copy.error, pyproc.TimeoutExpired) and copy.error.timeout == 0.5
+    copy = pickle.loads(pickle.dumps(signalled))
+    assert copy.status is not None and copy.status.signal == signal.SIGABRT and copy.rusage == signalled.rusage
+
+
+def test_result_without_a_child_pickles() -> None:
+    import pickle
+
+    bare = pyproc.Result(["x"], 0, b"o", None)
+    copy = pickle.loads(pickle.dumps(bare))
+    _same_result(bare, copy)
+    assert copy.status is None and copy.rusage is None

@@ -361,6 +361,20 @@ def test_per_job_input_cwd_env_and_shared_options(tmp_path: Path) -> None:
     assert results[2].args == jobs[2].argv
 
 
+def test_job_pickles_with_its_options(tmp_path: Path) -> None:
+    import pickle
+
+    job = pyproc.Job([SH, "-c", "pwd; echo $V; cat"], input=bytearray(b"in"), cwd=tmp_path, env={"V": "own"},
+                     timeout=5)
+    copy = pickle.loads(pickle.dumps(job))
+    assert (copy.argv, copy.cwd, copy.env, copy.timeout) == (job.argv, job.cwd, job.env, job.timeout)
+    assert copy.input is not None and bytes(copy.input) == b"in"
+    assert repr(copy) == repr(job)
+    (result,) = pyproc.run_many([copy], capture=True)
+    assert result.stdout == f"{tmp_path}\nown\nin".encode()
+    assert pickle.loads(pickle.dumps(pyproc.Job(["true"]))).input is None
+
+
 def test_spawn_options_and_a_program_found_on_path(tmp_path: Path) -> None:
     results = list(pyproc.run_many([[SH, "-c", "umask"], ["sh", "-c", "umask; echo $0"]], capture=True,
                                    umask=0o027))
