@@ -149,10 +149,7 @@ def _text_encoding() -> str:
         warnings.warn("'encoding' argument not specified.", EncodingWarning, stacklevel)
     if sys.flags.utf8_mode:
         return "utf-8"
-    getencoding = getattr(locale, "getencoding", None)
-    if getencoding is not None:
-        return cast(str, getencoding())
-    return locale.getpreferredencoding(False)  # Python 3.10
+    return locale.getencoding()
 
 
 
