@@ -98,6 +98,13 @@ class ExitWatch:
         self.done = True
         self._unregister()
 
+    def __del__(self, _close: Callable[[int], None] = os.close) -> None:
+        # Collected while still watching: its loop, which held the callback, is gone (closed with the child still
+        # running); the pidfd's copy must not outlive it.
+        if self._fd >= 0:
+            _close(self._fd)
+            self._fd = -1
+
 
 class AsyncProcess:
     """A child started by aio.spawn(), managed from the event loop.

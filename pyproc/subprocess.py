@@ -12,6 +12,11 @@ the data with pyproc.io's C pump (one poll loop over the three pipes, the GIL re
 pyproc/_subprocess_pump.py).  The pipes' file objects are in pyproc/_subprocess_pipes.py; how the child is
 started and its failures named, in pyproc/_subprocess_child.py.
 
+For code that imports the standard module itself: install() / uninstall() / `with installed():` make the
+standard `subprocess` module (and asyncio's subprocess support) use this module (pyproc/_subprocess_install.py,
+pyproc/_aio_subprocess.py), and `python -m pyproc.subprocess SCRIPT [ARGS]` / `-m MODULE [ARGS]` runs a program
+with it installed.
+
 Decisions where the standard library leaves room:
 
 - The exception classes exported and raised here are the standard library's own (`pyproc.subprocess.
@@ -32,10 +37,16 @@ Decisions where the standard library leaves room:
   number as its name); a Popen collected with such a pipe still open closes it with the standard library's
   "unclosed file <_io.BufferedReader name=N>" ResourceWarning.  Popen with every option at its default starts
   the child through spawn's C-made pipes (pyproc_spawn_piped), the PATH search kept per program and PATH.
+- Those shortcuts do the work of the documented-private hooks subclasses override: the default-options start
+  that of _get_handles and _execute_child, run()'s capture that of communicate, _communicate, wait and _wait.
+  They are taken only while the Popen's class has the hooks defined here (two to four identity checks of class
+  attributes per call, so that an override, or a unittest.mock patch of Popen, is called as subprocess calls it).
 
 Known differences (edge cases):
 
-- stdin / stdout / stderr are properties, not entries of the instance's __dict__ (vars(p) does not show them).
+- stdin / stdout / stderr are properties, not entries of the instance's __dict__ (vars(p) and dir(p) differ).
+  They can be set, deleted (then reading one raises the missing attribute's AttributeError) and patched with
+  unittest.mock as plain attributes.
   When a Popen is collected with some pipes' file objects made and others not, its "unclosed file" warnings
   come for the unmade ones first (the standard library: in stdin, stdout, stderr order); and a Popen collected
   while its child runs closes its pipes at once (the standard library keeps it, pipes open, until a later Popen
@@ -101,6 +112,10 @@ from ._subprocess_child import (
     _naming,
     _path_request,
 )
+from ._subprocess_install import install as install
+from ._subprocess_install import installed as installed
+from ._subprocess_install import is_installed as is_installed
+from ._subprocess_install import uninstall as uninstall
 from ._subprocess_pipes import _LAZY, _LAZY_CLOSED, _PipeAttribute, _PipeState, _text_codec
 from .io import _capture_to_end
 from .process import abandoned, abandoned_lock, reap_abandoned
@@ -1267,3 +1282,8 @@ def getoutput(cmd: Any, *, encoding: str | None = None, errors: str | None = Non
     """The output (stdout and stderr) of running cmd in a shell, without a trailing newline."""
     return getstatusoutput(cmd, encoding=encoding, errors=errors)[1]
 
+
+if __name__ == "__main__":  # python -m pyproc.subprocess SCRIPT [ARGS] / -m MODULE [ARGS]
+    from pyproc._subprocess_install import main
+
+    sys.exit(main())

@@ -11,6 +11,10 @@ changed between versions (messages, stdout=STDOUT, a closed .stdin in communicat
 the running one.  Every case applies to every Python version pyproject.toml lists (3.11, 3.12, 3.13) unless its
 @case(...) says otherwise (since=, before=: the versions it applies to); test_same_as_stdlib skips a case on the
 others, saying which versions it applies to.
+
+With PYPROC_TEST_INSTALLED=1 (see conftest.py) the module under test is the standard `subprocess` module itself
+with pyproc.subprocess.install() active, and the standard library's answers are taken with install() undone for
+the time of the call (conftest.standard_library()).
 """
 
 from __future__ import annotations
@@ -37,12 +41,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from conftest import INSTALLED, standard_library
 
 import pyproc.subprocess as pyp
 from pyproc.process import abandoned, reap_abandoned
 
-TESTED: Any = pyp  # the module under test
-standard_library = contextlib.nullcontext
+# The module under test: pyproc.subprocess, or (PYPROC_TEST_INSTALLED=1) the standard module on pyproc.
+TESTED: Any = std if INSTALLED else pyp
 PY = sys.executable
 ABANDONED_WAIT = 60.0  # seconds no_fd_leak waits at most for abandoned children to exit and be reaped
 Case = Callable[[Any], Any]
@@ -86,7 +91,11 @@ def sp(request: pytest.FixtureRequest) -> Iterator[Any]:
 
 def child_import(sp: Any) -> str:
     """The line a child Python script imports `sp` with (as `sp`): the module under test's way, installed or not."""
-    return "import pyproc.subprocess as sp" if sp is pyp else "import subprocess as sp"
+    if sp is pyp:
+        return "import pyproc.subprocess as sp"
+    if pyp.is_installed():
+        return "import pyproc.subprocess; pyproc.subprocess.install(); import subprocess as sp"
+    return "import subprocess as sp"
 
 
 def describe(exc: BaseException) -> dict[str, Any]:
