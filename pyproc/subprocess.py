@@ -1158,12 +1158,14 @@ _WAIT = Popen.wait
 _PRIVATE_WAIT = Popen._wait
 
 
-def _plain_capture(cls: type) -> bool:
+def _plain_capture(cls: Any) -> bool:
     """Whether run() may capture through Popen._capture_all on a cls instance: cls has communicate, _communicate,
-    wait and _wait as defined here (getattr: run() may be handed any class through a patched Popen)."""
-    return (getattr(cls, "communicate", None) is _COMMUNICATE
-            and getattr(cls, "_communicate", None) is _PRIVATE_COMMUNICATE
-            and getattr(cls, "wait", None) is _WAIT and getattr(cls, "_wait", None) is _PRIVATE_WAIT)
+    wait and _wait as defined here (run() may be handed any class through a patched Popen)."""
+    try:
+        return (cls.communicate is _COMMUNICATE and cls._communicate is _PRIVATE_COMMUNICATE
+                and cls.wait is _WAIT and cls._wait is _PRIVATE_WAIT)
+    except AttributeError:
+        return False
 
 
 _closed_stdin_ignored: list[bool] = []
