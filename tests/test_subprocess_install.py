@@ -245,7 +245,7 @@ sys.exit(int(os.environ.get("EXIT_WITH", "0")))
 
 
 def run_python(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    environ = dict(os.environ, **(env or {}))
+    environ = dict(os.environ, PYTHONWARNINGS="default", **(env or {}))
     environ.pop("PYPROC_TEST_INSTALLED", None)
     return subprocess.run([PY, *args], capture_output=True, text=True, cwd=cwd, env=environ, timeout=120)
 
@@ -259,6 +259,7 @@ def test_run_a_script_installed(tmp_path: Path) -> None:
                            env={"EXIT_WITH": "3"})
     assert plain.returncode == 0, plain.stderr
     assert installed.returncode == 3, installed.stderr
+    assert installed.stderr == ""  # (no runpy warning about pyproc.subprocess run as __main__)
     seen, expected = json.loads(installed.stdout), json.loads(plain.stdout)
     assert expected["popen"] == "subprocess" and expected["transport"] == "asyncio.unix_events"
     assert seen["popen"] == "pyproc.subprocess" and seen["transport"] == "pyproc._aio_subprocess"
