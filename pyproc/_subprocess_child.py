@@ -193,6 +193,43 @@ def _child_error(stage: int, err: int, naming: _Naming) -> BaseException:
     return OSError(err, os.strerror(err), filename)
 
 
+_LONG_MAX = sys.maxsize  # C long (Linux: as wide as a pointer)
+_ULONG_MAX = 2 * sys.maxsize + 1
+_ID_MAX = 0xFFFFFFFF  # uid_t and gid_t are 32 bits on Linux; this value itself means "leave it unchanged"
+_MAX_GROUPS = 65536  # NGROUPS_MAX, the limit _posixsubprocess checks extra_groups against
+_TOO_MANY_GROUPS = "too many groups" if sys.version_info < (3, 12) else "too many extra_groups"
+
+
+def _id_in_range(value: int, kind: str) -> int:
+    """value (>= 0) if it is a valid uid_t / gid_t, else the OverflowError CPython's _Py_Uid_Converter /
+    _Py_Gid_Converter raise for it (kind: "uid" or "gid"): a value that fits a C long but is cut short by the
+    32-bit type is "less than minimum", one past a C long (or (uid_t)-1 read from an unsigned long) "greater than
+    maximum"."""
+    if value <= _LONG_MAX:
+        if value > _ID_MAX:
+            raise OverflowError(f"{kind} is less than minimum")
+        return value
+    if value >= _ID_MAX or value > _ULONG_MAX:
+        raise OverflowError(f"{kind} is greater than maximum")
+    return value
+
+
+def _ids_in_range(gid: int | None, gids: list[int] | None, uid: int | None) -> None:
+    """What _posixsubprocess.fork_exec checks of the ids _ids() gave, in its order and with its messages."""
+    if gids is not None:
+        if len(gids) > _MAX_GROUPS:
+            raise ValueError(_TOO_MANY_GROUPS)
+        for extra_gid in gids:
+            try:
+                _id_in_range(extra_gid, "gid")
+            except OverflowError:
+                raise ValueError("invalid group id") from None
+    if gid is not None:
+        _id_in_range(gid, "gid")
+    if uid is not None:
+        _id_in_range(uid, "uid")
+
+
 def _ids(user: Any, group: Any, extra_groups: Any) -> tuple[int | None, list[int] | None, int | None]:
     """(gid, extra gids, uid) from Popen's group / extra_groups / user, with subprocess's checks."""
     gid = None

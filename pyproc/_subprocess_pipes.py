@@ -24,6 +24,27 @@ class _PipeState:
 
 _LAZY = _PipeState("<open pipe, no file object yet>")
 _LAZY_CLOSED = _PipeState("<closed pipe, no file object yet>")
+
+
+class _Deleted:
+    """The state of a pipe attribute the caller deleted (`del p.stdin`, unittest.mock.patch.object's exit): as with
+    the standard library's plain attribute, reading it -- and anything Popen does with it -- raises the
+    AttributeError of a missing attribute."""
+
+    __slots__ = ("_error",)
+
+    def __init__(self, popen: object, name: str) -> None:
+        self._error = (f"'{type(popen).__name__}' object has no attribute '{name}'", name, popen)
+
+    def missing(self) -> AttributeError:
+        message, name, popen = self._error
+        return AttributeError(message, name=name, obj=popen)
+
+    def __getattr__(self, attr: str) -> Any:
+        raise self.missing()
+
+    def __bool__(self) -> bool:
+        raise self.missing()
 # Every change of a pipe from _LAZY (made into its file object, or closed / handed to the pump by this Popen) is
 # made under this lock, so that a thread asking for .stdout never gets a file object whose fd another thread
 # closes at the same time.  Read it as _subprocess_pipes._pipes_lock (the fork handler rebinds the name).
@@ -126,10 +147,21 @@ class _PipeAttribute:
                     f = _pipe_file(getattr(popen, self._fd_attr), self._mode, f is _LAZY_CLOSED,
                                    popen._text_codec)
                     setattr(popen, self._file_attr, f)
+        elif type(f) is _Deleted:
+            raise f.missing()
         return cast("IO[Any] | None", f)
 
     def __set__(self, popen: object, value: IO[Any] | None) -> None:
         if getattr(popen, self._file_attr) is _LAZY:
             self.__get__(popen)  # the pipe's file object: dropped, it is closed as the stdlib's would be
         setattr(popen, self._file_attr, value)
+
+    def __delete__(self, popen: object) -> None:
+        f = getattr(popen, self._file_attr)
+        if type(f) is _Deleted:
+            raise f.missing()
+        if f is _LAZY:
+            self.__get__(popen)  # as __set__: the dropped file object is closed as the stdlib's would be
+        setattr(popen, self._file_attr, _Deleted(popen, self._file_attr[1:-2]))
+        popen._pipe_deleted = True  # type: ignore[attr-defined]
 

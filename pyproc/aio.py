@@ -38,6 +38,79 @@ _READ_CHUNK = 1 << 16
 _POLL_DELAYS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
 
 
+class ExitWatch:
+    """Reaps a Process from an event loop as soon as it exits, then calls on_exit(returncode) -- or on_error(exc)
+    if the reap fails -- once, on the loop's thread.
+
+    The child's pidfd (a private copy: the loop keeps it registered whatever happens to the Process's own) is
+    registered with loop.add_reader -- a pidfd becomes readable when the child exits -- and the child is reaped
+    with wait4 (rusage comes with the status).  On kernels without pidfds (before 5.3) the loop polls with a
+    growing delay.  No thread, no SIGCHLD handler, no waitpid(-1).  What AsyncProcess and pyproc.subprocess's
+    asyncio transport (install()) watch their children with.
+    """
+
+    __slots__ = ("_fd", "_loop", "_on_error", "_on_exit", "_poll_step", "_process", "done")
+
+    def __init__(self, process: Process, loop: asyncio.AbstractEventLoop, on_exit: Callable[[int], object],
+                 on_error: Callable[[BaseException], object]) -> None:
+        self._process = process
+        self._loop = loop
+        self._on_exit = on_exit
+        self._on_error = on_error
+        self._fd = -1
+        self._poll_step = 0
+        self.done = False
+        """True once a callback was made (or cancel() was called): nothing more is watched."""
+        watch_fd = process._dup_pidfd()  # held against a concurrent reap while it is copied (issue 14)
+        if watch_fd is not None:
+            self._fd = watch_fd
+            try:
+                loop.add_reader(self._fd, self._check)
+            except BaseException:
+                os.close(self._fd)
+                raise
+        else:  # no pidfd (kernels before 5.3; a child gone already): poll with a growing delay, still on the loop
+            loop.call_soon(self._check)
+
+    def _check(self) -> None:
+        """Called by the loop when the pidfd is readable (or on the polling fallback): reaps the child."""
+        if self.done:
+            return
+        try:
+            returncode = self._process.poll()
+        except Exception as exc:  # wait4 failed: say so rather than leave the waiters hanging
+            self.cancel()
+            self._on_error(exc)
+            return
+        if returncode is None:
+            # pidfd readable means exited, and wait4 sees it; still, never spin: look again shortly.
+            self._unregister()
+            delay = _POLL_DELAYS[min(self._poll_step, len(_POLL_DELAYS) - 1)]
+            self._poll_step += 1
+            self._loop.call_later(delay, self._check)
+            return
+        self.cancel()
+        self._on_exit(returncode)
+
+    def _unregister(self) -> None:
+        if self._fd >= 0:
+            self._loop.remove_reader(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+
+    def cancel(self) -> None:
+        """Stops watching (closes the pidfd copy); no callback comes after this."""
+        self.done = True
+        self._unregister()
+
+    def __del__(self, _close: Callable[[int], None] = os.close) -> None:
+        # Collected while still watching: its loop, which held the callback, is gone (closed with the child still
+        # running); the pidfd's copy must not outlive it.
+        if self._fd >= 0:
+            _close(self._fd)
+            self._fd = -1
+
+
 class AsyncProcess:
     """A child started by aio.spawn(), managed from the event loop.
 
@@ -58,15 +131,7 @@ class AsyncProcess:
         self.stderr: asyncio.StreamReader | None = None
         self._transports: list[asyncio.BaseTransport] = []
         self._exited: asyncio.Future[int] = loop.create_future()
-        self._watch_fd = -1
-        self._poll_step = 0
-        # A private copy of the pidfd: the loop keeps it registered whatever happens to the Process's own.
-        watch_fd = process._dup_pidfd()
-        if watch_fd is not None:
-            self._watch_fd = watch_fd
-            loop.add_reader(watch_fd, self._on_exit)
-        else:  # no pidfd (kernels before 5.3; a child gone already): poll with a growing delay, still on the loop
-            loop.call_soon(self._on_exit)
+        self._watch = ExitWatch(process, loop, self._exited.set_result, self._exited.set_exception)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} pid={self.pid} returncode={self.returncode} args={self.args!r}>"
@@ -95,34 +160,6 @@ class AsyncProcess:
     def rusage(self) -> Rusage | None:
         """The resources the child used (after it was reaped)."""
         return self._process.rusage
-
-    def _on_exit(self) -> None:
-        """Called by the loop when the pidfd is readable (or on the polling fallback): reaps the child."""
-        if self._exited.done():
-            return
-        try:
-            returncode = self._process.poll()
-        except Exception as exc:  # wait4 failed: say so to every waiter rather than leave them hanging
-            self._stop_watching()
-            self._exited.set_exception(exc)
-            return
-        if returncode is None:
-            # pidfd readable means exited, and wait4 sees it; still, never spin: look again shortly.
-            if self._watch_fd >= 0:
-                self._stop_watching()
-            delay = _POLL_DELAYS[min(self._poll_step, len(_POLL_DELAYS) - 1)]
-            self._poll_step += 1
-            self._loop.call_later(delay, self._on_exit)
-            return
-        self._stop_watching()
-        assert self._process.returncode is not None
-        self._exited.set_result(self._process.returncode)
-
-    def _stop_watching(self) -> None:
-        if self._watch_fd >= 0:
-            self._loop.remove_reader(self._watch_fd)
-            os.close(self._watch_fd)
-            self._watch_fd = -1
 
     async def wait(self, timeout: float | None = None) -> int:
         """Waits for the child to exit and returns its returncode.
@@ -435,5 +472,5 @@ class SignalPipe(_signals.SignalPipe):
         self.close()
 
 
-__all__ = ["DEVNULL", "PIPE", "STDOUT", "AsyncProcess", "AsyncResults", "Result", "SignalPipe", "run", "run_many",
-           "spawn"]
+__all__ = ["DEVNULL", "PIPE", "STDOUT", "AsyncProcess", "AsyncResults", "ExitWatch", "Result", "SignalPipe", "run",
+           "run_many", "spawn"]

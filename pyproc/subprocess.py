@@ -12,6 +12,11 @@ the data with pyproc.io's C pump (one poll loop over the three pipes, the GIL re
 pyproc/_subprocess_pump.py).  The pipes' file objects are in pyproc/_subprocess_pipes.py; how the child is
 started and its failures named, in pyproc/_subprocess_child.py.
 
+For code that imports the standard module itself: install() / uninstall() / `with installed():` make the
+standard `subprocess` module (and asyncio's subprocess support) use this module (pyproc/_subprocess_install.py,
+pyproc/_aio_subprocess.py), and `python -m pyproc.subprocess SCRIPT [ARGS]` / `-m MODULE [ARGS]` runs a program
+with it installed.
+
 Decisions where the standard library leaves room:
 
 - The exception classes exported and raised here are the standard library's own (`pyproc.subprocess.
@@ -32,10 +37,16 @@ Decisions where the standard library leaves room:
   number as its name); a Popen collected with such a pipe still open closes it with the standard library's
   "unclosed file <_io.BufferedReader name=N>" ResourceWarning.  Popen with every option at its default starts
   the child through spawn's C-made pipes (pyproc_spawn_piped), the PATH search kept per program and PATH.
+- Those shortcuts do the work of the documented-private hooks subclasses override: the default-options start
+  that of _get_handles and _execute_child, run()'s capture that of communicate, _communicate, wait and _wait.
+  They are taken only while the Popen's class has the hooks defined here (two to four identity checks of class
+  attributes per call, so that an override, or a unittest.mock patch of Popen, is called as subprocess calls it).
 
 Known differences (edge cases):
 
-- stdin / stdout / stderr are properties, not entries of the instance's __dict__ (vars(p) does not show them).
+- stdin / stdout / stderr are properties, not entries of the instance's __dict__ (vars(p) and dir(p) differ).
+  They can be set, deleted (then reading one raises the missing attribute's AttributeError) and patched with
+  unittest.mock as plain attributes.
   When a Popen is collected with some pipes' file objects made and others not, its "unclosed file" warnings
   come for the unmade ones first (the standard library: in stdin, stdout, stderr order); and a Popen collected
   while its child runs closes its pipes at once (the standard library keeps it, pipes open, until a later Popen
@@ -61,6 +72,7 @@ import signal
 import subprocess as _std
 import sys
 import time
+import types
 import warnings
 from collections.abc import Callable, Collection, Iterable, Mapping
 
@@ -97,9 +109,14 @@ from ._subprocess_child import (
     _ffi,
     _fsencode_checked,
     _ids,
+    _ids_in_range,
     _naming,
     _path_request,
 )
+from ._subprocess_install import install as install
+from ._subprocess_install import installed as installed
+from ._subprocess_install import is_installed as is_installed
+from ._subprocess_install import uninstall as uninstall
 from ._subprocess_pipes import _LAZY, _LAZY_CLOSED, _PipeAttribute, _PipeState, _text_codec
 from .process import abandoned, abandoned_lock, reap_abandoned
 from .spawn import _pack_argv, _prepare
@@ -149,10 +166,7 @@ def _text_encoding() -> str:
         warnings.warn("'encoding' argument not specified.", EncodingWarning, stacklevel)
     if sys.flags.utf8_mode:
         return "utf-8"
-    getencoding = getattr(locale, "getencoding", None)
-    if getencoding is not None:
-        return cast(str, getencoding())
-    return locale.getpreferredencoding(False)  # Python 3.10
+    return locale.getencoding()
 
 
 
@@ -190,6 +204,9 @@ class Popen(Generic[AnyStr]):
     _closed_child_pipe_fds = False
     _devnull: int | None = None
     _sigint_wait_secs = 0.25  # how long to keep waiting for a child after the first ^C (as subprocess)
+    _pipe_deleted = False  # a pipe attribute was deleted (see _subprocess_pipes._Deleted)
+    # Popen[bytes] is a types.GenericAlias, as the standard library's (Generic's own would give typing's alias).
+    __class_getitem__: Any = classmethod(types.GenericAlias)
     pid: int | None = None
     returncode: int | None = None
     encoding: str | None = None
@@ -244,7 +261,11 @@ class Popen(Generic[AnyStr]):
         # Every option at its default, stdin / stdout / stderr each None, PIPE or DEVNULL (stderr: or STDOUT with
         # stdout PIPE or DEVNULL): the common case, one test
         # (text mode included: text / universal_newlines / encoding / errors only change the file objects).
-        if (bufsize == -1 and executable is None and preexec_fn is None and close_fds is True and shell is False
+        # The shortcut does the work of _get_handles and _execute_child: only for a class that has them as they are
+        # here (a subclass that overrides one, or a test that patches one, gets them called as subprocess does).
+        cls = type(self)
+        if (cls._execute_child is _EXECUTE_CHILD and cls._get_handles is _GET_HANDLES
+                and bufsize == -1 and executable is None and preexec_fn is None and close_fds is True and shell is False
                 and cwd is None and env is None and startupinfo is None and creationflags == 0
                 and restore_signals is True and start_new_session is False and not pass_fds and user is None
                 and group is None and extra_groups is None and umask == -1 and pipesize == -1
@@ -311,9 +332,9 @@ class Popen(Generic[AnyStr]):
                 if self.text_mode:
                     self.stderr = io.TextIOWrapper(cast(IO[bytes], self.stderr), encoding=encoding,
                                                    errors=errors)
-            self._execute_child(args, executable, preexec_fn, close_fds, pass_fds, cwd, env, shell,
-                                p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite, restore_signals,
-                                gid, gids, uid, umask, start_new_session, process_group)
+            self._execute_child(args, executable, preexec_fn, close_fds, pass_fds, cwd, env, startupinfo,
+                                creationflags, shell, p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite,
+                                restore_signals, gid, gids, uid, umask, start_new_session, process_group)
         except BaseException:
             self._discard_pipes()
             if not self._closed_child_pipe_fds:
@@ -488,7 +509,12 @@ class Popen(Generic[AnyStr]):
             if self._stdout_f is not _LAZY or self._stderr_f is not _LAZY:
                 return None  # another thread made a file object meanwhile
             self._stdout_f = self._stderr_f = _LAZY_CLOSED
-        captured = capture_to_end(proc, self._stdout_fd, self._stderr_fd)
+        try:
+            captured = capture_to_end(proc, self._stdout_fd, self._stderr_fd)
+        except KeyboardInterrupt:  # as communicate(): a short wait for the child, which likely got it too
+            self._communication_started = True
+            self._wait_after_interrupt(None)
+            raise
         self._sync()
         return captured
 
@@ -699,9 +725,9 @@ class Popen(Generic[AnyStr]):
 
     def _execute_child(
         self, args: Any, executable: Any, preexec_fn: Callable[[], Any] | None, close_fds: bool,
-        pass_fds: Collection[int], cwd: Any, env: Mapping[Any, Any] | None, shell: bool,
-        p2cread: int, p2cwrite: int, c2pread: int, c2pwrite: int, errread: int, errwrite: int,
-        restore_signals: bool, gid: int | None, gids: list[int] | None, uid: int | None, umask: int,
+        pass_fds: Collection[int], cwd: Any, env: Mapping[Any, Any] | None, startupinfo: Any,
+        creationflags: int, shell: bool, p2cread: int, p2cwrite: int, c2pread: int, c2pwrite: int, errread: int,
+        errwrite: int, restore_signals: bool, gid: int | None, gids: list[int] | None, uid: int | None, umask: int,
         start_new_session: bool, process_group: int,
     ) -> None:
         if type(args) is list or type(args) is tuple:  # (no isinstance of the os.PathLike ABC)
@@ -749,6 +775,7 @@ class Popen(Generic[AnyStr]):
             # 3.11's _posixsubprocess takes these two as C ints: TypeError for anything else
             restore_signals = bool(operator.index(restore_signals))
             start_new_session = bool(operator.index(start_new_session))
+        _ids_in_range(gid, gids, uid)
         for fd in (p2cread, c2pwrite, errwrite):
             if fd != -1:
                 _check_open(fd, naming.noexec)
@@ -778,9 +805,9 @@ class Popen(Generic[AnyStr]):
         req.new_session = int(bool(start_new_session))
         req.process_group = process_group if process_group >= 0 else -1
         req.umask = umask if umask >= 0 else -1
-        if gids:  # as subprocess: an empty extra_groups leaves the groups alone
+        if gids is not None:  # as subprocess: an empty extra_groups drops every supplementary group
             req.set_groups = 1
-            req.groups = request.keep(ffi.new("uint32_t[]", gids))
+            req.groups = request.keep(ffi.new("uint32_t[]", gids)) if gids else ffi.NULL
             req.n_groups = len(gids)
         if gid is not None:
             req.set_gid = 1
@@ -847,10 +874,23 @@ class Popen(Generic[AnyStr]):
             self.returncode = proc.returncode
         return self.returncode
 
-    def _internal_poll(self, _deadstate: int | None = None) -> int | None:
-        if self.returncode is None and self._proc is not None:
+    def _adopted(self) -> _Child | None:
+        """The child's Process: self._proc, or -- for a child started by an _execute_child override that set
+        self.pid (as the standard library's own does) without making one -- a Process made for that pid now, so
+        that poll, wait and signals reach the child as they would with the standard library."""
+        proc = self._proc
+        if proc is None and type(self.pid) is int and self.pid > 0:
             try:
-                self._proc.poll()
+                pidfd: int | None = os.pidfd_open(self.pid)
+            except OSError:  # gone already, or a kernel without pidfds: the reap says which
+                pidfd = None
+            proc = self._proc = _Child(self.pid, pidfd, self.args)
+        return proc
+
+    def _internal_poll(self, _deadstate: int | None = None) -> int | None:
+        if self.returncode is None and (proc := self._adopted()) is not None:
+            try:
+                proc.poll()
             except OSError:
                 if _deadstate is not None:
                     self.returncode = _deadstate
@@ -866,9 +906,11 @@ class Popen(Generic[AnyStr]):
     def _wait(self, timeout: float | None) -> int:
         if self.returncode is not None:
             return self.returncode
-        assert self._proc is not None
+        proc = self._adopted()
+        if proc is None:
+            raise TypeError(f"{type(self).__name__} has no child to wait for (pid is {self.pid!r})")
         try:
-            self._proc.wait(timeout)
+            proc.wait(timeout)
         except TimeoutExpired:
             raise TimeoutExpired(self.args, cast(float, timeout)) from None
         rc = self._sync()
@@ -882,30 +924,32 @@ class Popen(Generic[AnyStr]):
         little longer for the child (which likely got the SIGINT too), then lets the KeyboardInterrupt
         through.
         """
-        if timeout is None:
-            if self.returncode is not None:
-                return self.returncode
-            endtime = None
-        else:
-            endtime = _time() + timeout
+        endtime = None if timeout is None else _time() + timeout
         try:
-            return self._wait(timeout=timeout)
+            return self._wait(timeout=timeout)  # (always: a subclass's _wait sees every wait, as subprocess's)
         except KeyboardInterrupt:
-            sigint_timeout = self._sigint_wait_secs
-            if endtime is not None:
-                sigint_timeout = min(sigint_timeout, endtime - _time())
-            self._sigint_wait_secs = 0
-            with contextlib.suppress(TimeoutExpired):
-                self._wait(timeout=sigint_timeout)
+            self._wait_after_interrupt(endtime)
             raise
+
+    def _wait_after_interrupt(self, endtime: float | None) -> None:
+        """After a ^C in wait() or communicate(): the child very likely got the SIGINT too, so wait for it a
+        little (0.25 s, or what is left before endtime), once per Popen; the caller then lets the
+        KeyboardInterrupt go on (the standard library's bpo-25942 behaviour)."""
+        sigint_timeout = self._sigint_wait_secs
+        if endtime is not None:
+            sigint_timeout = min(sigint_timeout, endtime - _time())
+        self._sigint_wait_secs = 0  # nothing else waits after this
+        with contextlib.suppress(TimeoutExpired):
+            self._wait(timeout=sigint_timeout)
 
     def send_signal(self, sig: int) -> None:
         """Sends signal sig to the child (through its pidfd); nothing once it has been reaped."""
         self.poll()
-        if self.returncode is not None or self._proc is None:
+        proc = self._adopted()
+        if self.returncode is not None or proc is None:
             return
         with contextlib.suppress(ProcessLookupError):
-            self._proc.send_signal(sig)
+            proc.send_signal(sig)
 
     def terminate(self) -> None:
         """Terminates the child with SIGTERM."""
@@ -944,6 +988,8 @@ class Popen(Generic[AnyStr]):
         """
         if self._communication_started and input:
             raise ValueError("Cannot send input after starting communication")
+        if self._pipe_deleted:  # a deleted pipe attribute raises its AttributeError first, as subprocess's does
+            self.stdin, self.stdout, self.stderr  # noqa: B018
         # With no timeout, nothing started and at most one pipe, plain blocking I/O is enough (as subprocess).
         if timeout is None and not self._communication_started and \
                 (self._stdin_f is None) + (self._stdout_f is None) + (self._stderr_f is None) >= 2:
@@ -968,12 +1014,7 @@ class Popen(Generic[AnyStr]):
         try:
             stdout, stderr = self._communicate(input, endtime, timeout)
         except KeyboardInterrupt:
-            sigint_timeout = self._sigint_wait_secs
-            if endtime is not None:
-                sigint_timeout = min(sigint_timeout, endtime - _time())
-            self._sigint_wait_secs = 0
-            with contextlib.suppress(TimeoutExpired):
-                self._wait(timeout=sigint_timeout)
+            self._wait_after_interrupt(endtime)
             raise
         finally:
             self._communication_started = True
@@ -1010,6 +1051,8 @@ class Popen(Generic[AnyStr]):
         if ex is None:
             # A pipe that has no file object goes to the C pump as it is (nothing can be buffered in it).
             native = _subprocess_pump._Pump is not None
+            out_fd = self._output_fd("stdout", native)
+            err_fd = self._output_fd("stderr", native)
             owned_stdin = None
             stdin_f = self._stdin_f
             taken = False
@@ -1028,11 +1071,12 @@ class Popen(Generic[AnyStr]):
                     stdin: Any = None
             if not taken:  # a file object (made by the caller, perhaps by another thread just now) or no pipe
                 stdin = stdin_f = None if self._stdin_f is None else self.stdin
-                if stdin:
+                unflushed = False  # the caller's writes to .stdin met a broken pipe: they are still buffered
+                if stdin and not self._communication_started:
                     try:
                         stdin.flush()  # what the caller wrote to .stdin goes first
                     except BrokenPipeError:
-                        pass
+                        unflushed = True
                     except ValueError:  # flush of closed file: later standard libraries ignore it
                         if not stdin.closed or not _std_ignores_closed_stdin():
                             raise
@@ -1044,9 +1088,17 @@ class Popen(Generic[AnyStr]):
                     data = data.encode(stdin.encoding, stdin.errors)  # (a binary stdin: AttributeError)
                 # memoryview() raises the TypeError a write would (str input in binary mode, ...)
                 view = memoryview(data) if data is not None and stdin else None
-            ex = self._exchange = _subprocess_pump.new_exchange(
-                stdin, view, self._output_fd("stdout", native), self._output_fd("stderr", native),
-                self._close_stdin, owned_stdin)
+                if unflushed and input:
+                    # The standard library's first write of the input meets the same broken pipe, and then it
+                    # closes .stdin, whose flush of the data still buffered raises BrokenPipeError to the caller.
+                    stdin.close()
+            try:
+                ex = self._exchange = _subprocess_pump.new_exchange(stdin, view, out_fd, err_fd, self._close_stdin,
+                                                                    owned_stdin)
+            except BaseException:
+                if owned_stdin is not None:  # taken from the Popen for the pump, which never got it
+                    os.close(owned_stdin)
+                raise
         try:
             finished = ex.run(endtime)
         finally:
@@ -1096,7 +1148,30 @@ class Popen(Generic[AnyStr]):
 
 
 
+# The documented-private hooks that subclasses override and tests patch.  A shortcut that does a hook's work (the
+# default-options start does _get_handles' and _execute_child's, run()'s capture does communicate's and wait's)
+# is taken only while the class still has the hooks defined here: an override or a patch is called, as the
+# standard library calls it.
+_GET_HANDLES = Popen._get_handles
+_EXECUTE_CHILD = Popen._execute_child
+_COMMUNICATE = Popen.communicate
+_PRIVATE_COMMUNICATE = Popen._communicate
+_WAIT = Popen.wait
+_PRIVATE_WAIT = Popen._wait
+
+
+def _plain_capture(cls: Any) -> bool:
+    """Whether run() may capture through Popen._capture_all on a cls instance: cls has communicate, _communicate,
+    wait and _wait as defined here (run() may be handed any class through a patched Popen)."""
+    try:
+        return (cls.communicate is _COMMUNICATE and cls._communicate is _PRIVATE_COMMUNICATE
+                and cls.wait is _WAIT and cls._wait is _PRIVATE_WAIT)
+    except AttributeError:
+        return False
+
+
 _closed_stdin_ignored: list[bool] = []
+_STD_POPEN: Any = _std.Popen  # the standard library's own (install() may have put this module's there since)
 
 
 def _std_ignores_closed_stdin() -> bool:
@@ -1106,7 +1181,7 @@ def _std_ignores_closed_stdin() -> bool:
         import inspect
 
         try:
-            source = inspect.getsource(_std.Popen._communicate)  # type: ignore[attr-defined]
+            source = inspect.getsource(_STD_POPEN._communicate)
         except (OSError, TypeError):  # no source: by version (the fix reached 3.13 in a patch release)
             ignored = sys.version_info >= (3, 14)
         else:
@@ -1177,7 +1252,8 @@ def run(*popenargs: Any, input: Any = None, capture_output: bool = False, timeou
     with Popen(*popenargs, **kwargs) as process:
         try:
             # The common run(args, capture_output=True) has a shorter way than communicate(), when it applies.
-            captured = process._capture_all() if capture_output and input is None and timeout is None else None
+            captured = process._capture_all() if capture_output and input is None and timeout is None \
+                and _plain_capture(type(process)) else None
             stdout, stderr = captured if captured is not None else process.communicate(input, timeout=timeout)
         except TimeoutExpired:
             process.kill()
@@ -1210,3 +1286,8 @@ def getoutput(cmd: Any, *, encoding: str | None = None, errors: str | None = Non
     """The output (stdout and stderr) of running cmd in a shell, without a trailing newline."""
     return getstatusoutput(cmd, encoding=encoding, errors=errors)[1]
 
+
+if __name__ == "__main__":  # python -m pyproc.subprocess SCRIPT [ARGS] / -m MODULE [ARGS]
+    from pyproc._subprocess_install import main
+
+    sys.exit(main())

@@ -2,11 +2,41 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
 
 import pytest
+
+import pyproc.subprocess
+
+# PYPROC_TEST_INSTALLED=1: pyproc.subprocess.install() is active for the whole run, so every test that uses the
+# standard `subprocess` module (fixtures, helpers, and the differential tests' module under test) runs on pyproc.
+INSTALLED = os.environ.get("PYPROC_TEST_INSTALLED") == "1"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if INSTALLED:
+        pyproc.subprocess.install()
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    return "PYPROC_TEST_INSTALLED=1: pyproc.subprocess.install() is active" if INSTALLED else None
+
+
+@contextlib.contextmanager
+def standard_library() -> Iterator[None]:
+    """The standard library's own subprocess for the with block: install() undone (PYPROC_TEST_INSTALLED=1)
+    and done again after it; nothing otherwise."""
+    if not INSTALLED:
+        yield
+        return
+    pyproc.subprocess.uninstall()
+    try:
+        yield
+    finally:
+        pyproc.subprocess.install()
 
 
 def open_fds() -> set[int]:

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.usefixtures("no_leaks")
 
 # Sends N signals alternating between two kinds to a pid with kill(); retries on EAGAIN (a full real-time
 # queue), so every one is sent exactly once; pauses 1 ms after every PACE signals (0: never); prints how many
-# of each kind it sent.
+# of each kind it sent.  Signals are given as numbers (see sender_args): a name is refused.
 SENDER_C = r"""
 #include <errno.h>
 #include <sched.h>
@@ -48,6 +48,10 @@ int main(int argc, char **argv)
     long n = atol(argv[2]);
     int kinds[2] = {atoi(argv[3]), atoi(argv[4])};
     long pace = atol(argv[5]);
+    if (pid <= 0 || kinds[0] <= 0 || kinds[1] <= 0) { /* atoi gives 0 for a name: kill(pid, 0) sends nothing */
+        fprintf(stderr, "sender: bad pid or signal number\n");
+        return 2;
+    }
     long sent[2] = {0, 0};
     for (long i = 0; i < n; i++) {
         if (pace > 0 && i > 0 && i % pace == 0)
@@ -68,7 +72,7 @@ int main(int argc, char **argv)
 
 SENDER_PY = r"""
 import os, sys, time
-pid, n, first, second, pace = map(int, sys.argv[1:6])
+pid, n, first, second, pace = map(int, sys.argv[1:6])  # int("Signals.SIGUSR1") fails: no signal 0 sent
 kinds, sent = (first, second), [0, 0]
 for i in range(n):
     if pace > 0 and i > 0 and i % pace == 0:
@@ -99,6 +103,12 @@ def sender(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     script = directory / "sender.py"
     script.write_text(SENDER_PY)
     return [sys.executable, str(script)]
+
+
+def sender_args(pid: int, count: int, first: int, second: int, pace: int) -> list[str]:
+    """The sender's arguments.  Numbers written with int(): str() of a signal.Signals is its name before Python
+    3.11 ("Signals.SIGUSR1"), which C's atoi() reads as 0, and kill(pid, 0) sends nothing."""
+    return [str(int(value)) for value in (pid, count, first, second, pace)]
 
 
 def _masks() -> dict[str, int]:
@@ -147,7 +157,7 @@ def test_flood_from_another_process(sender: list[str], kind: str) -> None:
         # Paced (1 ms every 200 or 50 signals, about 500 or 400 pauses): the flood lasts long enough to overlap
         # many spawns and waits.
         pace = 200 if kind == "standard" else 50
-        argv = [*sender, str(os.getpid()), str(total), str(first), str(second), str(pace)]
+        argv = [*sender, *sender_args(os.getpid(), total, first, second, pace)]
         flood = pyproc.spawn(argv, stdout=PIPE)
         deadline = time.monotonic() + 120
         while flood.poll() is None:
@@ -186,6 +196,17 @@ def test_flood_from_another_process(sender: list[str], kind: str) -> None:
     print(f"{kind}: {children} children spawned during the flood; sent {sent}; counts {counts}")
 
 
+def test_sender_refuses_signal_names(sender: list[str]) -> None:
+    """A signal given by name would be read as signal 0 (kill(pid, 0) sends nothing and succeeds): the sender
+    refuses it, so a flood test can never pass on signals that were not sent."""
+    with SignalPipe([USR1]) as pipe:
+        refused = pyproc.run([*sender, str(os.getpid()), "10", "Signals.SIGUSR1", str(int(USR2)), "0"],
+                             capture=True, timeout=60)
+        assert refused.returncode != 0
+        assert pipe.read() == []
+    assert sender_args(1, 2, USR1, USR2, 0) == ["1", "2", str(int(USR1)), str(int(USR2)), "0"]
+
+
 def test_handler_on_another_thread(sender: list[str]) -> None:
     """With the signals blocked in the main thread, the kernel runs the handler on another thread."""
     stop = threading.Event()
@@ -193,7 +214,7 @@ def test_handler_on_another_thread(sender: list[str]) -> None:
     worker.start()
     try:
         with SignalPipe([USR1, USR2]) as pipe, blocked([USR1, USR2]):
-            flood = pyproc.spawn([*sender, str(os.getpid()), "2000", str(USR1), str(USR2), "0"], stdout=PIPE)
+            flood = pyproc.spawn([*sender, *sender_args(os.getpid(), 2000, USR1, USR2, 0)], stdout=PIPE)
             assert flood.wait(timeout=60) == 0
             assert flood.stdout is not None
             flood.stdout.close()
@@ -211,7 +232,7 @@ def test_handler_on_another_thread(sender: list[str]) -> None:
 def test_blocking_waits_do_not_surface_eintr(sender: list[str]) -> None:
     """Signals handled while pyproc's C code waits in wait4 / ppoll never come back as InterruptedError."""
     with SignalPipe([USR1, USR2], restart=False) as pipe:
-        flood = pyproc.spawn([*sender, str(os.getpid()), "100000000", str(USR1), str(USR2), "0"], stdout=PIPE)
+        flood = pyproc.spawn([*sender, *sender_args(os.getpid(), 100000000, USR1, USR2, 0)], stdout=PIPE)
         try:
             interrupted = 0
             for round_ in range(6):
