@@ -85,6 +85,12 @@ class Config:
     jobs_seq_rounds: int
     jobs_rss_count: int
     """jobs run_many runs from a generator in a process of its own, for its peak RSS (issue 15: 200k)."""
+    installed_rounds: int
+    installed_batch: int
+    """python -m bench.installed (issue 16): rounds, and calls per contender per round, of each row."""
+    dask_jobs: int
+    """python -m bench.dask_bench (issue 18): jobs per way and round on a 2-worker LocalCluster (the issue: 20k)."""
+    dask_rounds: int
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -99,7 +105,8 @@ def default() -> Config:
                   medium_io_rounds=30, medium_io_batch=10, minimal_io_rounds=30,
                   minimal_io_batch=20, throughput_seconds=1.0, throughput_rounds=3, cow_sizes=[256 * MiB],
                   cow_repeat=7, jobs_ks=_jobs_ks(), jobs_batch=300, jobs_batch_true=100, jobs_per_child=25,
-                  jobs_rounds=5, jobs_seq_batch=50, jobs_seq_rounds=20, jobs_rss_count=200_000)
+                  jobs_rounds=5, jobs_seq_batch=50, jobs_seq_rounds=20, jobs_rss_count=200_000,
+                  installed_rounds=15, installed_batch=200, dask_jobs=20_000, dask_rounds=3)
 
 
 def quick() -> Config:
@@ -109,7 +116,8 @@ def quick() -> Config:
                   medium_io_size=4 * MiB, medium_io_rounds=4, medium_io_batch=5,
                   minimal_io_rounds=4, minimal_io_batch=5, throughput_seconds=0.3, throughput_rounds=1,
                   cow_sizes=[32 * MiB], cow_repeat=2, jobs_ks=_jobs_ks(), jobs_batch=40, jobs_batch_true=15,
-                  jobs_per_child=5, jobs_rounds=2, jobs_seq_batch=10, jobs_seq_rounds=3, jobs_rss_count=3000)
+                  jobs_per_child=5, jobs_rounds=2, jobs_seq_batch=10, jobs_seq_rounds=3, jobs_rss_count=3000,
+                  installed_rounds=2, installed_batch=10, dask_jobs=400, dask_rounds=1)
 
 
 def _jobs_ks() -> list[int]:

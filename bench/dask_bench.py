@@ -73,6 +73,13 @@ def contenders(client: Any, exe: str, workers: int) -> list[tuple[str, Any]]:
     return [(DASK_MAP, dask_map), (DASK_PYPROC, dask_pyproc), (LOCAL, local)]
 
 
+TARGETS = (("pyproc.dask.run_many vs client.map(subprocess.run)", ">=", 10.0,
+            "jobs/s of pyproc.dask.run_many / jobs/s of client.map(subprocess.run), 2-worker LocalCluster"),
+           ("pyproc.dask.run_many vs local pyproc.run_many", ">=", 0.5,
+            "jobs/s of pyproc.dask.run_many / jobs/s of pyproc.run_many on as many children in this process"))
+"""Issue 18's targets: (name, op, bound, what is measured)."""
+
+
 def summarize(series: dict[str, Series], jobs: int) -> dict[str, Any]:
     """Jobs/s per way, the ratios of the median times and issue 18's targets."""
     rates = {}
@@ -82,12 +89,8 @@ def summarize(series: dict[str, Series], jobs: int) -> dict[str, Any]:
             "median": jobs / st["median"] * 1e9, "min": jobs / st["max"] * 1e9, "max": jobs / st["min"] * 1e9}
     over_map = ratio(series[DASK_MAP], series[DASK_PYPROC])  # time of client.map / time of pyproc.dask
     over_local = ratio(series[LOCAL], series[DASK_PYPROC])  # time of local run_many / time of pyproc.dask
-    targets = [
-        target("pyproc.dask.run_many vs client.map(subprocess.run)", ISSUE, over_map, ">=", 10.0,
-               "jobs/s of pyproc.dask.run_many / jobs/s of client.map(subprocess.run), 2-worker LocalCluster"),
-        target("pyproc.dask.run_many vs local pyproc.run_many", ISSUE, over_local, ">=", 0.5,
-               "jobs/s of pyproc.dask.run_many / jobs/s of pyproc.run_many on as many children in this process"),
-    ]
+    targets = [target(name, ISSUE, r, op, bound, what)
+               for (name, op, bound, what), r in zip(TARGETS, (over_map, over_local), strict=True)]
     return {"jobs": jobs, "jobs_per_second": rates, "targets": targets,
             "series": {name: s.to_json() for name, s in series.items()}}
 

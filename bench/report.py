@@ -119,24 +119,26 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                           "subprocess; measured after the big captures (glibc's mmap threshold raised)"))
     out += jobsreport.targets(results)
     out += installed_targets(results)
+    out += dask_targets(results)
     return out
 
 
-INSTALLED_ROWS = (("subprocess.run(capture_output=True)", 1.4),
-                  ("asyncio.create_subprocess_exec + communicate", 1.5))
+INSTALLED_ROWS = (("subprocess.run(capture_output=True)", "subprocess.run", 1.4),
+                  ("asyncio.create_subprocess_exec + communicate", "asyncio.create_subprocess_exec + communicate", 1.5))
 """Issue 16's rows (minimal executable, both outputs captured, interleaved in one process; the standard way's time
-/ the installed way's), measured by `python -m bench.installed` (run.installed_suite)."""
+/ the installed way's): (the target's name, bench.installed's row, the bound)."""
 
 
 def installed_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Issue 16's two targets.  LEAD: when bench.installed is merged, read its two ratios here."""
+    """Issue 16's two targets, read from `python -m bench.installed`'s answer (run.installed_suite)."""
     inst = results.get("installed")
     if inst is None:
         return []
-    why = inst.get("skipped") or ("measured by python -m bench.installed (its output is in the section 'pyproc."
-                                  "subprocess.install()'); its ratios are not read into this table yet")
-    return [target(f"installed vs not (minimal exe): {name}", 16, None, ">=", bound,
-                   "median standard / median installed, interleaved", why) for name, bound in INSTALLED_ROWS]
+    rows = inst.get("rows", {})
+    return [target(f"installed vs not (minimal exe): {name}", 16, (rows.get(row) or {}).get("speedup"), ">=", bound,
+                   "median standard / median installed, interleaved in one process",
+                   inst.get("skipped") or (None if row in rows else f"python -m bench.installed gave no row {row!r}"))
+            for name, row, bound in INSTALLED_ROWS]
 
 
 def _installed_lines(results: dict[str, Any]) -> list[str]:
@@ -144,11 +146,42 @@ def _installed_lines(results: dict[str, Any]) -> list[str]:
     if inst is None:
         return []
     lines = ["## pyproc.subprocess.install(): the standard library's subprocess and asyncio, installed vs not", "",
-             "Rows: " + "; ".join(f"{name}, installed vs not" for name, _ in INSTALLED_ROWS)
-             + " (`python -m bench.installed`).", ""]
+             "The standard library's own calls, as code that imported `subprocess` or uses asyncio writes them, with "
+             "`pyproc.subprocess.install()` active and without it, interleaved in one process (`python -m "
+             "bench.installed`); the minimal executable, both outputs captured.", ""]
     if "skipped" in inst:
         return [*lines, f"Not measured: {inst['skipped']}.", ""]
-    return [*lines, "```", inst["output"].rstrip(), "```", ""]
+    from .installed import table  # (imports pyproc.subprocess: only when there is something to show)
+
+    return [*lines, *table(inst["rows"]), ""]
+
+
+def dask_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 18's two targets, from `python -m bench.dask_bench`'s summary (run.dask_suite)."""
+    d = results.get("dask")
+    if d is None:
+        return []
+    if "skipped" in d:
+        from .dask_bench import TARGETS  # (imports no dask)
+
+        return [target(name, 18, None, op, bound, what, d["skipped"]) for name, op, bound, what in TARGETS]
+    return list(d["summary"]["targets"])
+
+
+def _dask_lines(results: dict[str, Any]) -> list[str]:
+    d = results.get("dask")
+    if d is None:
+        return []
+    lines = ["## Past one machine: pyproc.dask.run_many on a Dask LocalCluster", "",
+             "`python -m bench.dask_bench`: the same jobs (the minimal executable, both outputs captured) as "
+             "`client.map(subprocess.run, ...)`, as `pyproc.dask.run_many` (batches run by pyproc.run_many on the "
+             "workers) and as `pyproc.run_many` in this process on as many children as the cluster has workers, "
+             "interleaved.", ""]
+    if "skipped" in d:
+        return [*lines, f"Not measured: {d['skipped']}.", ""]
+    from .dask_bench import report as dask_report
+
+    return [*lines, dask_report(d["summary"], d["workers"]), ""]
 
 
 def _capture_bound(io_s: dict[str, Series], pipes_ns: float | None) -> dict[str, Any]:
@@ -518,6 +551,7 @@ def render(results: dict[str, Any], tg: list[dict[str, Any]]) -> str:
                             rows), ""]
     lines += jobsreport.section(results)
     lines += _installed_lines(results)
+    lines += _dask_lines(results)
     cow = results.get("cow", {})
     lines += ["## Copy-on-write and fork cost (pyproc.cow, timed in C)", ""]
     if "skipped" in cow:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import json
 import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,7 +35,8 @@ _ROOT = Path(__file__).resolve().parent.parent
 """The source tree's root, from which `python -m bench.*` helpers run."""
 
 NOT_IN_BUILD = "not in this build"
-"""Why a row of an API another branch is writing (run_many, aio.run_many, subprocess.install) is empty."""
+"""Why a row of an API that the pyproc being measured lacks (an older build: run_many, aio.run_many,
+subprocess.install) is empty."""
 
 
 def probe() -> dict[str, str | None]:
@@ -58,7 +61,7 @@ def probe() -> dict[str, str | None]:
     except ImportError as exc:
         out["subprocess"] = out["install"] = \
             f"pyproc.subprocess is not importable yet (issue 7, branch subprocess): {exc}"
-    # Issues 15 and 16 are being written on other branches: until they are merged, their rows say so.
+    # The bench also measures an older pyproc build (one before issues 15 and 16): their rows then say so.
     out["run_many"] = None if callable(getattr(pyproc, "run_many", None)) else \
         f"{NOT_IN_BUILD} (pyproc.run_many, issue 15)"
     try:
@@ -283,22 +286,42 @@ def jobs_rss(cfg: Config, floors: cfloor.Floors, apis: dict[str, str | None]) ->
     return answer
 
 
-def installed_suite(apis: dict[str, str | None], tick: Tick) -> dict[str, Any]:
+def installed_suite(cfg: Config, apis: dict[str, str | None], tick: Tick) -> dict[str, Any]:
     """Issue 16's rows, "subprocess.run, installed vs not" and "asyncio.create_subprocess_exec + communicate,
-    installed vs not", are measured by `python -m bench.installed` (written with pyproc.subprocess.install() on
-    another branch).  LEAD: when the branches meet, pass it this run's sample counts (--quick) and turn its output
-    into the two Series/ratios report.installed_targets() reads; until then its text output goes into the report
-    as it is."""
+    installed vs not": `python -m bench.installed --json` in a process of its own (install() patches the standard
+    library process-wide), with this run's sample counts.  {"rows": bench.installed.measure()'s answer}."""
     tick("installed vs not")
     if apis["install"]:
         return {"skipped": apis["install"]}
-    if not (_ROOT / "bench" / "installed.py").is_file():
-        return {"skipped": f"{NOT_IN_BUILD} (bench/installed.py, issue 16)"}
-    proc = subprocess.run([sys.executable, "-m", "bench.installed"], capture_output=True, text=True, timeout=1800,
+    failed, out = _bench_module(["bench.installed", "--json", "--rounds", str(cfg.installed_rounds), "--batch",
+                                 str(cfg.installed_batch)])
+    return {"skipped": failed} if failed else {"rows": json.loads(out)}
+
+
+def dask_suite(cfg: Config, tick: Tick) -> dict[str, Any]:
+    """Issue 18's row: `python -m bench.dask_bench` (a 2-worker LocalCluster: client.map(subprocess.run) vs
+    pyproc.dask.run_many vs local run_many) in a process of its own; skipped when dask.distributed is not installed
+    (the `dask` extra)."""
+    tick("dask: run_many on a LocalCluster")
+    if importlib.util.find_spec("distributed") is None:
+        return {"skipped": "dask.distributed is not installed (pip install 'pyproc[dask]')"}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "dask.json"
+        failed, _ = _bench_module(["bench.dask_bench", "--jobs", str(cfg.dask_jobs), "--rounds", str(cfg.dask_rounds),
+                                   "--workers", "2", "--json", str(path)])
+        if failed:
+            return {"skipped": failed}
+        summary: dict[str, Any] = json.loads(path.read_text())
+    return {"summary": summary, "workers": 2}
+
+
+def _bench_module(args: list[str]) -> tuple[str | None, str]:
+    """Runs `python -m ARGS` from the source tree: (None, its stdout), or (why, "") when it failed."""
+    proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=3600,
                           check=False, cwd=str(_ROOT))
     if proc.returncode != 0:
-        return {"skipped": f"python -m bench.installed failed ({proc.returncode}): {proc.stderr.strip()[-500:]}"}
-    return {"output": proc.stdout}
+        return f"python -m {args[0]} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}", ""
+    return None, proc.stdout
 
 
 def fork_sizes(cfg: Config) -> list[tuple[str, str, int]]:
@@ -375,7 +398,8 @@ def run_all(cfg: Config, tick: Tick, argv: list[str]) -> dict[str, Any]:
     with Worker(0, "clean") as io_worker:  # its own: the I/O buffers must not make the small parent big
         timed("io", lambda: io_suite(cfg, io_worker, floors, apis, tick))
     timed("jobs", lambda: jobs_suite(cfg, floors, apis, tick))
-    timed("installed", lambda: installed_suite(apis, tick))
+    timed("installed", lambda: installed_suite(cfg, apis, tick))
+    timed("dask", lambda: dask_suite(cfg, tick))
     timed("cow", lambda: cow_suite(cfg, floors, apis, tick))
     results["meta"]["suite_seconds"] = timings
     results["meta"]["loadavg_end"] = machine.describe()["loadavg"]

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bench import report, run
+from bench import config, report, run
 from bench.harness import Series, ratio, target
 
 
@@ -75,7 +75,7 @@ def test_target_and_ratio_with_an_added_cost() -> None:
     assert missing["held"] is None and missing["skipped"] == "not measured"
 
 
-def test_installed_rows_say_not_in_this_build() -> None:
+def test_installed_rows_not_measured_say_why() -> None:
     results = _spawn_results(120, 100, 105, 150, 220, 120, 20)
     assert report.installed_targets(results) == []  # an older results.json: no rows at all
     results["installed"] = {"skipped": "not in this build (pyproc.subprocess.install, issue 16)"}
@@ -85,21 +85,56 @@ def test_installed_rows_say_not_in_this_build() -> None:
     assert "Not measured: not in this build" in "\n".join(report._installed_lines(results))
 
 
-def test_installed_suite_runs_bench_installed_only_when_both_exist(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def _speedup(value: float) -> dict[str, Any]:
+    stats = {"median": 100.0, "min": 90.0, "max": 120.0, "n": 10}
+    return {"standard": stats, "installed": stats, "speedup": {"ratio": value, "min": value - 0.1,
+                                                               "max": value + 0.1}, "target": 0}
+
+
+def test_installed_suite_reads_bench_installed_into_the_targets(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """run.installed_suite runs `python -m bench.installed --json` with the run's sample counts, and the report's
+    two issue-16 targets take their ratios from its answer."""
     ticks: list[str] = []
+    cfg = config.quick()
     absent = "not in this build (pyproc.subprocess.install, issue 16)"
-    assert run.installed_suite({"install": absent}, ticks.append) == {"skipped": absent}
+    assert run.installed_suite(cfg, {"install": absent}, ticks.append) == {"skipped": absent}
     (tmp_path / "bench").mkdir()
     (tmp_path / "bench" / "__init__.py").write_text("")
     monkeypatch.setattr(run, "_ROOT", tmp_path)
-    got = run.installed_suite({"install": None}, ticks.append)
-    assert got["skipped"].startswith("not in this build (bench/installed.py")
-    (tmp_path / "bench" / "installed.py").write_text("print('subprocess.run installed vs not: 1.50x')\n")
-    got = run.installed_suite({"install": None}, ticks.append)
-    assert got == {"output": "subprocess.run installed vs not: 1.50x\n"}
+    answer = {"subprocess.run": _speedup(1.5), "asyncio.create_subprocess_exec + communicate": _speedup(1.2)}
+    (tmp_path / "bench" / "installed.py").write_text(
+        "import json, sys\n"
+        "assert sys.argv[1:] == ['--json', '--rounds', sys.argv[3], '--batch', sys.argv[5]], sys.argv\n"
+        f"assert (int(sys.argv[3]), int(sys.argv[5])) == ({cfg.installed_rounds}, {cfg.installed_batch})\n"
+        f"print(json.dumps({answer!r}))\n")
+    got = run.installed_suite(cfg, {"install": None}, ticks.append)
+    assert got == {"rows": answer}
+    rows = report.installed_targets({"installed": got})
+    assert [(r["ratio"]["ratio"], r["bound"], r["held"]) for r in rows] == [(1.5, 1.4, True), (1.2, 1.5, False)]
     text = "\n".join(report._installed_lines({"installed": got}))
-    assert "```\nsubprocess.run installed vs not: 1.50x\n```" in text
+    assert "| subprocess.run | " in text and "1.50x [1.40, 1.60]" in text
     (tmp_path / "bench" / "installed.py").write_text("raise SystemExit('broken')\n")
-    assert "failed (1): broken" in run.installed_suite({"install": None}, ticks.append)["skipped"]
-    assert ticks == ["installed vs not"] * 4
+    assert "failed (1): broken" in run.installed_suite(cfg, {"install": None}, ticks.append)["skipped"]
+    assert ticks == ["installed vs not"] * 3
+
+
+def test_dask_rows_from_bench_dask_bench(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 18's targets come from bench.dask_bench's summary; skipped (no dask.distributed) they say why."""
+    from bench import dask_bench
+
+    assert report.dask_targets({}) == []
+    skipped = report.dask_targets({"dask": {"skipped": "dask.distributed is not installed"}})
+    assert [(r["issue"], r["bound"], r["held"], r["skipped"]) for r in skipped] == [
+        (18, 10.0, None, "dask.distributed is not installed"), (18, 0.5, None, "dask.distributed is not installed")]
+    series = {}
+    for name, ns in ((dask_bench.DASK_MAP, 2_000_000_000), (dask_bench.DASK_PYPROC, 100_000_000),
+                     (dask_bench.LOCAL, 80_000_000)):
+        series[name] = Series(name, [[ns]])
+    summary = dask_bench.summarize(series, 1000)
+    rows = report.dask_targets({"dask": {"summary": summary, "workers": 2}})
+    assert [(r["ratio"]["ratio"], r["held"]) for r in rows] == [(20.0, True), (0.8, True)]
+    assert "| pyproc.dask.run_many vs client.map(subprocess.run) | 20.00x" in "\n".join(
+        report._dask_lines({"dask": {"summary": summary, "workers": 2}}))
+    monkeypatch.setattr(run.importlib.util, "find_spec", lambda name: None)
+    assert run.dask_suite(config.quick(), lambda _: None)["skipped"].startswith("dask.distributed is not installed")
