@@ -8,6 +8,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+. "$ROOT/.ci/lib.sh"
 WORK=${1:-$(mktemp -d -t pyproc-dask.XXXXXX)}
 [ $# -gt 0 ] && shift
 mkdir -p "$WORK"
@@ -20,10 +21,7 @@ start=$(date +%s)
 step() { printf '\n=== dask: %s (%ss)\n' "$*" "$(( $(date +%s) - start ))"; }
 
 step "copy the source tree to $SRC"
-rm -rf "$SRC" && mkdir -p "$SRC"
-tar -C "$ROOT" --exclude-vcs --exclude=./.venv --exclude=./build --exclude=./dist --exclude='*.egg-info' \
-    --exclude='*.so' --exclude=__pycache__ --exclude=.mypy_cache --exclude=.ruff_cache --exclude=.pytest_cache \
-    --exclude=.hypothesis --exclude=.benchmarks --exclude=bench-results -cf - . | tar -C "$SRC" -xf -
+copy_tree "$ROOT" "$SRC"
 
 step "fresh venv $VENV with pyproc[test,dask]"
 "$PYTHON" -m venv --clear "$VENV"

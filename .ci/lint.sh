@@ -7,6 +7,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+. "$ROOT/.ci/lib.sh"
 WORK=${1:-$(mktemp -d -t pyproc-lint.XXXXXX)}
 mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)
@@ -18,10 +19,7 @@ start=$(date +%s)
 step() { printf '\n=== lint: %s (%ss)\n' "$*" "$(( $(date +%s) - start ))"; }
 
 step "copy the source tree to $SRC"
-rm -rf "$SRC" && mkdir -p "$SRC"
-tar -C "$ROOT" --exclude-vcs --exclude=./.venv --exclude=./build --exclude=./dist --exclude='*.egg-info' \
-    --exclude='*.so' --exclude=__pycache__ --exclude=.mypy_cache --exclude=.ruff_cache --exclude=.pytest_cache \
-    --exclude=.hypothesis --exclude=.benchmarks --exclude=bench-results -cf - . | tar -C "$SRC" -xf -
+copy_tree "$ROOT" "$SRC"
 
 step "fresh venv $VENV"
 "$PYTHON" -m venv --clear "$VENV"

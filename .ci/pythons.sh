@@ -15,6 +15,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+. "$ROOT/.ci/lib.sh"
 WORK=${1:-$(mktemp -d -t pyproc-pythons.XXXXXX)}
 [ $# -gt 0 ] && shift
 mkdir -p "$WORK"
@@ -91,10 +92,7 @@ if [ "${PYTHONS_PLAN_ONLY:-}" = 1 ]; then
 fi
 
 step "copy the source tree to $WORK/src"
-rm -rf "$WORK/src" && mkdir -p "$WORK/src"
-tar -C "$ROOT" --exclude-vcs --exclude=./.venv --exclude=./build --exclude=./dist --exclude='*.egg-info' \
-    --exclude='*.so' --exclude=__pycache__ --exclude=.mypy_cache --exclude=.ruff_cache --exclude=.pytest_cache \
-    --exclude=.hypothesis --exclude=.benchmarks --exclude=bench-results -cf - . | tar -C "$WORK/src" -xf -
+copy_tree "$ROOT" "$WORK/src"
 
 failed=()
 passed=()

@@ -13,6 +13,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+. "$ROOT/.ci/lib.sh"
 WORK=${1:-$(mktemp -d -t pyproc-sanitize.XXXXXX)}
 [ $# -gt 0 ] && shift
 mkdir -p "$WORK"
@@ -49,10 +50,8 @@ show_reports() {
 trap 'rc=$?; show_reports || rc=1; [ $rc = 0 ] || echo "sanitize: FAILED (exit $rc)" >&2; exit $rc' EXIT
 
 step "copy the source tree to $SRC"
-rm -rf "$SRC" "$WORK/tests" && mkdir -p "$SRC"
-tar -C "$ROOT" --exclude-vcs --exclude=./.venv --exclude=./build --exclude=./dist --exclude='*.egg-info' \
-    --exclude='*.so' --exclude=__pycache__ --exclude=.mypy_cache --exclude=.ruff_cache --exclude=.pytest_cache \
-    --exclude=.hypothesis --exclude=.benchmarks --exclude=bench-results -cf - . | tar -C "$SRC" -xf -
+rm -rf "$WORK/tests"
+copy_tree "$ROOT" "$SRC"
 # The tests run from a copy outside the source tree, against the installed package.
 cp -r "$SRC/tests" "$WORK/tests"
 

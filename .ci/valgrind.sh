@@ -10,6 +10,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+. "$ROOT/.ci/lib.sh"
 WORK=${1:-$(mktemp -d -t pyproc-valgrind.XXXXXX)}
 [ $# -gt 0 ] && shift
 mkdir -p "$WORK"
@@ -26,10 +27,7 @@ die() { echo "valgrind: FAILED: $*" >&2; exit 1; }
 command -v valgrind > /dev/null || die "valgrind is not installed"
 
 step "copy the source tree to $SRC"
-rm -rf "$SRC" && mkdir -p "$SRC"
-tar -C "$ROOT" --exclude-vcs --exclude=./.venv --exclude=./build --exclude=./dist --exclude='*.egg-info' \
-    --exclude='*.so' --exclude=__pycache__ --exclude=.mypy_cache --exclude=.ruff_cache --exclude=.pytest_cache \
-    --exclude=.hypothesis --exclude=.benchmarks --exclude=bench-results -cf - . | tar -C "$SRC" -xf -
+copy_tree "$ROOT" "$SRC"
 
 step "fresh venv, build with debug info (non-editable)"
 "$PYTHON" -m venv --clear "$VENV"
