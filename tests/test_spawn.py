@@ -330,6 +330,47 @@ def test_path_search_uses_env_path(engine: str, tmp_path: Path, no_leaks: None) 
     assert pyproc.spawn(["whatever-name"], executable=script, engine=engine).wait() == 5
 
 
+def test_bare_names_take_the_direct_paths(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, no_leaks: None) -> None:
+    # A program named without a slash and every option at its default: spawn(), run(capture=True) and run() with a
+    # timeout (its own process group) start it without the general conversion, with PATH's candidates tried in
+    # order as execvp does (a file that is not executable is passed over) and PATH's value at the time of the call.
+    dirs = {}
+    for name, mode, text in (("first", 0o644, "echo first"), ("second", 0o755, "echo second; exit 7"),
+                             ("third", 0o755, "echo third")):
+        dirs[name] = tmp_path / name
+        dirs[name].mkdir()
+        program = dirs[name] / "pyproc-named"
+        program.write_text(f"#!/bin/sh\n{text}\n")
+        program.chmod(mode)
+    spawn_module = importlib.import_module("pyproc.spawn")
+    io_module = importlib.import_module("pyproc.io")
+    general: list[str] = []
+
+    def counting(name: str, real: Any) -> Any:
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            general.append(name)
+            return real(*args, **kwargs)
+        return counted
+
+    for module, name in ((spawn_module, "_prepare"), (io_module, "prepare")):
+        monkeypatch.setattr(module, name, counting(name, getattr(module, name)))
+    monkeypatch.setenv("PATH", f"{dirs['first']}:{dirs['second']}")
+    assert pyproc.spawn(["pyproc-named"]).wait() == 7
+    for options in ({}, {"timeout": 30}):
+        res = pyproc.run(["pyproc-named", "x"], capture=True, **options)  # type: ignore[arg-type]
+        assert (res.returncode, res.stdout, res.stderr) == (7, b"second\n", b"")
+    monkeypatch.setenv("PATH", f"{dirs['third']}:{dirs['second']}")
+    assert pyproc.run(["pyproc-named"], capture=True).stdout == b"third\n"
+    assert general == []
+    # No executable candidate: execvp's error (EACCES from the file that is not executable), direct paths too.
+    monkeypatch.setenv("PATH", f"{dirs['first']}:{tmp_path / 'missing'}")
+    for start in (lambda: pyproc.spawn(["pyproc-named"]), lambda: pyproc.run(["pyproc-named"], capture=True)):
+        with pytest.raises(PermissionError) as info:
+            start()
+        assert info.value.filename == "pyproc-named"  # as the general path and subprocess name it
+        assert "in the child, exec" in str(info.value)
+
+
 # ---- exec errors --------------------------------------------------------------------------------------------------
 
 
