@@ -382,7 +382,8 @@ int main(int argc, char **argv)
 
 _PARTS_C = r"""
 /* spawnparts ROUNDS PROGRAM: what each step of a CLONE_VM spawn costs, timed here.  Each way below is a spawn+wait
-   of PROGRAM; the ways run interleaved (10 calls each per round, the order rotating every round); at the end one
+   of PROGRAM; the ways run interleaved (10 calls each per round, in bench.harness.balanced_order: each way follows
+   every other one equally often); at the end one
    line per way gives the median of its 10 calls in each round: "way ns ns ...".  The capture ways also put the
    child's stdout and stderr on pipes and read both to end of file (poll), as run(capture=True) does.  The parent
    ignores SIGPIPE and SIGXFSZ, as a Python parent does, so the child's resets are real work. */
@@ -498,6 +499,18 @@ static long long one(char *const argv[], int steps)
     return now_ns() - t0;
 }
 
+/* The k-th way of round r: row r of a Williams design (bench.harness.balanced_order, the same rows). */
+static int way_at(int r, int k)
+{
+    int rows = N_WAYS % 2 ? 2 * N_WAYS : N_WAYS, row = r % rows;
+    if (row >= N_WAYS) { /* odd N_WAYS: the second half are the first rows reversed */
+        row -= N_WAYS;
+        k = N_WAYS - 1 - k;
+    }
+    int first = k % 2 ? (k + 1) / 2 : (N_WAYS - k / 2) % N_WAYS; /* 0, 1, n-1, 2, n-2, ... */
+    return (first + row) % N_WAYS;
+}
+
 static int by_value(const void *a, const void *b)
 {
     long long x = *(const long long *)a, y = *(const long long *)b;
@@ -523,7 +536,7 @@ int main(int argc, char **argv)
     signal(SIGXFSZ, SIG_IGN);
     for (int r = -1; r < rounds; r++) { /* round -1 warms every way up */
         for (int k = 0; k < N_WAYS; k++) {
-            int w = (k + (r < 0 ? 0 : r)) % N_WAYS;
+            int w = way_at(r < 0 ? 0 : r, k);
             long long t[BATCH];
             for (int i = 0; i < BATCH; i++) {
                 if ((t[i] = one(argv + 2, ways[w].steps)) < 0) {
