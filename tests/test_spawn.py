@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -673,6 +674,59 @@ def test_clone_stack_with_large_pages(page_size: int, mask_name: str | None, for
     finally:
         lib.pyproc_set_forced_page_size(0)
     assert codes == [7, b"x\n"]
+
+
+def _mappings() -> dict[str, list[str]]:
+    """This process's mappings (address range -> VmFlags), from /proc/self/smaps."""
+    found: dict[str, list[str]] = {}
+    current = ""
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if fields and fields[0] == "VmFlags:":
+                found[current] = fields[1:]
+            elif fields and "-" in fields[0] and not fields[0].endswith(":"):
+                current = fields[0]
+    return found
+
+
+@pytest.mark.parametrize("mask_name", [None, "PYPROC_FORCE_NO_CLONE3"])
+def test_clone_stack_is_wiped_on_fork_not_copied(mask_name: str | None, forced: Any, no_leaks: None) -> None:
+    """A thread's clone stack is MADV_WIPEONFORK (issue 19): a fork() of the parent (multiprocessing, os.fork) no
+    longer write-protects it, so the next child started on it takes no copy-on-write fault on it, and the forked
+    child gets zeroed pages there, from which it can still spawn."""
+    if mask_name:
+        forced(getattr(lib, mask_name))
+    seen: list[Any] = []
+
+    def spawn_in_a_fresh_thread() -> None:  # a thread maps its stack at its first spawn, and keeps it
+        try:
+            before = _mappings()
+            seen.append(pyproc.spawn(["sh", "-c", "exit 7"], engine="clone").wait())
+            seen.append({span: flags for span, flags in _mappings().items() if span not in before})
+            with warnings.catch_warnings():  # 3.12+: a fork with threads running; this one is the point of the test
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
+            if pid == 0:  # the forked child: spawn from the same thread, on the wiped stack
+                code = 1
+                try:
+                    code = 0 if pyproc.spawn(["sh", "-c", "exit 5"], engine="clone").wait() == 5 else 2
+                finally:
+                    os._exit(code)
+            seen.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+            seen.append(pyproc.spawn(["sh", "-c", "exit 6"], engine="clone").wait())
+        except BaseException as exc:  # asserted on below
+            seen.append(exc)
+
+    thread = threading.Thread(target=spawn_in_a_fresh_thread)
+    thread.start()
+    thread.join(timeout=60)
+    assert len(seen) == 4 and seen[0] == 7, seen
+    new = seen[1]
+    wiped = [span for span, flags in new.items() if "wf" in flags]
+    assert len(wiped) == 1, new  # the stack; its guard page is a mapping of its own, not wiped (nothing to wipe)
+    assert seen[2:] == [0, 6]
+    assert wiped[0] not in _mappings()  # unmapped with its thread
 
 
 # ---- posix_spawn, close_fds=False: an inheritable fd numbered like a scratch copy (issue 14) ------------------------
