@@ -1,13 +1,13 @@
 """pyproc.subprocess against the standard library's subprocess, and the native API's ratio for the same work.
 
-    python bench/bench_subprocess.py [--rounds N] [--batch N]
+    python -m bench.bench_subprocess [--rounds N] [--batch N]
 
 Issue 7's target: Popen + communicate and run(capture_output=True) through pyproc.subprocess reach the same
 speed-up over the standard library as the native API (pyproc.io.run when it exists, else pyproc.spawn + reading
 the pipes), within 10%.  Every contender runs in the same process, interleaved: after a warm-up, each round runs a
-batch of every contender in turn, the order rotating every round.  Reported: the median time per call with min and
-max over the rounds' batch medians, and each ratio stdlib / contender (> 1: faster than the standard library) as
-the median of the per-round ratios, with min and max.
+batch of every contender in turn, in harness.balanced_order (each follows every other one equally often).
+Reported: the median time per call with min and max over the rounds' batch medians, and each ratio stdlib /
+contender (> 1: faster than the standard library) as the median of the per-round ratios, with min and max.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from collections.abc import Callable
 
 import pyproc
 import pyproc.subprocess as psub
+
+from .harness import balanced_order
 
 Call = Callable[[], None]
 
@@ -56,15 +58,14 @@ def run_capture(module: object, argv: list[str]) -> Call:
 
 
 def measure(contenders: dict[str, Call], rounds: int, batch: int) -> dict[str, list[float]]:
-    """Per-round batch medians (seconds per call) for each contender, interleaved with rotating order."""
+    """Per-round batch medians (seconds per call) for each contender, interleaved in balanced_order."""
     names = list(contenders)
     for name in names:  # warm-up
         for _ in range(batch):
             contenders[name]()
     medians: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for name in order:
+        for name in (names[k] for k in balanced_order(len(names), r)):
             call = contenders[name]
             times = []
             for _ in range(batch):

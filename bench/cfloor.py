@@ -208,6 +208,77 @@ long long floor_read_all(char *const argv[])
     return result;
 }
 
+/* The medium-capture floor (bench.medium): the least a reader of a child's output pays, as far as measured (issue
+   19).  Both outputs on pipes, non-blocking, polled together; stdout's pipe enlarged to 1 MiB once 64 KiB came;
+   reads of up to 256 KiB into buf (cap bytes, reused by every call, so its pages are present: no result is made);
+   stderr read into a small scratch buffer.  A blocking read() loop was measured slower than pyproc and subprocess
+   from 2 to 16 MiB: the reader's pattern changes what the writer pays.  Bytes of stdout, or -1. */
+long long floor_read_poll(char *const argv[], char *buf, size_t cap)
+{
+    int out[2], err[2];
+    if (pipe2(out, O_CLOEXEC) < 0)
+        return -1;
+    if (pipe2(err, O_CLOEXEC) < 0) {
+        close(out[0]);
+        close(out[1]);
+        return -1;
+    }
+    pid_t pid = start(argv, -1, out[1], err[1]);
+    close(out[1]);
+    close(err[1]);
+    if (pid < 0) {
+        close(out[0]);
+        close(err[0]);
+        return -1;
+    }
+    fcntl(out[0], F_SETFL, O_NONBLOCK);
+    fcntl(err[0], F_SETFL, O_NONBLOCK);
+    struct pollfd fds[2] = {{out[0], POLLIN, 0}, {err[0], POLLIN, 0}};
+    size_t len = 0;
+    int boosted = 0, failed = 0;
+    char scratch[4096];
+    while (!failed && (fds[0].fd >= 0 || fds[1].fd >= 0)) {
+        if (poll(fds, 2, -1) < 0) {
+            failed = errno != EINTR;
+            continue;
+        }
+        for (int i = 0; i < 2; i++) {
+            if (fds[i].fd < 0 || !fds[i].revents)
+                continue;
+            for (;;) {
+                char *at = i ? scratch : buf + len;
+                size_t room = i ? sizeof scratch : cap - len;
+                if (!i && room > 262144)
+                    room = 262144;
+                ssize_t got = room ? read(fds[i].fd, at, room) : -1;
+                if (got > 0) {
+                    if (!i)
+                        len += (size_t)got;
+                    if (!i && !boosted && len >= 65536) {
+                        boosted = 1;
+                        fcntl(fds[i].fd, F_SETPIPE_SZ, 1 << 20);
+                    }
+                    if ((size_t)got < room)
+                        break;
+                    continue;
+                }
+                if (got == 0 || (got < 0 && errno != EAGAIN && errno != EINTR) || !room) {
+                    failed = got != 0;
+                    close(fds[i].fd);
+                    fds[i].fd = -1;
+                }
+                break;
+            }
+        }
+    }
+    for (int i = 0; i < 2; i++)
+        if (fds[i].fd >= 0)
+            close(fds[i].fd);
+    if (reap(pid) != 0 || failed)
+        return -1;
+    return (long long)len;
+}
+
 #ifndef FLOOR_LIB
 /* n iterations, one "ns bytes" line each. */
 static int batch(long n, char *const argv[])
@@ -382,7 +453,8 @@ int main(int argc, char **argv)
 
 _PARTS_C = r"""
 /* spawnparts ROUNDS PROGRAM: what each step of a CLONE_VM spawn costs, timed here.  Each way below is a spawn+wait
-   of PROGRAM; the ways run interleaved (10 calls each per round, the order rotating every round); at the end one
+   of PROGRAM; the ways run interleaved (10 calls each per round, in bench.harness.balanced_order: each way follows
+   every other one equally often); at the end one
    line per way gives the median of its 10 calls in each round: "way ns ns ...".  The capture ways also put the
    child's stdout and stderr on pipes and read both to end of file (poll), as run(capture=True) does.  The parent
    ignores SIGPIPE and SIGXFSZ, as a Python parent does, so the child's resets are real work. */
@@ -498,6 +570,18 @@ static long long one(char *const argv[], int steps)
     return now_ns() - t0;
 }
 
+/* The k-th way of round r: row r of a Williams design (bench.harness.balanced_order, the same rows). */
+static int way_at(int r, int k)
+{
+    int rows = N_WAYS % 2 ? 2 * N_WAYS : N_WAYS, row = r % rows;
+    if (row >= N_WAYS) { /* odd N_WAYS: the second half are the first rows reversed */
+        row -= N_WAYS;
+        k = N_WAYS - 1 - k;
+    }
+    int first = k % 2 ? (k + 1) / 2 : (N_WAYS - k / 2) % N_WAYS; /* 0, 1, n-1, 2, n-2, ... */
+    return (first + row) % N_WAYS;
+}
+
 static int by_value(const void *a, const void *b)
 {
     long long x = *(const long long *)a, y = *(const long long *)b;
@@ -523,7 +607,7 @@ int main(int argc, char **argv)
     signal(SIGXFSZ, SIG_IGN);
     for (int r = -1; r < rounds; r++) { /* round -1 warms every way up */
         for (int k = 0; k < N_WAYS; k++) {
-            int w = (k + (r < 0 ? 0 : r)) % N_WAYS;
+            int w = way_at(r < 0 ? 0 : r, k);
             long long t[BATCH];
             for (int i = 0; i < BATCH; i++) {
                 if ((t[i] = one(argv + 2, ways[w].steps)) < 0) {

@@ -1,19 +1,28 @@
 """The measurement harness: workers, interleaved rounds, medians with min and max, ratios from side-by-side samples.
 
-Interleaving: after a warm-up batch of every contender, round r runs a batch of each contender in turn (the order
-rotates every round, so that no contender always follows the same one: A B C, B C A, C A B, ...), all in one run.
-A ratio A/B is median(A) / median(B) over all samples, with its spread given by the per-round ratios
-(median of A's batch / median of B's batch in the same round): min and max.
+Interleaving: after a warm-up batch of every contender, round r runs a batch of each contender in turn, in an order
+that changes every round so that each contender follows every other one equally often and takes every place in
+the round equally often (a Williams design: balanced_order).  A plain rotation (A B C, B C A, C A B) changes only
+who starts: B would always follow A, and whatever A leaves behind (a busy CPU, pages to fault again after a fork)
+would always be charged to B.  A ratio A/B is median(A) / median(B) over all samples, with its spread given by the
+per-round ratios (median of A's batch / median of B's batch in the same round): min and max.
+
+Pinning: a spawn's child that the scheduler places on another CPU than its parent's costs every way of spawning
+alike some tens of microseconds more (measured on the 2-vCPU VM of issue 19: 40 to 56 us on 80 to 200 us, the
+other CPU being idle and halted), and whether it does depends on what the parent did just before, not on the way
+measured.  So the short spawn+wait series run with the worker (and the children, which inherit it) pinned to one
+CPU (pinned(), the `cpu` of a worker request): every way is measured with its child on its parent's CPU.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,9 +166,22 @@ Runner = Callable[[int], list[int]]
 """Runs a batch of n calls and returns their times in ns."""
 
 
+def balanced_order(n: int, r: int) -> list[int]:
+    """The order of n contenders (0 .. n-1) in round r: row r of a Williams design, whose rows (n of them when n is
+    even, 2n when it is odd: each row then also reversed) put each contender right after every other one equally
+    often and in every place equally often."""
+    rows = n if n % 2 == 0 else 2 * n
+    row, reverse = r % rows, False
+    if row >= n:
+        row, reverse = row - n, True
+    first = [(k + 1) // 2 if k % 2 else (n - k // 2) % n for k in range(n)]  # 0, 1, n-1, 2, n-2, ...
+    order = [(f + row) % n for f in first]
+    return order[::-1] if reverse else order
+
+
 def interleave(contenders: Sequence[tuple[str, Runner]], rounds: int, batch: int, warmup: int = 1,
                tick: Callable[[], None] | None = None) -> dict[str, Series]:
-    """Runs every contender `warmup` batches (dropped), then `rounds` rounds of one batch each, order rotating."""
+    """Runs every contender `warmup` batches (dropped), then `rounds` rounds of one batch each, in balanced_order."""
     series = {name: Series(name) for name, _ in contenders}
 
     def attempt(name: str, run: Runner) -> list[int] | None:
@@ -177,14 +199,33 @@ def interleave(contenders: Sequence[tuple[str, Runner]], rounds: int, batch: int
         for _ in range(warmup):
             attempt(name, run)
     for r in range(rounds):
-        k = r % len(contenders)
-        for name, run in [*contenders[k:], *contenders[:k]]:
+        for k in balanced_order(len(contenders), r):
+            name, run = contenders[k]
             got = attempt(name, run)
             if got is not None:
                 series[name].rounds.append(got)
         if tick:
             tick()
     return series
+
+
+def spawn_cpu() -> int:
+    """The CPU the short spawn+wait series are pinned to: the highest this process may use."""
+    return max(os.sched_getaffinity(0))
+
+
+@contextlib.contextmanager
+def pinned(cpu: int | None) -> Iterator[None]:
+    """This thread (and the processes it starts meanwhile, which keep it) on `cpu` only; None: unchanged."""
+    if cpu is None:
+        yield
+        return
+    saved = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, saved)
 
 
 def fmt_ns(ns: float) -> str:

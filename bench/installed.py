@@ -2,7 +2,7 @@
 without it: `python -m bench.installed [--rounds R] [--batch N] [--json]`.
 
 Two rows, each measured in one process, interleaved (harness.interleave: a warm-up batch of each, then rounds of
-one batch per contender, the order rotating), with cfloor's minimal static executable as the child and both its
+one batch per contender, in a balanced order), with cfloor's minimal static executable as the child and both its
 outputs captured:
 
 - "subprocess.run": subprocess.run(argv, capture_output=True), installed vs not;

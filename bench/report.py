@@ -241,6 +241,19 @@ def _spawn_table(series: dict[str, Series]) -> list[str]:
                   rows)
 
 
+def _pinning_sentence(meta: dict[str, Any]) -> str:
+    """How the short spawn+wait series were run (pinned since issue 19), for the Method section."""
+    cpu = meta.get("spawn_cpu")
+    if cpu is None:  # results from before the series were pinned
+        return "The spawn series ran unpinned."
+    return (f"The short spawn+wait series (the spawn tables, the steps table, the sweep and the minimal run with "
+            f"output captured) ran with the worker pinned to CPU {cpu}, so that every way's child ran on its "
+            "parent's CPU: a child the scheduler places on another CPU costs every way alike tens of microseconds "
+            "more (40 to 56 us on a 2-vCPU VM whose idle CPU halts, issue 19), and whether it does depends on what "
+            "the parent did just before, not on the way measured. The captures, throughput and many-children "
+            "suites are not pinned.")
+
+
 def _machine_lines(m: dict[str, Any]) -> list[str]:
     def gib(v: Any) -> str:
         return f"{v / GiB:.1f} GiB" if isinstance(v, int) else "?"
@@ -438,9 +451,12 @@ def render(results: dict[str, Any], tg: list[dict[str, Any]]) -> str:
              "Every Python figure is the wall time (time.perf_counter_ns) of the call as a user writes it, e.g. "
              "`pyproc.spawn(argv).wait()` or `subprocess.run(argv)`, made in a worker process that holds the "
              "parent memory being studied. The C floors are built by the benchmark with the system C compiler and "
-             "time themselves with CLOCK_MONOTONIC. After a warm-up batch, contenders run interleaved "
-             "(A B C ..., the order rotating every round), in one run; a table gives medians with min and max, and a "
-             "ratio is median/median with, in brackets, the lowest and highest ratio of the rounds' medians.",
+             "time themselves with CLOCK_MONOTONIC. After a warm-up batch, contenders run interleaved, in one run, in "
+             "an order that changes every round so that each follows every other one equally often (a Williams "
+             "design: whatever a contender leaves behind, a busy CPU or pages to fault again after a fork, is not "
+             "charged to the same one every time); a table gives medians with min and max, and a ratio is "
+             "median/median with, in brackets, the lowest and highest ratio of the rounds' medians. "
+             + _pinning_sentence(meta),
              "", "## Targets", "",
              "Each claim \"A vs B\" is median(A) / median(B) from samples taken interleaved in this run; in "
              "brackets the lowest and highest ratio of single rounds. For jobs per second, \"A vs B\" is A's jobs/s "
@@ -471,7 +487,8 @@ def render(results: dict[str, Any], tg: list[dict[str, Any]]) -> str:
     if parts:
         lines += ["## What each step of a spawn costs, timed in C", "",
                   "`python -m bench.spawnparts` alone. One C process spawns and reaps the minimal executable each "
-                  f"way, interleaved ({parts['rounds']} rounds of 10 per way, the order rotating); a ratio is "
+                  f"way, interleaved ({parts['rounds']} rounds of 10 per way, in the same balanced order), pinned to "
+                  "the spawn series' CPU; a ratio is "
                   "median / median of the floor, in brackets the lowest and highest single-round ratio. The parent "
                   "ignores SIGPIPE and SIGXFSZ, as Python does.", "", *spawnparts.table(parts["rows"]), ""]
     sweep = results.get("sweep", {})

@@ -27,7 +27,7 @@ from .config import (
     Config,
     fmt_size,
 )
-from .harness import Runner, Series, Worker, WorkerError, interleave, ratio
+from .harness import Runner, Series, Worker, WorkerError, interleave, pinned, ratio, spawn_cpu
 
 Tick = Callable[[str], None]
 
@@ -94,8 +94,11 @@ def _skip_reason(method: str, apis: dict[str, str | None]) -> str | None:
 
 
 def _spawn_runner(worker: Worker, method: str, argv: list[str], floors: cfloor.Floors) -> Runner:
+    """n spawn+waits by `method` in `worker`, pinned to spawn_cpu() (bench.harness: the child on its parent's CPU)."""
+    cpu = spawn_cpu()
+
     def run(n: int) -> list[int]:
-        ns: list[int] = worker.request(op="spawn", method=method, argv=argv, n=n,
+        ns: list[int] = worker.request(op="spawn", method=method, argv=argv, n=n, cpu=cpu,
                                        floor=str(floors.spawnloop), libfloor=str(floors.libfloor))["ns"]
         return ns
     return run
@@ -120,8 +123,9 @@ def spawn_suite(cfg: Config, small: Worker, floors: cfloor.Floors, apis: dict[st
         methods = [(m, _spawn_runner(small, m, argv, floors), _skip_reason(m, apis)) for m in SPAWN_METHODS]
         series = _interleave_available(methods, cfg.spawn_rounds, cfg.spawn_batch, tick, f"spawn {key}")
         out[key] = {"argv": argv, "series": {k: v.to_json() for k, v in series.items()}, "_series": series}
-    out["parts"] = {"rounds": cfg.parts_rounds, "rows": spawnparts.summarize(spawnparts.measure(floors,
-                                                                                                cfg.parts_rounds))}
+    with pinned(spawn_cpu()):  # the C program and its children, as the series above
+        parts = spawnparts.measure(floors, cfg.parts_rounds)
+    out["parts"] = {"rounds": cfg.parts_rounds, "rows": spawnparts.summarize(parts)}
     tick("spawn steps")
     return out
 
@@ -175,6 +179,9 @@ def io_suite(cfg: Config, worker: Worker, floors: cfloor.Floors, apis: dict[str,
             ("minimal", 0, cfg.minimal_io_rounds, cfg.minimal_io_batch),
             ("capture_medium", cfg.medium_io_size, cfg.medium_io_rounds, cfg.medium_io_batch))
     for kind, size, rounds, batch in plan:
+        # The minimal executable's run is a short spawn+wait with pipes: pinned as the spawn series (bench.harness).
+        # The captures are not: the child writes while this process reads, on the other CPU.
+        cpu = spawn_cpu() if kind == "minimal" else None
         methods: list[tuple[str, Runner | None, str | None]] = []
         # For the minimal executable, pyproc.spawn(argv).wait() too: a capture does all of its work and more, so
         # subprocess.run(capture_output=True) / spawn+wait is the most any run(capture=True) could gain.
@@ -182,8 +189,9 @@ def io_suite(cfg: Config, worker: Worker, floors: cfloor.Floors, apis: dict[str,
         for m in ("pyproc", "subprocess", "pyproc.subprocess", "C floor", *extra):
             why = apis["run"] if m == "pyproc" else apis["spawn"] if m in extra else _skip_reason(m, apis)
 
-            def run(n: int, m: str = m, kind: str = kind, size: int = size) -> list[int]:
-                ns: list[int] = worker.request(op="io", kind=kind, method=m, size=size, n=n, **common)["ns"]
+            def run(n: int, m: str = m, kind: str = kind, size: int = size, cpu: int | None = cpu) -> list[int]:
+                ns: list[int] = worker.request(op="io", kind=kind, method=m, size=size, n=n, cpu=cpu,
+                                               **common)["ns"]
                 return ns
             methods.append((m, run, why))
         series = _interleave_available(methods, rounds, batch, tick, f"I/O {kind}")
@@ -382,7 +390,7 @@ def run_all(cfg: Config, tick: Tick, argv: list[str]) -> dict[str, Any]:
     results: dict[str, Any] = {
         "meta": {"started_utc": started.isoformat(timespec="seconds"), "command": argv,
                  "python_executable": sys.executable, "config": cfg.to_json(), "machine": machine.describe(),
-                 "floors": floors.as_dict(), "apis": apis},
+                 "floors": floors.as_dict(), "apis": apis, "spawn_cpu": spawn_cpu()},
     }
     timings: dict[str, float] = {}
 

@@ -5,7 +5,8 @@ in one process: vfork+execve+waitpid (the floor), clone(CLONE_VM|CLONE_VFORK) on
 with one more step each: a pidfd from CLONE_PIDFD or from pidfd_open() once clone returned, wait4 with rusage,
 SIGPIPE and SIGXFSZ reset in the child, close_range in the child, all the steps pyproc's default engine takes;
 and a capture (stdout and stderr on pipes read to end of file), alone and with those steps.
-The main report (python -m bench) includes the same table; this runs it alone.
+The main report (python -m bench) includes the same table; this runs it alone.  Both pin the C program to one CPU
+(bench.harness.pinned), as the report's spawn series.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import subprocess
 from typing import Any
 
 from . import cfloor
-from .harness import fmt_ns
+from .harness import fmt_ns, pinned, spawn_cpu
 
 FLOOR = "vfork+execve+waitpid"
 CLONE = "clone"
@@ -85,7 +86,9 @@ def main() -> None:
         floors = cfloor.build()
     except cfloor.NoCompilerError as exc:
         parser.exit(3, f"python -m bench.spawnparts: {exc}\n")
-    print("\n".join(table(summarize(measure(floors, args.rounds)))))
+    with pinned(spawn_cpu()):  # as in the report: the children on their parent's CPU (bench.harness)
+        rounds = measure(floors, args.rounds)
+    print("\n".join(table(summarize(rounds))))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+import os
+import subprocess
+import sys
+from collections import Counter
+
 import pytest
 
 from bench import config, harness
@@ -21,7 +27,38 @@ def test_parse_and_format_sizes() -> None:
     config.check_sizes([1 << 30], available=4 << 30)
 
 
-def test_interleave_rotates_drops_warmup_and_ratios_pair_rounds() -> None:
+def test_balanced_order_puts_each_contender_after_every_other_equally_often() -> None:
+    for n in range(1, 9):
+        rows = n if n % 2 == 0 else 2 * n
+        orders = [harness.balanced_order(n, r) for r in range(rows)]
+        assert all(sorted(order) == list(range(n)) for order in orders)
+        follows = Counter((a, b) for order in orders for a, b in itertools.pairwise(order))
+        assert set(follows) == {(a, b) for a in range(n) for b in range(n) if a != b}
+        assert len(set(follows.values())) <= 1, (n, follows)  # every ordered pair equally often (once, or twice)
+        places = Counter((k, order[k]) for order in orders for k in range(n))
+        assert len(set(places.values())) == 1  # every contender in every place equally often
+        assert harness.balanced_order(n, rows) == orders[0]  # then the rows repeat
+    # A rotation would not do: B always right after A.
+    rotation = [["A", "B", "C"], ["B", "C", "A"], ["C", "A", "B"]]
+    assert {(a, b) for order in rotation for a, b in itertools.pairwise(order)} == {("A", "B"), ("B", "C"),
+                                                                                    ("C", "A")}
+
+
+def test_pinned_sets_and_restores_the_affinity() -> None:
+    before = os.sched_getaffinity(0)
+    cpu = harness.spawn_cpu()
+    assert cpu == max(before)
+    with harness.pinned(cpu):
+        assert os.sched_getaffinity(0) == {cpu}
+        child = subprocess.run([sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
+                               capture_output=True, text=True, check=True)
+        assert child.stdout.strip() == f"[{cpu}]"  # what it starts keeps it
+    assert os.sched_getaffinity(0) == before
+    with harness.pinned(None):
+        assert os.sched_getaffinity(0) == before
+
+
+def test_interleave_balances_drops_warmup_and_ratios_pair_rounds() -> None:
     calls: list[str] = []
 
     def contender(name: str, value: int) -> harness.Runner:
@@ -32,7 +69,7 @@ def test_interleave_rotates_drops_warmup_and_ratios_pair_rounds() -> None:
 
     series = harness.interleave([("A", contender("A", 100)), ("B", contender("B", 300)), ("C", contender("C", 50))],
                                 rounds=3, batch=4, warmup=1)
-    assert calls == ["A", "B", "C", "A", "B", "C", "B", "C", "A", "C", "A", "B"]
+    assert calls == ["A", "B", "C", "A", "B", "C", "B", "C", "A", "C", "A", "B"]  # warm-up, then balanced_order
     assert [len(r) for r in series["A"].rounds] == [4, 4, 4]
     r = harness.ratio(series["B"], series["A"])
     assert r == {"ratio": 3.0, "min": 3.0, "max": 3.0}

@@ -26,6 +26,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from bench.harness import pinned
+
 PAGE = 4096
 STATES = ("clean", "dirty", "thp")
 """Parent memory states: 4 KiB pages mapped and never touched, 4 KiB pages written, THP (MADV_HUGEPAGE) written."""
@@ -172,7 +174,8 @@ class FloorServer:
     """A C floor kept running between batches (`spawnloop - ARGV`, `readloop - ARGV`, `pipeloop - SIZE ARGV`,
     `jobloop K - ARGV`), so
     that it is as warm as this worker: a freshly started process runs its first iterations slowly (page faults,
-    caches, the scheduler's view of a new task), which would bias a floor started per batch."""
+    caches, the scheduler's view of a new task), which would bias a floor started per batch.  It keeps the CPU
+    affinity of the request that started it: the requests that share a server are pinned alike (bench.harness)."""
 
     _servers: ClassVar[dict[tuple[str, ...], FloorServer]] = {}
 
@@ -473,7 +476,8 @@ def main() -> None:
         if req.get("op") == "exit":
             break
         try:
-            answer = OPS[req["op"]](req)
+            with pinned(req.get("cpu")):  # the short spawn+wait series: see bench.harness
+                answer = OPS[req["op"]](req)
         except BaseException as exc:
             answer = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
         proto_out.write(json.dumps(answer) + "\n")

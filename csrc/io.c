@@ -16,7 +16,10 @@
  * The output buffers the pump reads into (the chunk pool, map mode, the helper thread that faults pages in, the
  * handover to Python by pyproc_pump_take / pyproc_pump_copy) are in outbuf.c.  The job pool (pool.c) drives many
  * pumps from one epoll set through the single steps that pump.h exports (one write, one read).
- * Pipes that carry a lot are enlarged with F_SETPIPE_SZ (fewer wake-ups, bigger reads).
+ * Pipes that carry a lot are enlarged with F_SETPIPE_SZ (fewer wake-ups, bigger reads).  The pump waits in poll
+ * only, never in a timed sleep: a 60 us nap while a stream flowed (issue 3) made run() slower than subprocess from
+ * 2 to 16 MiB on an idle machine (bench.medium, 0.75-0.94x; issue 19): a timed sleep lasted 160-190 us whatever
+ * was asked, and meanwhile the writer spent up to 1.6x the CPU time per byte on the pages the pipe held.
  */
 #include "outbuf.h"
 #include "pump.h"
@@ -28,21 +31,10 @@
 #include <unistd.h>
 
 #define MIN_FREE ((size_t)64 << 10)          /* room for at least this much per read once output is flowing */
-#define BOOST_AFTER ((size_t)64 << 10)       /* enlarge a pipe once this much went through it (then naps) */
+#define BOOST_AFTER ((size_t)64 << 10)       /* enlarge a pipe once this much went through it */
 #define PIPE_BIG (1 << 20)                   /* the size asked for (the unprivileged maximum by default) */
 #define WRITE_CHUNK ((size_t)1 << 20)
 #define DRAIN_ROUNDS 64
-/* Reading a stream that flows: once a pipe was enlarged (PIPE_BIG, so its writer does not block for a long while)
-   and the reads since the last wait brought at least NAP_MIN bytes, the pump sleeps NAP_NS instead of polling,
-   then reads what gathered.  Polling, it was woken by nearly every write to the emptied pipe: the wake-up pulled
-   it onto the writer's CPU and preempted the writer, hundreds of times per 4 MiB (measured: 5x the context
-   switches of a nap, and slower than subprocess, whose slower reads leave the pipe less often empty).  The nap is
-   a ppoll that asks for no event: writes do not end it, the writer's close (POLLHUP) does, so the end of the
-   output is seen at once.  A nap that brings less than NAP_MIN goes back to poll, so a quiet child costs
-   nothing. */
-#define NAP_NS ((int64_t)60000)
-#define NAP_MIN ((size_t)4096)
-#define BIG_PIPE_MIN (PIPE_BIG / 2)         /* a pipe that holds this much can be left alone for a nap */
 #define HELPER_AFTER ((size_t)4 << 20)       /* output this large gets a helper thread that faults pages in */
 #define HELPER_READ ((size_t)1 << 20)        /* most bytes a read asks for when the helper runs */
 
@@ -284,12 +276,6 @@ static int pump_write(struct pyproc_pump *p, int *ready)
     return err;
 }
 
-/* Output b flows into an enlarged pipe, in chunk mode (in map mode, naps were measured slower: 1 GiB capture). */
-static int napping(const struct pyproc_outbuf *b)
-{
-    return b->big_pipe && !b->map_size;
-}
-
 int pyproc__pump_read(struct pyproc_pump *p, int i, int *ready)
 {
     struct pyproc_outbuf *b = &p->out[i];
@@ -356,8 +342,8 @@ int pyproc__pump_read(struct pyproc_pump *p, int i, int *ready)
         *ready = 0;
     if (!b->boosted && b->len >= BOOST_AFTER) {
         b->boosted = 1;
-        /* best effort: EPERM past the user's quota (then the pump keeps polling this pipe) */
-        b->big_pipe = fcntl(p->out_fd[i], F_SETPIPE_SZ, PIPE_BIG) >= BIG_PIPE_MIN;
+        /* best effort: EPERM past the user's quota (the pipe keeps its size) */
+        (void)fcntl(p->out_fd[i], F_SETPIPE_SZ, PIPE_BIG);
     }
     if (p->max_output != UINT64_MAX && b->len > p->max_output) {
         p->outcome = PYPROC_PUMP_LIMIT;
@@ -371,7 +357,6 @@ static int pump_run(struct pyproc_pump *p, int drain)
     if (p->outcome != PYPROC_PUMP_RUNNING && !drain)
         return 0;
     int in_ready = 1, out_ready[2] = {0, 0};  /* outputs: poll first (a child rarely has written yet) */
-    size_t seen = p->out[0].len + p->out[1].len;
     int rounds = 0;
     for (;;) {
         if (drain && rounds++ >= DRAIN_ROUNDS)
@@ -410,37 +395,6 @@ static int pump_run(struct pyproc_pump *p, int drain)
         }
         if (progressed && (in_ready || out_ready[0] || out_ready[1]))
             continue;
-        /* A stream is flowing into an enlarged pipe: nap, then read what gathered, instead of poll (see NAP_NS). */
-        size_t total = p->out[0].len + p->out[1].len, got_since = total - seen;
-        seen = total;
-        if (!drain && p->in_fd < 0 && got_since >= NAP_MIN && (napping(&p->out[0]) || napping(&p->out[1]))) {
-            int64_t nap = NAP_NS;
-            if (p->deadline_ns >= 0) {
-                int64_t left = p->deadline_ns - pyproc_monotonic_ns();
-                if (left <= 0) {
-                    p->outcome = PYPROC_PUMP_TIMEOUT;
-                    return 0;
-                }
-                if (left < nap)
-                    nap = left;
-            }
-            /* No events asked: a write does not wake this poll, the writer's close (POLLHUP) does. */
-            struct pollfd fds[2];
-            nfds_t n = 0;
-            for (int i = 0; i < 2; i++)
-                if (!p->out_eof[i])
-                    fds[n++] = (struct pollfd){p->out_fd[i], 0, 0};
-            struct timespec ts = {0, (long)nap};
-            if (ppoll(fds, n, &ts, NULL) < 0)
-                return errno;  /* EINTR included: the caller runs its handlers and calls again */
-            for (nfds_t k = 0; k < n; k++)
-                if (fds[k].revents & POLLNVAL)
-                    return EBADF;
-            out_ready[0] = !p->out_eof[0];
-            out_ready[1] = !p->out_eof[1];
-            continue;
-        }
-
         /* Nothing can move without waiting: poll every live fd together. */
         struct pollfd fds[3];
         int which[3];

@@ -31,7 +31,7 @@
 #include <sys/mman.h>
 
 #define POOL_KEEP ((size_t)PYPROC_OUT_CHUNK_MAX / PYPROC_OUT_CHUNK)  /* most free chunks the pool keeps */
-#define PARALLEL_COPY_MIN ((size_t)2 << 20)  /* results this large are copied out of the chunks by two threads */
+#define PARALLEL_COPY_MIN ((size_t)16 << 20) /* results this large are copied out of the chunks by two threads */
 
 struct helper {
     pthread_t thread;
@@ -182,8 +182,10 @@ static void chunks_copy(const struct pyproc_outbuf *b, char *dest, size_t n, int
 }
 
 /* The same, the second half by a short-lived thread (all signals blocked) on the other CPU, when dest is large
-   enough for that to pay (measured: 2-5% of a whole run() from 4 to 16 MiB; the producer has exited by then, so
-   the other CPU is usually free); in this thread alone when the thread cannot start. */
+   enough for that to pay (the producer has exited by then, so the other CPU is usually free); in this thread alone
+   when the thread cannot start.  Measured with run() polling (issue 19): 3-7% of a whole run() at 16 and 24 MiB in
+   a fresh process; from 2 to 8 MiB the thread's start and the other CPU's wake-up cost more than they saved (one
+   copy was 1-5% faster in 10 of 12 interleaved series). */
 struct copy_job {
     const struct pyproc_outbuf *b;
     char *dest;

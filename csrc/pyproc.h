@@ -271,7 +271,6 @@ struct pyproc_outbuf {
     size_t cap;       /* map mode: bytes available from data */
     size_t map_size;  /* size of the mapping; 0 in chunk mode */
     int boosted;      /* the pipe's capacity was raised (asked for) */
-    int big_pipe;     /* ... and it holds at least half of what was asked: the pump may nap instead of polling */
     size_t populated; /* map mode: bytes from data already faulted in (MADV_POPULATE_WRITE) */
     void *helper;     /* the thread that faults pages in ahead of the reads, while pyproc_pump_run runs */
     char **chunks;    /* chunk mode: the chunks (output byte k is chunks[k / PYPROC_OUT_CHUNK][k % ...]) */

@@ -82,6 +82,7 @@ static pthread_once_t stack_key_once = PTHREAD_ONCE_INIT;
 static __thread char *thread_stack;
 static __thread size_t thread_stack_size; /* the whole mapping, guard page included */
 static __thread size_t thread_stack_guard;
+static __thread int thread_stack_wiped; /* MADV_WIPEONFORK is set on it (see child_stack, keep_stack_on_fork) */
 static size_t forced_page_size;
 
 void pyproc_set_forced_page_size(size_t page_size) { __atomic_store_n(&forced_page_size, page_size, __ATOMIC_RELAXED); }
@@ -112,6 +113,13 @@ static int child_stack(char **bottom, size_t *size)
             munmap(stack, page + usable);
             return err;
         }
+#ifdef MADV_WIPEONFORK
+        /* A fork() of this process (multiprocessing, os.fork) then neither copies the stack nor write-protects it:
+           without this, the next child started on it took a copy-on-write fault on its top page after every fork
+           (measured, issue 19).  A forked child gets zeroed pages here and can still spawn from this thread.  Best
+           effort: kernels before 4.14 refuse it (EINVAL) and fork copies the stack as before. */
+        thread_stack_wiped = madvise(stack + page, usable, MADV_WIPEONFORK) == 0;
+#endif
         (void)pthread_once(&stack_key_once, make_stack_key);
         thread_stack_size = page + usable;
         thread_stack_guard = page;
@@ -213,6 +221,19 @@ static int spawn_clone3(struct child_ctx *c, int *pidfd, pid_t *pid)
 }
 
 /* clone(2) -> vfork(2), with signals blocked by the caller; *pidfd = -1 when the kernel gave none. */
+/* glibc's clone(2) stores the function and its argument on the child's stack, in the parent, before the call.  A
+   tool that runs a CLONE_VM child as a fork of the parent (valgrind does) would hand the child a wiped copy of the
+   stack, and the child would jump to NULL: this stack is copied on fork again once clone(2) uses it.  (clone3's
+   child takes both from registers, pyproc__clone3_run.) */
+static void keep_stack_on_fork(void)
+{
+#ifdef MADV_KEEPONFORK
+    if (thread_stack_wiped && madvise(thread_stack + thread_stack_guard, thread_stack_size - thread_stack_guard,
+                                      MADV_KEEPONFORK) == 0)
+        thread_stack_wiped = 0;
+#endif
+}
+
 static int spawn_clone(struct child_ctx *c, int *pidfd, pid_t *pid)
 {
     int forced = pyproc_get_forced_fallbacks();
@@ -221,6 +242,7 @@ static int spawn_clone(struct child_ctx *c, int *pidfd, pid_t *pid)
     int err = child_stack(&stack, &stack_size);
     if (err)
         return err;
+    keep_stack_on_fork();
     UNPOISON_CHILD_STACK(stack, stack_size);
     char *stack_top = stack + stack_size;
     *pidfd = -1;

@@ -126,28 +126,6 @@ _PIPE_STDERR = lib.PYPROC_PIPE_STDERR
 _STDERR_TO_STDOUT = lib.PYPROC_STDERR_TO_STDOUT
 _ENGINE_CLONE = lib.PYPROC_ENGINE_CLONE
 _DIRECT = (_DEFAULT_REQUEST,)  # a program named by a path: the shared default request runs argv[0]
-_path_requests: dict[tuple[bytes, str | None], tuple[Any, ...]] = {}
-
-
-def _path_request(program: bytes) -> tuple[Any, ...]:
-    """(the default request with program's PATH candidates, what it points to), kept per program and PATH.
-
-    The caller holds the tuple while the request is in use (the cache may be cleared by another thread).
-    """
-    key = (program, os.environ.get("PATH"))
-    entry = _path_requests.get(key)
-    if entry is None:
-        c_paths, n_paths, c_strings = _exec_paths(program, None)
-        req = ffi.new("struct pyproc_spawn_request *", _DEFAULT_REQUEST[0])
-        req.exec_paths = c_paths
-        req.n_exec_paths = n_paths
-        entry = (req, c_paths, c_strings)
-        if len(_path_requests) >= 256:
-            _path_requests.clear()
-        _path_requests[key] = entry
-    return entry
-
-
 _exec_path_cache: dict[tuple[bytes, str | None], tuple[Any, int, list[Any]]] = {}
 
 

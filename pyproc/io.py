@@ -328,7 +328,7 @@ def run(
     packed = None
     if pipes >= 0 and (not spawn_options or (len(spawn_options) == 1 and own_group
                                              and type(spawn_options.get("process_group")) is int)):
-        packed = _pack_argv(argv, True)  # None unless argv is a plain list of str naming a path
+        packed = _pack_argv(argv, True)  # None unless argv is a plain list of str
     if packed is not None:
         started = time.monotonic()
         proc, parent = _start_piped(argv, packed, pipes, own_group)  # the common case: pipes and spawn in C

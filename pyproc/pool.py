@@ -55,22 +55,22 @@ from .io import Result
 from .spawn import (
     _DEFAULT_REQUEST,
     _GROUP_REQUEST,
+    _REQUEST_PTR,
     DEVNULL,
     ENGINE_CODES,
     PIPE,
     STDOUT,
     FileSpec,
     Request,
-    _exec_candidates,
     _pack_argv,
     piped_failure,
     prepare,
+    request_with_path,
 )
 
 _EINTR = errno.EINTR
 _POOL_PTR = ffi.typeof("struct pyproc_pool *")
 _CHILD_PTR = ffi.typeof("struct pyproc_child *")
-_REQUEST_PTR = ffi.typeof("struct pyproc_spawn_request *")
 _PIPE_STDIN = lib.PYPROC_PIPE_STDIN
 _PIPE_STDOUT = lib.PYPROC_PIPE_STDOUT
 _PIPE_STDERR = lib.PYPROC_PIPE_STDERR
@@ -256,14 +256,10 @@ class _Plan:
         key = (program, group)
         entry = self.paths.get(key)
         if entry is None:
-            c_paths = [ffi.new("char[]", path) for path in _exec_candidates(os.fsencode(program), self.env)]
-            array = ffi.new("char *[]", c_paths)
-            req = ffi.new(_REQUEST_PTR, (self.group_request if group else self.request)[0])
-            req.exec_paths = array
-            req.n_exec_paths = len(c_paths)
+            entry = request_with_path(self.group_request if group else self.request, os.fsencode(program), self.env)
             if len(self.paths) >= _PATH_CACHE_MAX:
                 self.paths.clear()  # the jobs that use them keep theirs alive
-            entry = self.paths[key] = (req, c_paths, array)
+            self.paths[key] = entry
         return entry
 
     def _prepare(self, argv: Any, index: int, group: bool, cwd: Any, env: Any) -> Request:

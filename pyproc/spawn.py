@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol, Union
+from typing import Any, Protocol, Union, cast
 
 from ._lib import ffi, lib
 from .errors import os_error
@@ -534,23 +534,21 @@ def start(request: Request) -> Process:
     )
 
 
-def _pack_argv(argv: Sequence[Any], path_only: bool = False) -> bytes | None:
+def _pack_argv(argv: Sequence[Any], listed: bool = False) -> bytes | None:
     """argv as the packed bytes the C side splits (NUL-separated: pyproc_spawn_child, pyproc_spawn_piped), when
-    every item is a str, none holds a NUL and the program is not empty; with path_only, also only when argv is a
-    list or tuple whose program is a path (no PATH search to do).
+    every item is a str, none holds a NUL and the program is not empty; with listed, also only when argv is a list
+    or a tuple (the direct paths of spawn() and run() check nothing else about it).
 
     None for anything else (bytes or os.PathLike items, a NUL, an empty argv): the general conversion then checks
     and converts it, and reports what is wrong.
     """
-    if path_only and type(argv) is not list and type(argv) is not tuple:
+    if listed and type(argv) is not list and type(argv) is not tuple:
         return None
     try:
         joined = "\0".join(argv)
     except TypeError:
         return None
     if not argv or not argv[0] or joined.count("\0") != len(argv) - 1:
-        return None
-    if path_only and "/" not in argv[0]:  # (all str now)
         return None
     try:
         return joined.encode(_FS_ENCODING, _FS_ERRORS)  # os.fsencode's conversion
@@ -568,6 +566,39 @@ def _direct_failure(argv: Sequence[StrOrBytesPath], engine: str, err: int, res: 
 
 _GROUP_REQUEST = ffi.new("struct pyproc_spawn_request *", _DEFAULT_REQUEST[0])
 _GROUP_REQUEST.process_group = 0
+_REQUEST_PTR = ffi.typeof("struct pyproc_spawn_request *")
+
+
+def request_with_path(template: Any, program: bytes, env: Mapping[Any, Any] | None) -> tuple[Any, Any, list[Any]]:
+    """A copy of the request template (a struct pyproc_spawn_request *) whose exec_paths are the PATH candidates
+    for program, a name without a slash (env's PATH, else this process's), with what it points to: the caller
+    holds the tuple while the request is in use."""
+    c_paths = [ffi.new("char[]", path) for path in _exec_candidates(program, env)]
+    array = ffi.new("char *[]", c_paths)
+    req = ffi.new(_REQUEST_PTR, template[0])
+    req.exec_paths = array
+    req.n_exec_paths = len(c_paths)
+    return req, array, c_paths
+
+
+_NAMED_REQUESTS_MAX = 256
+_named_requests: dict[tuple[bytes, str | None, bool], tuple[Any, Any, list[Any]]] = {}
+
+
+def named_request(program: bytes, new_group: bool = False) -> tuple[Any, Any, list[Any]]:
+    """request_with_path of the default request (process_group 0 with new_group) for program, kept per program,
+    PATH value and group: the direct paths of spawn(), run() and pyproc.subprocess take a name without a slash
+    without the general conversion, and without redoing its candidates' joins and allocations on every call (the
+    C side only reads them).  The caller holds the tuple until its spawn returned (another thread may clear the
+    cache)."""
+    key = (program, os.environ.get("PATH"), new_group)
+    entry = _named_requests.get(key)
+    if entry is None:
+        entry = request_with_path(_GROUP_REQUEST if new_group else _DEFAULT_REQUEST, program, None)
+        if len(_named_requests) >= _NAMED_REQUESTS_MAX:
+            _named_requests.clear()
+        _named_requests[key] = entry
+    return entry
 _STDIO_TARGETS = ((lib.PYPROC_PIPE_STDIN, 0), (lib.PYPROC_PIPE_STDOUT, 1), (lib.PYPROC_PIPE_STDERR, 2),
                   (lib.PYPROC_STDERR_TO_STDOUT, 2))
 
@@ -599,10 +630,13 @@ def _start_piped(argv: Sequence[StrOrBytesPath], packed: bytes, pipes: int,
     """
     if abandoned:
         reap_abandoned()
+    # A program named without a slash: the request with its PATH candidates (held until the spawn returned).
+    named = None if "/" in cast(str, argv[0]) else named_request(packed.partition(b"\0")[0], new_group)
     child = ffi.new(_CHILD_PTR)
     ends = ffi.new(_ENDS_ARRAY)
-    err = lib.pyproc_spawn_piped(_GROUP_REQUEST if new_group else _DEFAULT_REQUEST, packed, len(packed),
-                                 len(argv), lib.PYPROC_ENGINE_CLONE, pipes, child, ends)
+    request = named[0] if named is not None else _GROUP_REQUEST if new_group else _DEFAULT_REQUEST
+    err = lib.pyproc_spawn_piped(request, packed, len(packed), len(argv), lib.PYPROC_ENGINE_CLONE, pipes, child,
+                                 ends)
     res = child.spawn
     if err:
         raise piped_failure(argv, None, "auto", pipes, err, res)
@@ -694,8 +728,8 @@ def spawn(
     start; a child that failed has already been reaped.  With SIGCHLD ignored, a child that ran its program is never
     an error, even one the kernel reaped before spawn() returned (see Process for what waiting gives then).
     """
-    # Every option at its default, argv a list of str naming a path: the common case, one packed argv and the
-    # shared default request.
+    # Every option at its default, argv a list of str: the common case, one packed argv and the shared default
+    # request (or, for a program named without a slash, the one kept with its PATH candidates).
     if (executable is None and stdin is None and stdout is None and stderr is None and fds is None
             and type(pass_fds) is tuple and not pass_fds and close_fds is True and cwd is None and env is None
             and new_session is False and process_group is None and umask is None and rlimits is None
@@ -705,9 +739,11 @@ def spawn(
         if packed is not None:
             if abandoned:
                 reap_abandoned()
+            # (argv[0] is a str: _pack_argv packed it)  The named request is held until the spawn returned.
+            named = None if "/" in cast(str, argv[0]) else named_request(packed.partition(b"\0")[0])
             child = ffi.new(_CHILD_PTR)
-            err = lib.pyproc_spawn_child(_DEFAULT_REQUEST, packed, len(packed), len(argv), ENGINE_CODES[engine],
-                                         child)
+            err = lib.pyproc_spawn_child(_DEFAULT_REQUEST if named is None else named[0], packed, len(packed),
+                                         len(argv), ENGINE_CODES[engine], child)
             res = child.spawn
             if err:
                 raise _direct_failure(argv, engine, err, res)

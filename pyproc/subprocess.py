@@ -111,7 +111,6 @@ from ._subprocess_child import (
     _ids,
     _ids_in_range,
     _naming,
-    _path_request,
 )
 from ._subprocess_install import install as install
 from ._subprocess_install import installed as installed
@@ -119,7 +118,7 @@ from ._subprocess_install import is_installed as is_installed
 from ._subprocess_install import uninstall as uninstall
 from ._subprocess_pipes import _LAZY, _LAZY_CLOSED, _PipeAttribute, _PipeState, _text_codec
 from .process import abandoned, abandoned_lock, reap_abandoned
-from .spawn import _pack_argv, _prepare
+from .spawn import _pack_argv, _prepare, named_request
 
 # Private helpers some code imports from subprocess (multiprocessing, test suites).
 _args_from_interpreter_flags = _std._args_from_interpreter_flags  # type: ignore[attr-defined]
@@ -384,7 +383,7 @@ class Popen(Generic[AnyStr]):
             return
         # The common case: argv packed in one bytes object, the pipes made by the C side with the spawn.
         program = packed.partition(b"\0")[0]
-        entry = _DIRECT if b"/" in program else _path_request(program)  # held until the spawn returns
+        entry = _DIRECT if b"/" in program else named_request(program)  # held until the spawn returns
         pipes = ((_PIPE_STDIN if stdin is PIPE else 0) | (_PIPE_STDOUT if stdout is PIPE else 0)
                  | (_PIPE_STDERR if stderr is PIPE else _STDERR_TO_STDOUT if stderr is STDOUT else 0))
         child = ffi.new("struct pyproc_child *")

@@ -325,10 +325,11 @@ PGRP = "read -r _ _ _ _ pgrp _ < /proc/$$/stat; echo $$ $pgrp"  # the child's pi
     ],
 )
 def test_run_direct_and_general_paths_agree(script: str, options: dict[str, object]) -> None:
-    # An absolute program with default spawn options takes the direct path (argv packed, pipes made by the C
-    # side with the spawn); a bare name the general one (PATH search, pipes made in Python).  Same results.
+    # A program given as a str with default spawn options takes the direct path (argv packed, pipes made by the C
+    # side with the spawn; a bare name with its PATH candidates kept per name); as bytes, the general one (argv
+    # converted, pipes made in Python).  Same results.
     results = []
-    for program in (SH, "sh"):
+    for program in (SH, "sh", os.fsencode(SH)):
         res = pyproc.run([program, "-c", script], **options)  # type: ignore[arg-type]
         out = res.stdout
         if script == PGRP:
@@ -337,7 +338,7 @@ def test_run_direct_and_general_paths_agree(script: str, options: dict[str, obje
             assert pid == pgrp  # its own group on both paths
             out = b"own group"
         results.append((res.returncode, out, res.stderr))
-    assert results[0] == results[1]
+    assert results[0] == results[1] == results[2]
 
 
 DIRECT_RUN_IN_CHILD = r"""

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -330,6 +331,47 @@ def test_path_search_uses_env_path(engine: str, tmp_path: Path, no_leaks: None) 
     assert pyproc.spawn(["whatever-name"], executable=script, engine=engine).wait() == 5
 
 
+def test_bare_names_take_the_direct_paths(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, no_leaks: None) -> None:
+    # A program named without a slash and every option at its default: spawn(), run(capture=True) and run() with a
+    # timeout (its own process group) start it without the general conversion, with PATH's candidates tried in
+    # order as execvp does (a file that is not executable is passed over) and PATH's value at the time of the call.
+    dirs = {}
+    for name, mode, text in (("first", 0o644, "echo first"), ("second", 0o755, "echo second; exit 7"),
+                             ("third", 0o755, "echo third")):
+        dirs[name] = tmp_path / name
+        dirs[name].mkdir()
+        program = dirs[name] / "pyproc-named"
+        program.write_text(f"#!/bin/sh\n{text}\n")
+        program.chmod(mode)
+    spawn_module = importlib.import_module("pyproc.spawn")
+    io_module = importlib.import_module("pyproc.io")
+    general: list[str] = []
+
+    def counting(name: str, real: Any) -> Any:
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            general.append(name)
+            return real(*args, **kwargs)
+        return counted
+
+    for module, name in ((spawn_module, "_prepare"), (io_module, "prepare")):
+        monkeypatch.setattr(module, name, counting(name, getattr(module, name)))
+    monkeypatch.setenv("PATH", f"{dirs['first']}:{dirs['second']}")
+    assert pyproc.spawn(["pyproc-named"]).wait() == 7
+    for options in ({}, {"timeout": 30}):
+        res = pyproc.run(["pyproc-named", "x"], capture=True, **options)  # type: ignore[arg-type]
+        assert (res.returncode, res.stdout, res.stderr) == (7, b"second\n", b"")
+    monkeypatch.setenv("PATH", f"{dirs['third']}:{dirs['second']}")
+    assert pyproc.run(["pyproc-named"], capture=True).stdout == b"third\n"
+    assert general == []
+    # No executable candidate: execvp's error (EACCES from the file that is not executable), direct paths too.
+    monkeypatch.setenv("PATH", f"{dirs['first']}:{tmp_path / 'missing'}")
+    for start in (lambda: pyproc.spawn(["pyproc-named"]), lambda: pyproc.run(["pyproc-named"], capture=True)):
+        with pytest.raises(PermissionError) as info:
+            start()
+        assert info.value.filename == "pyproc-named"  # as the general path and subprocess name it
+        assert "in the child, exec" in str(info.value)
+
+
 # ---- exec errors --------------------------------------------------------------------------------------------------
 
 
@@ -632,6 +674,69 @@ def test_clone_stack_with_large_pages(page_size: int, mask_name: str | None, for
     finally:
         lib.pyproc_set_forced_page_size(0)
     assert codes == [7, b"x\n"]
+
+
+def _mappings() -> dict[str, list[str]]:
+    """This process's mappings (address range -> VmFlags), from /proc/self/smaps."""
+    found: dict[str, list[str]] = {}
+    current = ""
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if fields and fields[0] == "VmFlags:":
+                found[current] = fields[1:]
+            elif fields and "-" in fields[0] and not fields[0].endswith(":"):
+                current = fields[0]
+    return found
+
+
+@pytest.mark.parametrize("mask_name", [None, "PYPROC_FORCE_NO_CLONE3"])
+def test_clone_stack_is_wiped_on_fork_not_copied(mask_name: str | None, forced: Any, no_leaks: None) -> None:
+    """A thread's clone stack is MADV_WIPEONFORK (issue 19): a fork() of the parent (multiprocessing, os.fork) no
+    longer write-protects it, so the next child started on it takes no copy-on-write fault on it, and the forked
+    child gets zeroed pages there, from which it can still spawn.  Once clone(2) used it (clone3 refused), it is
+    copied on fork again: glibc's clone(2) puts the child's function on that stack, which a tool that runs a
+    CLONE_VM child as a fork (valgrind) would otherwise hand over wiped."""
+    if mask_name:
+        forced(getattr(lib, mask_name))
+    seen: list[Any] = []
+
+    def spawn_in_a_fresh_thread() -> None:  # a thread maps its stack at its first spawn, and keeps it
+        try:
+            before = _mappings()
+            seen.append(pyproc.spawn(["sh", "-c", "exit 7"], engine="clone").wait())
+            seen.append({span: flags for span, flags in _mappings().items() if span not in before})
+            with warnings.catch_warnings():  # 3.12+: a fork with threads running; this one is the point of the test
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
+            if pid == 0:  # the forked child: spawn from the same thread, on the wiped stack
+                code = 1
+                try:
+                    code = 0 if pyproc.spawn(["sh", "-c", "exit 5"], engine="clone").wait() == 5 else 2
+                finally:
+                    os._exit(code)
+            seen.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+            seen.append(pyproc.spawn(["sh", "-c", "exit 6"], engine="clone").wait())
+        except BaseException as exc:  # asserted on below
+            seen.append(exc)
+
+    thread = threading.Thread(target=spawn_in_a_fresh_thread)
+    thread.start()
+    thread.join(timeout=60)
+    assert len(seen) == 4 and seen[0] == 7, seen
+    new = seen[1]
+    def size(span: str) -> int:
+        low, high = span.split("-")
+        return int(high, 16) - int(low, 16)
+
+    wiped = [span for span, flags in new.items() if "wf" in flags]
+    page = os.sysconf("SC_PAGESIZE")
+    usable = -(-(64 << 10) // page) * page  # the stack above its guard page (a mapping of its own)
+    stacks = [span for span, flags in new.items() if "wr" in flags and size(span) == usable]
+    assert len(stacks) == 1, new
+    assert wiped == ([] if mask_name else stacks), new
+    assert seen[2:] == [0, 6]
+    assert stacks[0] not in _mappings()  # unmapped with its thread
 
 
 # ---- posix_spawn, close_fds=False: an inheritable fd numbered like a scratch copy (issue 14) ------------------------

@@ -314,9 +314,13 @@ def io_round() -> None:
     for engine in ("fork", "clone"):
         result = pyproc.run(["cat"], input=data, capture=True, engine=engine)
         check(engine != "fork" or (result.returncode == 0 and result.stdout == data), f"run cat ({engine})")
-    # Chunk mode past one chunk (the copy out by two threads), then map mode (the crossover lowered: the switch).
+    # Chunk mode past one chunk, then the copy out by two threads (16 MiB and more), then map mode (the crossover
+    # lowered: the switch).
     medium = bytes(range(256)) * (12 << 10)  # 3 MiB
     check(pyproc.run(["cat"], input=medium, capture=True).stdout == medium, "run cat 3 MiB (chunks)")
+    large = bytes(range(256)) * (65 << 12)  # 16.25 MiB
+    check(pyproc.run(["cat"], input=large, capture=True).stdout == large, "run cat 16 MiB (chunks, two copiers)")
+    del large
     saved = pyproc._pump.chunk_max
     pyproc._pump.chunk_max = (1 << 20) + 123
     try:
