@@ -1,9 +1,9 @@
 """The standard library's subprocess and asyncio with pyproc.subprocess.install() active, against the same calls
 without it: `python -m bench.installed [--rounds R] [--batch N] [--json]`.
 
-Two rows, each measured in one process, interleaved (harness.interleave: a warm-up batch of each, then rounds of
-one batch per contender, in a balanced order), with cfloor's minimal static executable as the child and both its
-outputs captured:
+Two rows, each measured in one process pinned to one CPU as the report's spawn series are (bench.harness),
+interleaved (harness.interleave: a warm-up batch of each, then rounds of one batch per contender, in a balanced
+order), with cfloor's minimal static executable as the child and both its outputs captured:
 
 - "subprocess.run": subprocess.run(argv, capture_output=True), installed vs not;
 - "asyncio.create_subprocess_exec + communicate": asyncio.create_subprocess_exec(argv, stdout=PIPE, stderr=PIPE)
@@ -27,7 +27,7 @@ from typing import Any
 import pyproc.subprocess as pyproc_subprocess
 
 from . import cfloor
-from .harness import Runner, Series, fmt_ns, interleave, ratio
+from .harness import Runner, Series, fmt_ns, interleave, pinned, ratio, spawn_cpu
 
 ROWS = ("subprocess.run", "asyncio.create_subprocess_exec + communicate")
 TARGETS = {"subprocess.run": 1.4, "asyncio.create_subprocess_exec + communicate": 1.5}
@@ -93,15 +93,18 @@ def measure(exe: str | None = None, rounds: int = 15, batch: int = 200,
     harness.ratio(standard, installed) ({"ratio", "min", "max"})."""
     exe = exe or str(cfloor.build().minimal)
     loop = asyncio.new_event_loop()
+    # Short spawn+wait series, pinned to one CPU as the report's spawn series are (bench.harness: on a VM, a child the
+    # scheduler puts on the other, idle CPU costs every way alike tens of microseconds, depending on what ran before).
     try:
-        batches = {ROWS[0]: _run_batch(exe), ROWS[1]: _asyncio_batch(exe, loop)}
-        results = {}
-        for row, calls in batches.items():
-            series: dict[str, Series] = interleave(
-                [("standard", _standard(calls)), ("installed", _installed(calls))], rounds, batch, tick=tick)
-            results[row] = {"standard": series["standard"].stats(), "installed": series["installed"].stats(),
-                            "speedup": ratio(series["standard"], series["installed"]), "target": TARGETS[row]}
-        return results
+        with pinned(spawn_cpu()):
+            batches = {ROWS[0]: _run_batch(exe), ROWS[1]: _asyncio_batch(exe, loop)}
+            results = {}
+            for row, calls in batches.items():
+                series: dict[str, Series] = interleave(
+                    [("standard", _standard(calls)), ("installed", _installed(calls))], rounds, batch, tick=tick)
+                results[row] = {"standard": series["standard"].stats(), "installed": series["installed"].stats(),
+                                "speedup": ratio(series["standard"], series["installed"]), "target": TARGETS[row]}
+            return results
     finally:
         loop.close()
 
