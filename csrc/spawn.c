@@ -337,12 +337,18 @@ static int spawn_posix(const struct pyproc_spawn_request *r, const sigset_t *exe
        on a number nothing else uses (a copy made in the child, on a number of our choosing, could land on an
        inheritable fd of the parent and take it from the child: close_fds=False), and close-on-exec keeps it from
        the program; the parent closes it after the spawn. */
+    /* The copies go above every target of the plan: a copy on the lowest free number could be the target of an
+       earlier step, which would replace it in the child before its own step read it. */
+    int above_targets = 0;
+    for (int i = 0; i < r->n_fd_actions; i++)
+        if (r->fd_actions[i].target >= above_targets)
+            above_targets = r->fd_actions[i].target + 1;
     int n_moved = 0, err = 0;
     for (int i = 0; i < r->n_fd_actions; i++) {
         const struct pyproc_fd_action *a = &r->fd_actions[i];
         moved[i] = -1;
         if (a->move_first && a->source != a->target) {
-            if ((moved[i] = fcntl(a->source, F_DUPFD_CLOEXEC, 0)) < 0) {
+            if ((moved[i] = fcntl(a->source, F_DUPFD_CLOEXEC, above_targets)) < 0) {
                 err = errno; /* (EMFILE: a failure of the parent's) */
                 break;
             }

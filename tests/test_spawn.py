@@ -769,6 +769,34 @@ def test_posix_spawn_swap_keeps_an_inheritable_fd_above_the_plan(no_leaks: None)
             os.close(fd)
 
 
+@pytest.mark.parametrize("copied_step_first", [False, True])
+def test_posix_spawn_scratch_copy_is_not_another_steps_target(no_leaks: None, copied_step_first: bool) -> None:
+    """A source that is also a target is copied in the parent before the spawn.  The copy took the lowest free
+    number, which can be the target of another step of the plan: that step replaced the copy in the child before
+    the copy was read, and the child got the wrong file (a flaky test_fuzz_fd_plan_reaches_the_child)."""
+    pipes = [os.pipe() for _ in range(3)]
+    readers = [r for r, _ in pipes]
+    high = 70
+    try:
+        os.dup2(pipes[1][1], high)  # a source that is also a target: the copied one
+        lowest_free = os.dup(0)
+        os.close(lowest_free)  # where F_DUPFD_CLOEXEC(0) puts the copy, and the first step's target
+        plan = {lowest_free: pipes[0][1], high: pipes[2][1]}
+        plan = {high + 1: high, **plan} if copied_step_first else {**plan, high + 1: high}
+        script = f"import os; [os.write(fd, str(fd).encode()) for fd in ({lowest_free}, {high}, {high + 1})]"
+        proc = pyproc.spawn([PY, "-S", "-c", script], engine="posix_spawn", close_fds=False, fds=plan)
+        os.close(high)
+        for _, w in pipes:
+            os.close(w)
+        assert proc.wait() == 0
+        got = [os.read(r, 100) for r in readers]
+        # pipe 0 reached by the low target, pipe 1 (the copied source) by high + 1, pipe 2 by high
+        assert got == [str(lowest_free).encode(), str(high + 1).encode(), str(high).encode()], plan
+    finally:
+        for r in readers:
+            os.close(r)
+
+
 # ---- pyproc_exec_child: the pdeathsig check after a fork done by the caller (issue 14) -----------------------------
 
 
