@@ -24,6 +24,7 @@ import sys
 import time
 from typing import Any
 
+from . import tied
 from .harness import Series, fmt_ratio, interleave, ratio, target
 
 ISSUE = 18
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="worker processes of the LocalCluster (default 2)")
     parser.add_argument("--json", help="write the result as JSON to this path")
     args = parser.parse_args(argv)
+    tied.tie_to_parent()
     if args.jobs < 1 or args.rounds < 1 or args.workers < 1:
         parser.error("--jobs, --rounds and --workers must be at least 1")
     try:

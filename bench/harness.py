@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import tied
+
 
 class WorkerError(RuntimeError):
     """A worker failed to start or a request failed inside it; reason: the error as the worker said it."""
@@ -42,7 +44,7 @@ class Worker:
     def __init__(self, size: int, state: str) -> None:
         self.size = size
         self.state = state
-        env = dict(os.environ)
+        env = tied.child_env()  # it dies with this process
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self.proc = subprocess.Popen([sys.executable, "-m", "bench.worker", str(size), state],

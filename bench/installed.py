@@ -26,7 +26,7 @@ from typing import Any
 
 import pyproc.subprocess as pyproc_subprocess
 
-from . import cfloor
+from . import cfloor, tied
 from .harness import Runner, Series, fmt_ns, interleave, pinned, ratio, spawn_cpu
 
 ROWS = ("subprocess.run", "asyncio.create_subprocess_exec + communicate")
@@ -126,6 +126,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=200, help="calls per contender per round (default 200)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
+    tied.tie_to_parent()
     if args.rounds < 1 or args.batch < 1:
         parser.error("--rounds and --batch must be at least 1")
     results = measure(rounds=args.rounds, batch=args.batch)

@@ -17,6 +17,8 @@ import sys
 import time
 from typing import Any
 
+from . import tied
+
 
 def peak_rss_kib() -> int:
     """This process's peak resident set size so far (KiB on Linux)."""
@@ -55,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("program", nargs=argparse.REMAINDER,
                         help="the job's argv (default: the bench's minimal static executable)")
     args = parser.parse_args(argv)
+    tied.tie_to_parent()
     if not 1 <= args.first <= args.jobs:
         parser.error("--first must be between 1 and --jobs")
     import pyproc

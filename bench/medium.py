@@ -29,7 +29,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from . import cfloor
+from . import cfloor, tied
 from .config import GiB, fmt_size, parse_size
 from .harness import balanced_order
 
@@ -115,6 +115,7 @@ def main() -> None:
     parser.add_argument("--sizes", default=DEFAULT_SIZES, help=f"comma-separated sizes (default {DEFAULT_SIZES})")
     parser.add_argument("--one", nargs=2, metavar=("SIZE", "SCENARIO"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    tied.tie_to_parent()
     if args.rounds < 1 or args.processes < 1:
         parser.error("--rounds and --processes must be at least 1")
     if args.one:  # a child of the run below: one size, one scenario, JSON out
@@ -133,7 +134,8 @@ def main() -> None:
             runs = []
             for _ in range(args.processes):
                 proc = subprocess.run([sys.executable, "-m", "bench.medium", "--rounds", str(args.rounds), "--one",
-                                       str(size), scenario], capture_output=True, text=True, check=True)
+                                       str(size), scenario], capture_output=True, text=True, check=True,
+                                      env=tied.child_env())
                 runs.append(json.loads(proc.stdout))
             print(_row(size, summarize(runs), args.processes), flush=True)
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import cfloor, jobs, machine, spawnparts
+from . import cfloor, jobs, machine, spawnparts, tied
 from .config import (
     FORK_METHODS,
     FORK_STATES,
@@ -286,7 +286,7 @@ def jobs_rss(cfg: Config, floors: cfloor.Floors, apis: dict[str, str | None]) ->
         return {"jobs": cfg.jobs_rss_count, "skipped": apis["run_many"]}
     proc = subprocess.run([sys.executable, "-m", "bench.jobsrss", "--jobs", str(cfg.jobs_rss_count),
                            str(floors.minimal)], capture_output=True, text=True, timeout=1800, check=False,
-                          cwd=str(_ROOT))
+                          cwd=str(_ROOT), env=tied.child_env())
     if proc.returncode != 0:
         return {"jobs": cfg.jobs_rss_count,
                 "skipped": f"failed: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}"}
@@ -326,7 +326,7 @@ def dask_suite(cfg: Config, tick: Tick) -> dict[str, Any]:
 def _bench_module(args: list[str]) -> tuple[str | None, str]:
     """Runs `python -m ARGS` from the source tree: (None, its stdout), or (why, "") when it failed."""
     proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=3600,
-                          check=False, cwd=str(_ROOT))
+                          check=False, cwd=str(_ROOT), env=tied.child_env())
     if proc.returncode != 0:
         return f"python -m {args[0]} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}", ""
     return None, proc.stdout

@@ -26,6 +26,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from bench import tied
 from bench.harness import pinned
 
 PAGE = 4096
@@ -454,6 +455,7 @@ OPS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 
 
 def main() -> None:
+    tied.tie_to_parent()
     size, state = int(sys.argv[1]), sys.argv[2]
     # The protocol runs on private copies of stdin/stdout; the children we start get /dev/null as 0 and 1.
     proto_in = os.fdopen(os.dup(0), "r")

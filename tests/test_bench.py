@@ -11,12 +11,15 @@ a subprocess).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import select
 import signal
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -312,3 +315,41 @@ def test_c_floors_run(quick_run: tuple[Path, subprocess.CompletedProcess[str]]) 
     assert bad.returncode == 1 and "failed" in bad.stderr
     bad = subprocess.run([floors["spawnparts"], "0", floors["minimal"]], capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and "usage" in bad.stderr
+
+
+def test_a_busy_bench_worker_dies_with_the_report(tmp_path: Path) -> None:
+    """`python -m bench` killed (not by a Ctrl-C, which reaches the whole group): its worker, busy with a request,
+    is killed by the kernel at once (bench.tied), instead of finishing the request first (a sweep's worker holds
+    gigabytes for minutes)."""
+    script = (
+        "import json, sys, time\n"
+        "from bench.harness import Worker\n"
+        "w = Worker(0, 'clean')\n"
+        "w.proc.stdin.write(json.dumps({'op': 'spawn', 'method': 'subprocess.run', 'argv': ['sleep', '30'],"
+        " 'n': 1}) + '\\n')\n"
+        "w.proc.stdin.flush()\n"
+        "print(w.proc.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=BENCH_ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        worker = int(parent.stdout.readline())
+        watch = os.pidfd_open(worker)  # (not our child: its pidfd says when it has exited)
+        deadline = time.monotonic() + 10
+        sleeper: list[int] = []
+        while not sleeper and time.monotonic() < deadline:  # the worker's `sleep 30`, to clean up after
+            with open(f"/proc/{worker}/task/{worker}/children") as f:
+                sleeper = [int(pid) for pid in f.read().split()]
+            time.sleep(0.01)
+        assert sleeper, "the worker did not start its request's child"
+    finally:
+        parent.kill()
+        parent.wait()
+    try:
+        assert select.select([watch], [], [], 10)[0], "the worker outlived the report's process"
+    finally:
+        os.close(watch)
+        for pid in sleeper:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
