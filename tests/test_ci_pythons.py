@@ -76,3 +76,16 @@ def test_no_listed_interpreter_fails(tmp_path: Path) -> None:
     done = plan(tmp_path, pyenv, [])
     assert done.returncode != 0
     assert "no listed version could be tested" in done.stderr
+
+
+def test_every_listed_interpreter_found(tmp_path: Path) -> None:
+    """Nothing missing, nothing to report: the plan succeeds (.ci/wheel-test.sh reads it; a grep finding no
+    'missing' line once failed the script under pipefail, and with it CI)."""
+    pyenv = tmp_path / "pyenv"
+    for minor, patch in (("3.11", "3.11.7"), ("3.12", "3.12.1"), ("3.13", "3.13.0")):
+        fake_python(pyenv / "versions" / patch / "bin" / "python3", minor, patch)
+    done = plan(tmp_path, pyenv, [])
+    assert done.returncode == 0, done.stderr
+    tested = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("test ")]
+    assert tested == ["3.11", "3.12", "3.13"]
+    assert "missing" not in done.stdout
