@@ -54,9 +54,15 @@ class _Watch:
         self.fd = int(pool.c.epfd)
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = -1
+        self.step_soon: asyncio.Handle | None = None
         loop.add_reader(self.fd, self.step)
 
     def step(self) -> None:
+        if self.step_soon is not None:  # (this call may be it, or do its work)
+            self.step_soon.cancel()
+            self.step_soon = None
+        if self.fd < 0:  # (a step scheduled before close)
+            return
         on_pass = self.on_pass()
         if on_pass is None:  # (its owner is being collected, and closes the pool)
             self.close()
@@ -72,6 +78,10 @@ class _Watch:
             # on_pass may have queued more: start them now if there is room (not at some later wake-up).
             if self.fd < 0 or not (c.n_queued and c.running < c.jobs):
                 break
+        else:
+            # Still jobs to start after four passes (they end, or fail to start, as fast as they start): the next
+            # pass on the loop's next iteration, as the epoll fd may have nothing in it that would wake one.
+            self.step_soon = self.loop.call_soon(self.step)
         wake = int(c.next_wake_ns) if self.fd >= 0 else -1
         if wake >= 0 and (self.timer is None or wake < self.timer_at):
             if self.timer is not None:
@@ -89,6 +99,9 @@ class _Watch:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.step_soon is not None:
+            self.step_soon.cancel()
+            self.step_soon = None
         if self.fd >= 0:
             if not self.loop.is_closed():
                 self.loop.remove_reader(self.fd)

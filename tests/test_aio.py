@@ -393,6 +393,21 @@ def test_run_many_order_output_errors_and_timeouts() -> None:
     assert completed[-1].args == ["sleep", "60"]  # the timed-out one ends last
 
 
+@pytest.mark.parametrize("jobs", [1, 3])
+def test_run_many_goes_on_when_jobs_end_as_fast_as_they_start(jobs: int, minimal_exe: str) -> None:
+    """Each wake-up runs at most four passes; jobs that fail to start (or end within the pass that started them)
+    leave nothing in the epoll set to wake the next one, and aio.run_many waited forever with jobs still queued
+    (seen as a hang of the report's jobs benchmark).  The next pass now comes on the loop's next iteration."""
+    commands: list[list[str]] = [["/nonexistent/program"]] * 40 + [[minimal_exe]] * 200
+
+    async def main() -> list[pyproc.Result]:
+        return [r async for r in aio.run_many(commands, jobs=jobs, capture=True)]
+
+    results = run_async(asyncio.wait_for(main(), 60))
+    assert [type(r.error) for r in results[:40]] == [FileNotFoundError] * 40
+    assert [(r.returncode, r.error) for r in results[40:]] == [(0, None)] * 200
+
+
 def _sleepers(n: int = 50) -> Any:
     return (["sleep", "60"] for _ in range(n))
 
