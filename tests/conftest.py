@@ -44,10 +44,8 @@ def open_fds() -> set[int]:
     return {int(name) for name in os.listdir("/proc/self/fd")}
 
 
-def child_pids() -> set[int]:
-    """Pids whose parent is this process: running children and zombies alike."""
-    me = os.getpid()
-    found = set()
+def process_stats() -> Iterator[tuple[int, list[bytes]]]:
+    """(pid, the /proc/PID/stat fields after the command name: state, ppid, pgrp, ...) of every process there is."""
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -57,10 +55,13 @@ def child_pids() -> set[int]:
         except OSError:
             continue  # it ended while we looked
         # The comm field may hold spaces and parentheses: the fields after the last ')' are fixed.
-        fields = stat[stat.rindex(b")") + 2 :].split()
-        if int(fields[1]) == me:
-            found.add(int(name))
-    return found
+        yield int(name), stat[stat.rindex(b")") + 2 :].split()
+
+
+def child_pids() -> set[int]:
+    """Pids whose parent is this process: running children and zombies alike."""
+    me = os.getpid()
+    return {pid for pid, fields in process_stats() if int(fields[1]) == me}
 
 
 def settle_children(before: set[int], timeout: float = 5.0) -> set[int]:

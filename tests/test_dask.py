@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import process_stats
 
 import pyproc
 
@@ -432,18 +433,8 @@ def test_batch_sizer_rule(pdask: Any) -> None:
 
 
 def _group_members(pgid: int) -> list[int]:
-    members = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat", "rb") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(b")") + 2 :].split()
-            if int(fields[2]) == pgid and fields[0] != b"Z":
-                members.append(int(name))
-    return members
+    """The live (not zombie) processes of group pgid."""
+    return [pid for pid, fields in process_stats() if int(fields[2]) == pgid and fields[0] != b"Z"]
 
 
 def test_kill_thread_children_kills_this_threads_children_and_their_groups() -> None:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from conftest import process_stats
 
 import pyproc
 import pyproc._pump
@@ -50,19 +51,7 @@ def _pattern(n: int) -> bytes:
 def _children() -> list[tuple[int, str]]:
     """(pid, state) of every child of this process, zombies included."""
     me = os.getpid()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == me:
-            found.append((int(entry), fields[0]))
-    return found
+    return [(pid, fields[0].decode()) for pid, fields in process_stats() if int(fields[1]) == me]
 
 
 def _fds() -> set[str]:

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import INSTALLED, standard_library
+from conftest import INSTALLED, child_pids, open_fds, standard_library
 
 import pyproc.subprocess as pyp
 from pyproc.process import abandoned, reap_abandoned
@@ -124,26 +124,6 @@ def observe(fn: Case, mod: Any) -> tuple[str, Any]:
         return "ok", plain(fn(mod))
     except Exception as exc:
         return "raised", describe(exc)
-
-
-def open_fds() -> set[int]:
-    return {int(fd) for fd in os.listdir("/proc/self/fd")}
-
-
-def child_pids() -> set[int]:
-    """This process's children, running or zombie."""
-    me = os.getpid()
-    found = set()
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat", "rb") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            if int(stat[stat.rindex(b")") + 2:].split()[1]) == me:
-                found.add(int(name))
-    return found
 
 
 @contextlib.contextmanager
